@@ -1,0 +1,51 @@
+//! vhost-user virtio-rng backend.
+//!
+//! ```text
+//! cargo run --release --example rng_backend -- --socket-path /tmp/rng.sock
+//! qemu-system-x86_64 ... -chardev socket,id=rng0,path=/tmp/rng.sock \
+//!     -device vhost-user-rng-pci,chardev=rng0
+//! ```
+
+#[path = "common/mod.rs"]
+mod common;
+
+use clap::Parser;
+use vhost_user_sync::backend::Shutdown;
+use vhost_user_sync_rng::RngDevice;
+
+/// Serves a virtio-rng device over vhost-user, with entropy from the host.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    #[command(flatten)]
+    listen: common::ListenArgs,
+    /// Where entropy comes from.
+    #[arg(long, default_value = "/dev/urandom")]
+    source: String,
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.listen.print_capabilities {
+        common::print_capabilities("rng", &[]);
+        return;
+    }
+    let shutdown = Shutdown::new();
+    common::init(&shutdown);
+    let mut listener = match common::listener(&args.listen, "/tmp/vhost-user-rng.sock", &shutdown) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("{e}");
+            std::process::exit(1);
+        }
+    };
+    if let Some(p) = listener.path() {
+        log::info!("listening on {}", p.display());
+    }
+    let source = args.source;
+    if let Err(e) = listener.serve(|| RngDevice::new(&source)) {
+        log::error!("{e}");
+        std::process::exit(1);
+    }
+    log::info!("exiting");
+}

@@ -1,0 +1,160 @@
+//! The connection thread: a mio poll over the socket and a waker, reading one message
+//! at a time, validating it and replying.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use thiserror::Error;
+
+use super::session::{Reply, Session};
+use super::worker::FailureSignal;
+use super::{RequestError, Shutdown};
+use crate::device::Device;
+use crate::message::{read_message, write_message, Message, ReadError};
+use crate::protocol::{FrontendRequest, HeaderFlags, ProtocolError};
+use crate::sys::unix::{ConnectionError, SocketPlatformConnection};
+
+const SOCKET: Token = Token(0);
+const WAKE: Token = Token(1);
+
+/// Why a connection ended.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// Socket failure.
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    /// The frontend broke the message framing; the connection was closed.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// Device code panicked on a worker.
+    #[error("device worker failed")]
+    DeviceFailed,
+    /// Setting up poll or threads failed.
+    #[error("setup failed: {0}")]
+    Setup(#[from] std::io::Error),
+}
+
+impl ServeError {
+    /// Whether this is an ordinary end (the frontend left, or shutdown).
+    pub fn is_disconnect(&self) -> bool {
+        matches!(self, ServeError::Connection(c) if c.is_disconnect())
+    }
+}
+
+/// Serves `device` on `conn` until the frontend disconnects (`Ok`), `shutdown` is
+/// triggered (`Ok`), or the connection fails.
+pub fn serve_connection<D: Device>(
+    conn: SocketPlatformConnection,
+    device: D,
+    shutdown: &Shutdown,
+) -> Result<(), ServeError> {
+    let mut poll = Poll::new()?;
+    let fd = conn.as_raw_fd();
+    poll.registry().register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)?;
+    let waker = Waker::new(poll.registry(), WAKE)?;
+    let failure = Arc::new(FailureSignal { failed: false.into(), waker });
+    // The shutdown trigger needs an Arc<Waker>; a second waker on the same token.
+    let shutdown_waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+    shutdown.watch(&shutdown_waker);
+    let mut session = Session::new(device, failure.clone())?;
+    info!("{}: frontend connected", session.name());
+    let mut events = Events::with_capacity(8);
+    let result = loop {
+        if shutdown.is_triggered() {
+            break Ok(());
+        }
+        if failure.failed.load(Ordering::Acquire) {
+            break Err(ServeError::DeviceFailed);
+        }
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break Err(e.into());
+        }
+        if events.iter().any(|e| e.token() == SOCKET) {
+            if let Err(e) = drain_socket(&conn, &mut session) {
+                break Err(e);
+            }
+        }
+    };
+    match &result {
+        Ok(()) => info!("{}: connection closed (shutdown)", session.name()),
+        Err(e) if e.is_disconnect() => info!("{}: frontend disconnected", session.name()),
+        Err(e) => error!("{}: connection closed: {e}", session.name()),
+    }
+    drop(session);
+    match result {
+        Err(e) if e.is_disconnect() => Ok(()),
+        other => other,
+    }
+}
+
+/// Reads and handles every message that is ready (the poll is edge-triggered).
+fn drain_socket<D: Device>(
+    conn: &SocketPlatformConnection,
+    session: &mut Session<D>,
+) -> Result<(), ServeError> {
+    loop {
+        let msg = match read_message(conn, false) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(ReadError::Connection(e)) => return Err(e.into()),
+            Err(ReadError::Protocol(e)) => return Err(e.into()),
+        };
+        handle_message(conn, session, msg)?;
+    }
+}
+
+fn handle_message<D: Device>(
+    conn: &SocketPlatformConnection,
+    session: &mut Session<D>,
+    msg: Message,
+) -> Result<(), ServeError> {
+    let number = msg.header.request;
+    let flags = msg.header.flags;
+    if flags.is_reply() {
+        return Err(ProtocolError::UnexpectedReply { request: number }.into());
+    }
+    let req = match FrontendRequest::try_from(number) {
+        Ok(r) => r,
+        Err(_) => {
+            warn!("{}: {}", session.name(), RequestError::Unknown(number));
+            if flags.need_reply() && session.reply_ack() {
+                write_message(conn, number, HeaderFlags::REPLY_FLAGS, &1u64.to_ne_bytes(), &[])?;
+            }
+            return Ok(());
+        }
+    };
+    let need_reply = flags.need_reply();
+    let body_copy = if Session::<D>::always_replies(req) { msg.body.clone() } else { Vec::new() };
+    let outcome = session.handle(req, msg);
+    // REPLY_ACK is read after handling: SET_PROTOCOL_FEATURES may have just enabled it
+    // (the ack then follows the new rule, as the frontend expects).
+    let ack = need_reply && session.reply_ack();
+    match outcome {
+        Ok(Reply::Body(body)) => {
+            write_message(conn, number, HeaderFlags::REPLY_FLAGS, &body, &[])?;
+        }
+        Ok(Reply::Done) => {
+            if ack {
+                write_message(conn, number, HeaderFlags::REPLY_FLAGS, &0u64.to_ne_bytes(), &[])?;
+            }
+        }
+        Err(e) => {
+            warn!("{}: {} refused: {e}", session.name(), req.name());
+            if Session::<D>::always_replies(req) {
+                let body = session.failure_reply(req, &body_copy);
+                write_message(conn, number, HeaderFlags::REPLY_FLAGS, &body, &[])?;
+            } else if ack {
+                write_message(conn, number, HeaderFlags::REPLY_FLAGS, &1u64.to_ne_bytes(), &[])?;
+            }
+        }
+    }
+    debug!("{}: handled {}", session.name(), req.name());
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! The backend side: serving a [`crate::device::Device`] to a frontend.
+//!
+//! A connection thread ([`serve_connection`]) owns the socket and the protocol state;
+//! worker threads own the queues and the device's data path.
+
+mod backend_channel;
+mod connection;
+mod request_error;
+mod session;
+mod shutdown;
+mod vring_config;
+mod worker;
+
+pub use backend_channel::BackendChannel;
+pub use connection::{serve_connection, ServeError};
+pub use request_error::RequestError;
+pub use session::{FRAMEWORK_PROTOCOL_FEATURES, TRANSPORT_FEATURES};
+pub use shutdown::Shutdown;

@@ -1,0 +1,538 @@
+//! `Session`: one frontend connection's protocol state, and the handling of each
+//! request after the message layers have checked it.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use log::{debug, info, warn};
+
+use super::vring_config::VringConfig;
+use super::worker::{FailureSignal, StartQueue, WorkerCommand, WorkerHandle};
+use super::{BackendChannel, RequestError};
+use crate::device::{Device, DeviceInfo};
+use crate::memory::{MemoryTable, MAX_MEM_SLOTS};
+use crate::message::Message;
+use crate::protocol::payload::{
+    decode_u64, ConfigAccess, InflightInfo, MemoryTableDesc, RingFd, SingleRegion, VringAddr,
+    VringState,
+};
+use crate::protocol::{virtio, FdRule, FrontendRequest as R, ProtocolFeatures as P, ReplyRule};
+use crate::queue::{RingAddrs, SplitQueue};
+use crate::sys::unix::SocketPlatformConnection;
+
+/// Transport feature bits the framework implements for every device.
+pub const TRANSPORT_FEATURES: u64 = virtio::VERSION_1
+    | virtio::RING_INDIRECT_DESC
+    | virtio::RING_EVENT_IDX
+    | virtio::PROTOCOL_FEATURES;
+
+/// Protocol features the framework implements for every device.
+pub const FRAMEWORK_PROTOCOL_FEATURES: P = P::from_bits(
+    P::MQ.bits()
+        | P::REPLY_ACK.bits()
+        | P::CONFIG.bits()
+        | P::BACKEND_REQ.bits()
+        | P::RESET_DEVICE.bits()
+        | P::CONFIGURE_MEM_SLOTS.bits()
+        | P::STATUS.bits(),
+);
+
+/// What to send back for a request.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Nothing (or a REPLY_ACK success).
+    Done,
+    /// A body of its own.
+    Body(Vec<u8>),
+}
+
+pub(crate) struct Session<D: Device> {
+    device: D,
+    info: DeviceInfo,
+    offered_features: u64,
+    offered_protocol: P,
+    acked_features: u64,
+    acked_protocol: P,
+    owner: bool,
+    status: u8,
+    mem: Arc<MemoryTable>,
+    vrings: Vec<VringConfig>,
+    workers: Vec<WorkerHandle>,
+    failure: Arc<FailureSignal>,
+}
+
+type Result<T> = std::result::Result<T, RequestError>;
+
+impl<D: Device> Session<D> {
+    pub(crate) fn new(mut device: D, failure: Arc<FailureSignal>) -> std::io::Result<Self> {
+        let info = device.info();
+        let offered_features = (info.features | TRANSPORT_FEATURES) & !info.masked_features;
+        let mut offered_protocol = FRAMEWORK_PROTOCOL_FEATURES | info.protocol_features;
+        if info.config_size == 0 {
+            offered_protocol = P::from_bits(offered_protocol.bits() & !P::CONFIG.bits());
+        }
+        let mem = Arc::new(MemoryTable::empty());
+        let workers = spawn_workers(&mut device, &info, &mem, &failure)?;
+        let vrings = (0..info.num_queues).map(|_| VringConfig::default()).collect();
+        Ok(Session {
+            device,
+            info,
+            offered_features,
+            offered_protocol,
+            acked_features: 0,
+            acked_protocol: P::EMPTY,
+            owner: false,
+            status: 0,
+            mem,
+            vrings,
+            workers,
+            failure,
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub(crate) fn reply_ack(&self) -> bool {
+        self.acked_protocol.contains(P::REPLY_ACK)
+    }
+
+    /// Handles one request whose header is valid. Layers: size, fd count, body fields,
+    /// negotiated feature, order.
+    pub(crate) fn handle(&mut self, req: R, msg: Message) -> Result<Reply> {
+        let shape = req.shape();
+        shape.check_size(msg.body.len())?;
+        let per_message = match shape.fds {
+            FdRule::PerRegion => (msg.body.len().saturating_sub(8)) / 32,
+            FdRule::RingFlag => RingFd::decode(shape.name, &msg.body)?.fd_count(),
+            _ => 0,
+        };
+        shape.check_fds(msg.fds.len(), per_message)?;
+        self.dispatch(req, &msg.body, msg.fds)
+    }
+
+    /// The body sent when a request that always gets a reply fails.
+    pub(crate) fn failure_reply(&self, req: R, body: &[u8]) -> Vec<u8> {
+        match req {
+            R::GET_CONFIG => {
+                let offset = body.get(..4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                ConfigAccess { offset, flags: 0, payload: Vec::new() }.encode()
+            }
+            R::GET_VRING_BASE => {
+                let index = body.get(..4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                VringState { index, num: 0 }.encode()
+            }
+            R::GET_INFLIGHT_FD => {
+                InflightInfo { mmap_size: 0, mmap_offset: 0, num_queues: 0, queue_size: 0 }.encode()
+            }
+            // error code 1 in bits 0-7, bit 8: no fd returned
+            R::SET_DEVICE_STATE_FD => 0x101u64.to_ne_bytes().to_vec(),
+            R::CREATE_CRYPTO_SESSION => {
+                let mut b = body.to_vec();
+                b.iter_mut().take(8).for_each(|x| *x = 0xff);
+                b
+            }
+            _ => 1u64.to_ne_bytes().to_vec(),
+        }
+    }
+
+    fn need(&self, req: R, feature: P, name: &'static str) -> Result<()> {
+        if self.acked_protocol.contains(feature) {
+            Ok(())
+        } else {
+            Err(RequestError::NotNegotiated { request: req.name(), feature: name })
+        }
+    }
+
+    fn need_owner(&self, req: R) -> Result<()> {
+        if self.owner {
+            Ok(())
+        } else {
+            Err(RequestError::BadOrder { request: req.name(), why: "SET_OWNER has not been sent" })
+        }
+    }
+
+    fn ring(&self, req: R, index: u32) -> Result<usize> {
+        if index < u32::from(self.info.num_queues) {
+            Ok(index as usize)
+        } else {
+            Err(RequestError::BadRing { request: req.name(), index, queues: self.info.num_queues })
+        }
+    }
+
+    fn dispatch(&mut self, req: R, body: &[u8], mut fds: Vec<File>) -> Result<Reply> {
+        let name = req.name();
+        let u64_reply = |v: u64| Ok(Reply::Body(v.to_ne_bytes().to_vec()));
+        match req {
+            R::GET_FEATURES => u64_reply(self.offered_features),
+            R::SET_FEATURES => {
+                self.need_owner(req)?;
+                let features = decode_u64(name, body)?;
+                if features & !self.offered_features != 0 {
+                    return Err(RequestError::BadValue {
+                        request: name,
+                        what: "features not offered",
+                        value: features & !self.offered_features,
+                    });
+                }
+                self.acked_features = features;
+                self.device.set_features(features);
+                if features & virtio::PROTOCOL_FEATURES == 0 {
+                    for i in 0..self.vrings.len() {
+                        self.set_enabled(i, true);
+                    }
+                }
+                debug!("{}: features acked {features:#x}", self.info.name);
+                Ok(Reply::Done)
+            }
+            R::SET_OWNER => {
+                if self.owner {
+                    warn!("{}: SET_OWNER sent again", self.info.name);
+                }
+                self.owner = true;
+                Ok(Reply::Done)
+            }
+            R::RESET_OWNER => {
+                self.reset()?;
+                self.owner = false;
+                Ok(Reply::Done)
+            }
+            R::RESET_DEVICE => {
+                self.need(req, P::RESET_DEVICE, "RESET_DEVICE")?;
+                self.reset()?;
+                Ok(Reply::Done)
+            }
+            R::SET_MEM_TABLE => {
+                self.need_owner(req)?;
+                let table = MemoryTableDesc::decode(body)?;
+                let mem = MemoryTable::from_regions(&table.regions, fds)?;
+                info!("{}: memory table with {} region(s)", self.info.name, mem.len());
+                self.install_memory(mem)?;
+                Ok(Reply::Done)
+            }
+            R::ADD_MEM_REG => {
+                self.need_owner(req)?;
+                self.need(req, P::CONFIGURE_MEM_SLOTS, "CONFIGURE_MEM_SLOTS")?;
+                let region = SingleRegion::decode(name, body)?;
+                let file = fds.pop().ok_or(RequestError::BadOrder { request: name, why: "no fd" })?;
+                let mem = self.mem.with_region(region.0, file)?;
+                self.install_memory(mem)?;
+                Ok(Reply::Done)
+            }
+            R::REM_MEM_REG => {
+                self.need_owner(req)?;
+                self.need(req, P::CONFIGURE_MEM_SLOTS, "CONFIGURE_MEM_SLOTS")?;
+                let region = SingleRegion::decode(name, body)?;
+                drop(fds);
+                let mem = self.mem.without_region(&region.0)?;
+                self.install_memory(mem)?;
+                Ok(Reply::Done)
+            }
+            R::GET_MAX_MEM_SLOTS => u64_reply(MAX_MEM_SLOTS as u64),
+            R::SET_VRING_NUM => {
+                self.need_owner(req)?;
+                let s = VringState::decode(name, body)?;
+                let i = self.ring(req, s.index)?;
+                if self.vrings[i].started {
+                    return Err(RequestError::BadOrder { request: name, why: "ring is running" });
+                }
+                let max = u32::from(self.info.max_queue_size);
+                if s.num == 0 || !s.num.is_power_of_two() || s.num > max {
+                    return Err(RequestError::BadValue { request: name, what: "ring size", value: s.num.into() });
+                }
+                self.vrings[i].num = s.num as u16;
+                Ok(Reply::Done)
+            }
+            R::SET_VRING_ADDR => {
+                self.need_owner(req)?;
+                let addr = VringAddr::decode(body)?;
+                let i = self.ring(req, addr.index)?;
+                if self.vrings[i].started {
+                    return Err(RequestError::BadOrder { request: name, why: "ring is running" });
+                }
+                if addr.flags & VringAddr::F_LOG != 0 {
+                    return Err(RequestError::NotNegotiated { request: name, feature: "LOG_ALL" });
+                }
+                self.vrings[i].addr = Some(addr);
+                Ok(Reply::Done)
+            }
+            R::SET_VRING_BASE => {
+                self.need_owner(req)?;
+                let s = VringState::decode(name, body)?;
+                let i = self.ring(req, s.index)?;
+                if self.vrings[i].started {
+                    return Err(RequestError::BadOrder { request: name, why: "ring is running" });
+                }
+                if s.num > u32::from(u16::MAX) {
+                    return Err(RequestError::BadValue { request: name, what: "split ring base", value: s.num.into() });
+                }
+                self.vrings[i].base = s.num as u16;
+                Ok(Reply::Done)
+            }
+            R::GET_VRING_BASE => {
+                self.need_owner(req)?;
+                let s = VringState::decode(name, body)?;
+                let i = self.ring(req, s.index)?;
+                self.stop_ring(i);
+                Ok(Reply::Body(VringState { index: s.index, num: self.vrings[i].base.into() }.encode()))
+            }
+            R::SET_VRING_KICK => {
+                self.need_owner(req)?;
+                let r = RingFd::decode(name, body)?;
+                let i = self.ring(req, r.index.into())?;
+                let Some(kick) = fds.pop() else {
+                    return Err(RequestError::NotNegotiated { request: name, feature: "INBAND_NOTIFICATIONS (polled ring)" });
+                };
+                check_eventfd(name, &kick)?;
+                set_nonblocking(&kick);
+                self.start_ring(i, kick)?;
+                Ok(Reply::Done)
+            }
+            R::SET_VRING_CALL => {
+                self.need_owner(req)?;
+                let r = RingFd::decode(name, body)?;
+                let i = self.ring(req, r.index.into())?;
+                let call = fds.pop().map(|f| check_eventfd(name, &f).map(|_| Arc::new(f))).transpose()?;
+                self.vrings[i].call = call.clone();
+                if self.vrings[i].started {
+                    self.worker_for(i).send(WorkerCommand::SetCall { index: i as u16, call });
+                }
+                Ok(Reply::Done)
+            }
+            R::SET_VRING_ERR => {
+                self.need_owner(req)?;
+                let r = RingFd::decode(name, body)?;
+                let i = self.ring(req, r.index.into())?;
+                let err = fds.pop();
+                if let Some(f) = &err {
+                    check_eventfd(name, f)?;
+                }
+                self.vrings[i].err = err;
+                Ok(Reply::Done)
+            }
+            R::GET_PROTOCOL_FEATURES => u64_reply(self.offered_protocol.bits()),
+            R::SET_PROTOCOL_FEATURES => {
+                let bits = decode_u64(name, body)?;
+                if bits & !self.offered_protocol.bits() != 0 {
+                    return Err(RequestError::BadValue {
+                        request: name,
+                        what: "protocol features not offered",
+                        value: bits & !self.offered_protocol.bits(),
+                    });
+                }
+                self.acked_protocol = P::from_bits(bits);
+                debug!("{}: protocol features {}", self.info.name, self.acked_protocol);
+                Ok(Reply::Done)
+            }
+            R::GET_QUEUE_NUM => u64_reply(self.info.num_queues.into()),
+            R::SET_VRING_ENABLE => {
+                let s = VringState::decode(name, body)?;
+                let i = self.ring(req, s.index)?;
+                if self.acked_features & virtio::PROTOCOL_FEATURES == 0 && self.acked_features != 0 {
+                    return Err(RequestError::NotNegotiated { request: name, feature: "PROTOCOL_FEATURES" });
+                }
+                if s.num > 1 {
+                    return Err(RequestError::BadValue { request: name, what: "enable", value: s.num.into() });
+                }
+                self.set_enabled(i, s.num == 1);
+                Ok(Reply::Done)
+            }
+            R::SET_BACKEND_REQ_FD => {
+                self.need(req, P::BACKEND_REQ, "BACKEND_REQ")?;
+                let file = fds.pop().ok_or(RequestError::BadOrder { request: name, why: "no fd" })?;
+                let stream = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(file));
+                if stream.peer_addr().is_err() {
+                    return Err(RequestError::BadFd { request: name, why: "fd is not a connected unix socket".into() });
+                }
+                let conn = SocketPlatformConnection::new(stream)
+                    .map_err(|e| RequestError::BadFd { request: name, why: e.to_string() })?;
+                self.device.set_backend_channel(BackendChannel::new(conn, self.reply_ack()));
+                Ok(Reply::Done)
+            }
+            R::GET_CONFIG => {
+                self.need(req, P::CONFIG, "CONFIG")?;
+                let access = ConfigAccess::decode(name, body)?;
+                self.check_config_range(req, access.offset, access.payload.len())?;
+                let mut payload = vec![0u8; access.payload.len()];
+                self.device.read_config(access.offset, &mut payload);
+                Ok(Reply::Body(ConfigAccess { payload, ..access }.encode()))
+            }
+            R::SET_CONFIG => {
+                self.need(req, P::CONFIG, "CONFIG")?;
+                let access = ConfigAccess::decode(name, body)?;
+                self.check_config_range(req, access.offset, access.payload.len())?;
+                self.device.write_config(access.offset, &access.payload)?;
+                Ok(Reply::Done)
+            }
+            R::SET_STATUS => {
+                self.need(req, P::STATUS, "STATUS")?;
+                let v = decode_u64(name, body)?;
+                if v > 0xff {
+                    return Err(RequestError::BadValue { request: name, what: "status", value: v });
+                }
+                self.status = v as u8;
+                Ok(Reply::Done)
+            }
+            R::GET_STATUS => {
+                self.need(req, P::STATUS, "STATUS")?;
+                u64_reply(self.status.into())
+            }
+            other => Err(RequestError::Unsupported(other.name())),
+        }
+    }
+
+    fn check_config_range(&self, req: R, offset: u32, len: usize) -> Result<()> {
+        let end = u64::from(offset) + len as u64;
+        if end > u64::from(self.info.config_size) {
+            return Err(RequestError::BadValue { request: req.name(), what: "config range end", value: end });
+        }
+        Ok(())
+    }
+
+    fn worker_for(&self, ring: usize) -> &WorkerHandle {
+        let w = self.device.queue_worker(ring as u16).min(self.workers.len() - 1);
+        &self.workers[w]
+    }
+
+    fn set_enabled(&mut self, i: usize, enabled: bool) {
+        self.vrings[i].enabled = enabled;
+        if self.vrings[i].started {
+            self.worker_for(i).send(WorkerCommand::Enable { index: i as u16, enabled });
+        }
+    }
+
+    fn ring_addrs(&self, mem: &MemoryTable, i: usize) -> Result<RingAddrs> {
+        let v = &self.vrings[i];
+        let addr = v.addr.ok_or(RequestError::BadOrder { request: "SET_VRING_KICK", why: "ring addresses not set" })?;
+        let n = u64::from(v.num.max(1));
+        Ok(RingAddrs {
+            desc: mem.uaddr_to_gpa(addr.desc, 16 * n)?,
+            avail: mem.uaddr_to_gpa(addr.avail, 6 + 2 * n)?,
+            used: mem.uaddr_to_gpa(addr.used, 6 + 8 * n)?,
+        })
+    }
+
+    fn start_ring(&mut self, i: usize, kick: File) -> Result<()> {
+        if self.vrings[i].started {
+            self.stop_ring(i);
+        }
+        let name = R::SET_VRING_KICK.name();
+        if self.mem.is_empty() {
+            return Err(RequestError::BadOrder { request: name, why: "no memory table" });
+        }
+        let (num, base) = (self.vrings[i].num, self.vrings[i].base);
+        if num == 0 {
+            return Err(RequestError::BadOrder { request: name, why: "ring size not set" });
+        }
+        let addrs = self.ring_addrs(&self.mem, i)?;
+        let event_idx = self.acked_features & virtio::RING_EVENT_IDX != 0;
+        let indirect = self.acked_features & virtio::RING_INDIRECT_DESC != 0;
+        let ring = SplitQueue::new(&self.mem, num, addrs, base, event_idx, indirect)?;
+        let start = StartQueue {
+            index: i as u16,
+            ring,
+            kick: Some(kick),
+            call: self.vrings[i].call.clone(),
+            enabled: self.vrings[i].enabled,
+        };
+        if !self.worker_for(i).send(WorkerCommand::Start(start)) {
+            return Err(RequestError::BadOrder { request: name, why: "worker has stopped" });
+        }
+        self.vrings[i].started = true;
+        debug!("{}: ring {i} started (size {num}, base {base})", self.info.name);
+        Ok(())
+    }
+
+    fn stop_ring(&mut self, i: usize) {
+        if !self.vrings[i].started {
+            return;
+        }
+        if let Some(next) = self.worker_for(i).stop_queue(i as u16) {
+            self.vrings[i].base = next;
+        }
+        self.vrings[i].started = false;
+        debug!("{}: ring {i} stopped at {}", self.info.name, self.vrings[i].base);
+    }
+
+    /// Sends a new table to every worker and waits until each has switched; the old
+    /// table is unmapped when the last reference (ours) drops here.
+    fn install_memory(&mut self, mem: MemoryTable) -> Result<()> {
+        let mut per_worker: Vec<Vec<(u16, RingAddrs)>> = vec![Vec::new(); self.workers.len()];
+        for i in 0..self.vrings.len() {
+            if self.vrings[i].started {
+                let addrs = self.ring_addrs(&mem, i)?;
+                let w = self.device.queue_worker(i as u16).min(self.workers.len() - 1);
+                per_worker[w].push((i as u16, addrs));
+            }
+        }
+        let mem = Arc::new(mem);
+        for (w, rings) in self.workers.iter().zip(per_worker) {
+            w.set_memory(mem.clone(), rings);
+        }
+        self.mem = mem;
+        Ok(())
+    }
+
+    /// RESET_DEVICE: rings stopped and forgotten, features cleared, fresh workers.
+    fn reset(&mut self) -> Result<()> {
+        for i in 0..self.vrings.len() {
+            self.stop_ring(i);
+        }
+        self.workers.clear();
+        self.vrings.iter_mut().for_each(|v| *v = VringConfig::default());
+        self.acked_features = 0;
+        self.status = 0;
+        self.device.reset();
+        self.workers = spawn_workers(&mut self.device, &self.info, &self.mem, &self.failure)
+            .map_err(|e| RequestError::Device(e.into()))?;
+        Ok(())
+    }
+
+    /// Whether a request's reply rule asks for a reply body regardless of REPLY_ACK.
+    pub(crate) fn always_replies(req: R) -> bool {
+        req.shape().reply == ReplyRule::Always
+    }
+}
+
+impl<D: Device> Drop for Session<D> {
+    fn drop(&mut self) {
+        // Workers stop and join before the memory they use is unmapped.
+        self.workers.clear();
+    }
+}
+
+fn spawn_workers<D: Device>(
+    device: &mut D,
+    info: &DeviceInfo,
+    mem: &Arc<MemoryTable>,
+    failure: &Arc<FailureSignal>,
+) -> std::io::Result<Vec<WorkerHandle>> {
+    (0..device.worker_count().max(1))
+        .map(|i| {
+            let w = device.create_worker(i)?;
+            WorkerHandle::spawn(format!("{}-worker{i}", info.name), w, mem.clone(), failure.clone())
+        })
+        .collect()
+}
+
+fn check_eventfd(request: &'static str, f: &File) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if link == "anon_inode:[eventfd]" {
+        Ok(())
+    } else {
+        Err(RequestError::BadFd { request, why: format!("fd is not an eventfd ({link})") })
+    }
+}
+
+fn set_nonblocking(f: &File) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    if let Ok(flags) = fcntl(f.as_fd(), FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        let _ = fcntl(f.as_fd(), FcntlArg::F_SETFL(flags));
+    }
+}

@@ -1,0 +1,380 @@
+//! Worker threads: each owns its queues, its view of guest memory and the device's
+//! data-path state, and waits in a mio poll for kicks, device fds and commands.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use log::{debug, error, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::device::{FdRegistry, Queue, QueueWorker, Queues};
+use crate::device::DeviceError;
+use crate::memory::MemoryTable;
+use crate::queue::{QueueError, RingAddrs, SplitQueue};
+
+use crate::device::queue_handle::{signal_if_needed, QueueAccess};
+use crate::device::fd_registry::DEVICE_TOKEN_BASE;
+
+const WAKE: Token = Token(usize::MAX);
+
+/// A queue as the connection thread hands it to a worker.
+pub(crate) struct StartQueue {
+    pub index: u16,
+    pub ring: SplitQueue,
+    pub kick: Option<File>,
+    pub call: Option<Arc<File>>,
+    pub enabled: bool,
+}
+
+/// What the connection thread tells a worker.
+pub(crate) enum WorkerCommand {
+    Start(StartQueue),
+    /// Stop the queue and answer with its next avail index (None if it was not running).
+    Stop { index: u16, reply: Sender<Option<u16>> },
+    Enable { index: u16, enabled: bool },
+    SetCall { index: u16, call: Option<Arc<File>> },
+    /// Switch to a new memory table (and ring addresses) and answer when done.
+    SetMemory { mem: Arc<MemoryTable>, rings: Vec<(u16, RingAddrs)>, done: Sender<()> },
+}
+
+struct RunningQueue {
+    ring: SplitQueue,
+    kick: Option<File>,
+    call: Option<Arc<File>>,
+    enabled: bool,
+    /// Work arrived while disabled: process once enabled.
+    pending: bool,
+    error: Option<QueueError>,
+}
+
+/// The connection thread's handle on one worker thread.
+pub(crate) struct WorkerHandle {
+    tx: Sender<WorkerCommand>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+    alive: Arc<AtomicBool>,
+}
+
+/// Set by a worker that died (device panic) so the connection thread closes.
+pub(crate) struct FailureSignal {
+    pub failed: AtomicBool,
+    pub waker: Waker,
+}
+
+impl WorkerHandle {
+    pub(crate) fn spawn<W: QueueWorker>(
+        name: String,
+        mut worker: W,
+        mem: Arc<MemoryTable>,
+        failure: Arc<FailureSignal>,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        worker.register_fds(&mut FdRegistry { registry: poll.registry() })?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let alive = Arc::new(AtomicBool::new(true));
+        let alive2 = alive.clone();
+        let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
+            let mut state =
+                WorkerState { name: name.clone(), worker, mem, queues: Vec::new(), poll };
+            let result = catch_unwind(AssertUnwindSafe(|| state.run(&rx)));
+            alive2.store(false, Ordering::Release);
+            if let Err(panic) = result {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                error!("{name}: device code panicked: {what}; closing the connection");
+                failure.failed.store(true, Ordering::Release);
+                let _ = failure.waker.wake();
+            }
+        })?;
+        Ok(WorkerHandle { tx, waker, thread: Some(thread), alive })
+    }
+
+    /// Sends a command; false if the worker is gone.
+    pub(crate) fn send(&self, cmd: WorkerCommand) -> bool {
+        if !self.alive.load(Ordering::Acquire) || self.tx.send(cmd).is_err() {
+            return false;
+        }
+        self.waker.wake().is_ok()
+    }
+
+    /// Stops a queue and waits for its next avail index.
+    pub(crate) fn stop_queue(&self, index: u16) -> Option<u16> {
+        let (reply, rx) = bounded(1);
+        if !self.send(WorkerCommand::Stop { index, reply }) {
+            return None;
+        }
+        rx.recv().ok().flatten()
+    }
+
+    /// Switches the worker to `mem`; returns once it no longer uses the old table.
+    pub(crate) fn set_memory(&self, mem: Arc<MemoryTable>, rings: Vec<(u16, RingAddrs)>) {
+        let (done, rx) = bounded(1);
+        if self.send(WorkerCommand::SetMemory { mem, rings, done }) {
+            // A worker that dies meanwhile drops `done`: recv returns and its old
+            // table is gone with it.
+            let _ = rx.recv();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        // Closing the channel and waking the worker makes it exit its loop.
+        let (tx, _) = crossbeam_channel::unbounded();
+        drop(std::mem::replace(&mut self.tx, tx));
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct WorkerState<W> {
+    name: String,
+    worker: W,
+    mem: Arc<MemoryTable>,
+    queues: Vec<Option<RunningQueue>>,
+    poll: Poll,
+}
+
+impl<W: QueueWorker> WorkerState<W> {
+    fn run(&mut self, rx: &Receiver<WorkerCommand>) {
+        let mut events = Events::with_capacity(64);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!("{}: poll failed: {e}", self.name);
+                return;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKE => {}
+                    Token(t) if t < DEVICE_TOKEN_BASE => {
+                        let index = t as u16;
+                        self.drain_kick(index);
+                        self.kicked(index);
+                    }
+                    Token(t) => self.device_event(t - DEVICE_TOKEN_BASE),
+                }
+            }
+            // Commands are drained on every wake-up (a Waker event may coalesce).
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => self.command(cmd),
+                    Err(crossbeam_channel::TryRecvError::Empty) => break,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        debug!("{}: worker exits", self.name);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn slot(&mut self, index: u16) -> &mut Option<RunningQueue> {
+        let i = usize::from(index);
+        if self.queues.len() <= i {
+            self.queues.resize_with(i + 1, || None);
+        }
+        &mut self.queues[i]
+    }
+
+    fn command(&mut self, cmd: WorkerCommand) {
+        match cmd {
+            WorkerCommand::Start(s) => {
+                let index = s.index;
+                if let Some(k) = &s.kick {
+                    let fd: RawFd = k.as_raw_fd();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut SourceFd(&fd),
+                        Token(usize::from(index)),
+                        Interest::READABLE,
+                    ) {
+                        error!("{}: queue {index}: cannot watch kick fd: {e}", self.name);
+                    }
+                }
+                if let Some(old) = self.slot(index).take() {
+                    self.release(index, old);
+                }
+                *self.slot(index) = Some(RunningQueue {
+                    ring: s.ring,
+                    kick: s.kick,
+                    call: s.call,
+                    enabled: s.enabled,
+                    pending: true,
+                    error: None,
+                });
+                self.worker.queue_state_changed(index, true);
+                // The guest may have queued work before the kick fd arrived.
+                self.kicked(index);
+            }
+            WorkerCommand::Stop { index, reply } => {
+                let q = self.slot(index).take();
+                let base = q.map(|q| {
+                    let next = q.ring.next_avail();
+                    self.release(index, q);
+                    next
+                });
+                if base.is_some() {
+                    self.worker.queue_state_changed(index, false);
+                }
+                let _ = reply.send(base);
+            }
+            WorkerCommand::Enable { index, enabled } => {
+                if let Some(q) = self.slot(index) {
+                    q.enabled = enabled;
+                }
+                if enabled {
+                    self.kicked(index);
+                }
+            }
+            WorkerCommand::SetCall { index, call } => {
+                if let Some(q) = self.slot(index) {
+                    q.call = call;
+                }
+            }
+            WorkerCommand::SetMemory { mem, rings, done } => {
+                self.mem = mem;
+                for (index, addrs) in rings {
+                    if let Some(q) = self.slot(index) {
+                        q.ring.set_addrs(addrs);
+                    }
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn release(&mut self, _index: u16, q: RunningQueue) {
+        if let Some(k) = &q.kick {
+            let fd = k.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+    }
+
+    fn drain_kick(&mut self, index: u16) {
+        if let Some(Some(q)) = self.queues.get(usize::from(index)) {
+            if let Some(k) = &q.kick {
+                let mut buf = [0u8; 8];
+                // Non-blocking eventfd: one read resets the counter; EAGAIN is fine.
+                let _ = nix::unistd::read(k, &mut buf);
+            }
+        }
+    }
+
+    /// Processes queue `index` if it is running and enabled; remembers the kick if it
+    /// is disabled, so that enabling it processes what arrived.
+    fn kicked(&mut self, index: u16) {
+        let name = &self.name;
+        let mem = &self.mem;
+        let worker = &mut self.worker;
+        let Some(Some(q)) = self.queues.get_mut(usize::from(index)) else { return };
+        if q.error.is_some() {
+            return;
+        }
+        if !q.enabled {
+            q.pending = true;
+            return;
+        }
+        q.pending = false;
+        process(name, worker, index, q, mem);
+    }
+
+    fn device_event(&mut self, token: usize) {
+        let mut access = QueueSet { queues: &mut self.queues, mem: &self.mem, name: &self.name };
+        let mut queues = Queues { inner: &mut access };
+        if let Err(e) = self.worker.handle_event(token, &mut queues) {
+            warn!("{}: device event {token}: {e}", self.name);
+        }
+    }
+}
+
+fn process<W: QueueWorker>(
+    name: &str,
+    worker: &mut W,
+    index: u16,
+    q: &mut RunningQueue,
+    mem: &MemoryTable,
+) {
+    loop {
+        if let Err(e) = q.ring.disable_notification(mem) {
+            q.error = Some(e);
+            break;
+        }
+        let before = q.ring.next_avail();
+        let result = {
+            let mut queue = Queue {
+                index,
+                ring: &mut q.ring,
+                mem,
+                call: q.call.as_deref(),
+                error: &mut q.error,
+            };
+            worker.process_queue(&mut queue)
+        };
+        if let Err(e) = result {
+            log_device_error(name, index, &e);
+        }
+        if q.error.is_some() {
+            break;
+        }
+        match q.ring.enable_notification(mem) {
+            Ok(true) if q.ring.next_avail() != before => continue,
+            Ok(_) => break,
+            Err(e) => {
+                q.error = Some(e);
+                break;
+            }
+        }
+    }
+    signal_if_needed(index, &mut q.ring, mem, q.call.as_deref(), &mut q.error);
+    if let Some(e) = &q.error {
+        error!("{name}: queue {index} is broken and stays stopped until restarted: {e}");
+    }
+}
+
+fn log_device_error(name: &str, index: u16, e: &DeviceError) {
+    warn!("{name}: queue {index}: {e}");
+}
+
+struct QueueSet<'a> {
+    queues: &'a mut Vec<Option<RunningQueue>>,
+    mem: &'a MemoryTable,
+    name: &'a str,
+}
+
+impl QueueAccess for QueueSet<'_> {
+    fn with_queue(&mut self, index: u16, f: &mut dyn FnMut(&mut Queue<'_>)) {
+        let Some(Some(q)) = self.queues.get_mut(usize::from(index)) else { return };
+        if !q.enabled || q.error.is_some() {
+            return;
+        }
+        {
+            let mut queue = Queue {
+                index,
+                ring: &mut q.ring,
+                mem: self.mem,
+                call: q.call.as_deref(),
+                error: &mut q.error,
+            };
+            f(&mut queue);
+        }
+        signal_if_needed(index, &mut q.ring, self.mem, q.call.as_deref(), &mut q.error);
+        if let Some(e) = &q.error {
+            error!("{}: queue {index} is broken: {e}", self.name);
+        }
+    }
+}

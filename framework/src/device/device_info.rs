@@ -1,0 +1,82 @@
+//! `DeviceInfo`: what a device tells the framework about itself.
+
+use crate::protocol::ProtocolFeatures;
+
+/// A device's identity and limits.
+///
+/// The framework adds the transport feature bits it implements itself (VERSION_1,
+/// INDIRECT_DESC, EVENT_IDX, PROTOCOL_FEATURES) to `features`, and the protocol
+/// features it implements (MQ, REPLY_ACK, CONFIG, BACKEND_REQ, RESET_DEVICE,
+/// CONFIGURE_MEM_SLOTS, STATUS) to `protocol_features`.
+///
+/// # Example
+/// ```
+/// use vhost_user_sync::device::DeviceInfo;
+/// let info = DeviceInfo::new("rng", 4, 1).with_features(1 << 3).with_max_queue_size(512);
+/// assert_eq!((info.device_type, info.num_queues, info.max_queue_size), (4, 1, 512));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Short name for logs ("rng", "net", "blk").
+    pub name: String,
+    /// Virtio device id (1 net, 2 blk, 4 rng, ...).
+    pub device_type: u32,
+    /// Number of queues.
+    pub num_queues: u16,
+    /// Largest queue size accepted (a power of two, at most 32768).
+    pub max_queue_size: u16,
+    /// Device-specific feature bits offered.
+    pub features: u64,
+    /// Transport bits the device does not want offered (masked off).
+    pub masked_features: u64,
+    /// Protocol features the device implements beyond the framework's.
+    pub protocol_features: ProtocolFeatures,
+    /// Size of the config space in bytes (0: none).
+    pub config_size: u32,
+}
+
+impl DeviceInfo {
+    /// A device named `name` of virtio type `device_type` with `num_queues` queues.
+    pub fn new(name: &str, device_type: u32, num_queues: u16) -> Self {
+        DeviceInfo {
+            name: name.to_string(),
+            device_type,
+            num_queues,
+            max_queue_size: 1024,
+            features: 0,
+            masked_features: 0,
+            protocol_features: ProtocolFeatures::EMPTY,
+            config_size: 0,
+        }
+    }
+
+    /// With device feature bits.
+    pub fn with_features(mut self, features: u64) -> Self {
+        self.features = features;
+        self
+    }
+
+    /// With a different largest queue size.
+    pub fn with_max_queue_size(mut self, size: u16) -> Self {
+        self.max_queue_size = size;
+        self
+    }
+
+    /// With extra protocol features.
+    pub fn with_protocol_features(mut self, features: ProtocolFeatures) -> Self {
+        self.protocol_features = features;
+        self
+    }
+
+    /// With a config space of `size` bytes.
+    pub fn with_config_size(mut self, size: u32) -> Self {
+        self.config_size = size;
+        self
+    }
+
+    /// Without some transport bits (for example EVENT_IDX).
+    pub fn without_features(mut self, bits: u64) -> Self {
+        self.masked_features |= bits;
+        self
+    }
+}

@@ -1,0 +1,127 @@
+//! What a device author implements: [`Device`] (control plane, on the connection
+//! thread) and [`QueueWorker`] (data path, on a worker thread).
+//!
+//! A complete device, entropy from the host, fits in a few lines:
+//!
+//! ```
+//! use std::fs::File;
+//! use std::os::fd::AsFd;
+//! use vhost_user_sync::device::{Device, DeviceError, DeviceInfo, Queue, QueueWorker};
+//!
+//! struct Rng;
+//! struct RngWorker(File);
+//!
+//! impl Device for Rng {
+//!     type Worker = RngWorker;
+//!     fn info(&self) -> DeviceInfo {
+//!         DeviceInfo::new("rng", 4, 1)
+//!     }
+//!     fn create_worker(&mut self, _index: usize) -> std::io::Result<RngWorker> {
+//!         Ok(RngWorker(File::open("/dev/urandom")?))
+//!     }
+//! }
+//!
+//! impl QueueWorker for RngWorker {
+//!     fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError> {
+//!         while let Some(chain) = queue.pop() {
+//!             let len = chain.writable_len() as usize;
+//!             let n = chain.writer(queue.mem()).read_from_fd(self.0.as_fd(), len)?;
+//!             queue.add_used(&chain, n as u32);
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//! ```
+
+mod device_error;
+mod device_info;
+pub(crate) mod fd_registry;
+pub(crate) mod queue_handle;
+
+pub use device_error::DeviceError;
+pub use device_info::DeviceInfo;
+pub use fd_registry::FdRegistry;
+pub use queue_handle::{Queue, Queues};
+
+use std::io;
+
+use crate::backend::BackendChannel;
+
+/// A virtio device served over vhost-user: its description, config space and the
+/// workers that run its queues.
+///
+/// One value serves one frontend connection; a listener's serve loop builds a fresh one
+/// for each connection. The methods run on the connection thread.
+pub trait Device: Send + 'static {
+    /// The data-path state of one worker thread.
+    type Worker: QueueWorker;
+
+    /// Name, queue count and size, and feature bits.
+    fn info(&self) -> DeviceInfo;
+
+    /// Fills `data` from the config space at `offset` (bytes past the end stay zero).
+    fn read_config(&self, offset: u32, data: &mut [u8]) {
+        let _ = (offset, data);
+    }
+
+    /// Writes the config space. The default refuses: the config space is read-only.
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), DeviceError> {
+        let _ = data;
+        Err(DeviceError::ReadOnlyConfig { offset })
+    }
+
+    /// Called when the frontend acks features (device bits and transport bits).
+    fn set_features(&mut self, features: u64) {
+        let _ = features;
+    }
+
+    /// How many worker threads to run (queues are spread with [`Self::queue_worker`]).
+    fn worker_count(&self) -> usize {
+        1
+    }
+
+    /// Which worker runs queue `queue`.
+    fn queue_worker(&self, queue: u16) -> usize {
+        let _ = queue;
+        0
+    }
+
+    /// Builds the data-path state of worker `index` for a new connection.
+    fn create_worker(&mut self, index: usize) -> io::Result<Self::Worker>;
+
+    /// The frontend gave a channel for backend-initiated requests (BACKEND_REQ).
+    fn set_backend_channel(&mut self, channel: BackendChannel) {
+        let _ = channel;
+    }
+
+    /// The frontend reset the device (RESET_DEVICE / RESET_OWNER): forget negotiated
+    /// state. Workers are rebuilt afterwards.
+    fn reset(&mut self) {}
+}
+
+/// The data path of a device: runs on a worker thread and owns its state there, so
+/// device code needs no locks.
+pub trait QueueWorker: Send + 'static {
+    /// A started, enabled queue has work (a kick arrived, or it was just started).
+    /// Pop chains, use them, add used entries; the framework signals the guest after
+    /// this returns, following EVENT_IDX / NO_INTERRUPT.
+    fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError>;
+
+    /// Registers the worker's own fds (a tap, a socket, a timer) with tokens of its
+    /// choosing; [`Self::handle_event`] gets the token when one is ready.
+    fn register_fds(&mut self, registry: &mut FdRegistry<'_>) -> io::Result<()> {
+        let _ = registry;
+        Ok(())
+    }
+
+    /// One of the worker's own fds is ready.
+    fn handle_event(&mut self, token: usize, queues: &mut Queues<'_>) -> Result<(), DeviceError> {
+        let _ = (token, queues);
+        Ok(())
+    }
+
+    /// Queue `index` was started or stopped (GET_VRING_BASE).
+    fn queue_state_changed(&mut self, index: u16, running: bool) {
+        let _ = (index, running);
+    }
+}

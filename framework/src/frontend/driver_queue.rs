@@ -1,0 +1,293 @@
+//! `DriverQueue`: the driver side of a split virtqueue, over [`FrontendMemory`].
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::{Frontend, FrontendError, FrontendMemory};
+use crate::memory::MemoryTable;
+use crate::protocol::payload::VringAddr;
+use crate::protocol::{virtio, FrontendRequest};
+use crate::queue::Descriptor;
+
+/// A used-ring entry: which chain came back and how many bytes the device wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsedElem {
+    /// Head index of the chain.
+    pub id: u16,
+    /// Bytes written by the device.
+    pub len: u32,
+}
+
+/// A split ring as a virtio driver runs it: posts buffers, kicks, reaps used entries and
+/// waits for calls, honouring EVENT_IDX and NO_NOTIFY like a guest driver.
+///
+/// See the [module example](super) for use.
+#[derive(Debug)]
+pub struct DriverQueue {
+    index: u16,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    free: Vec<u16>,
+    /// Descriptors per outstanding head (to free them when used).
+    chain_len: Vec<u16>,
+    avail_idx: u16,
+    last_used: u16,
+    event_idx: bool,
+    kick: File,
+    call: File,
+    kicks: u64,
+}
+
+impl DriverQueue {
+    /// Allocates a ring of `size` entries for queue `index` in `mem`.
+    pub fn new(mem: &FrontendMemory, index: u16, size: u16) -> Result<Self, FrontendError> {
+        let n = u64::from(size);
+        let desc = mem.alloc(16 * n, 4096)?;
+        let avail = mem.alloc(6 + 2 * n, 64)?;
+        let used = mem.alloc(6 + 8 * n, 4096)?;
+        let t = mem.table();
+        t.write(desc, &vec![0u8; (16 * n) as usize])?;
+        t.write(avail, &vec![0u8; (6 + 2 * n) as usize])?;
+        t.write(used, &vec![0u8; (6 + 8 * n) as usize])?;
+        let new_eventfd = || -> Result<File, FrontendError> {
+            let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                .map_err(std::io::Error::from)?;
+            Ok(File::from(std::os::fd::OwnedFd::from(fd)))
+        };
+        Ok(DriverQueue {
+            index,
+            size,
+            desc,
+            avail,
+            used,
+            free: (0..size).rev().collect(),
+            chain_len: vec![0; size.into()],
+            avail_idx: 0,
+            last_used: 0,
+            event_idx: false,
+            kick: new_eventfd()?,
+            call: new_eventfd()?,
+            kicks: 0,
+        })
+    }
+
+    /// Queue index.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// Kicks actually written (suppressed ones not counted).
+    pub fn kicks(&self) -> u64 {
+        self.kicks
+    }
+
+    /// Free descriptors.
+    pub fn free_descriptors(&self) -> usize {
+        self.free.len()
+    }
+
+    /// The ring's addresses as SET_VRING_ADDR carries them.
+    pub fn vring_addr(&self, mem: &FrontendMemory) -> VringAddr {
+        let u = |gpa| mem.uaddr(gpa).unwrap_or(0);
+        VringAddr {
+            index: self.index.into(),
+            flags: 0,
+            desc: u(self.desc),
+            used: u(self.used),
+            avail: u(self.avail),
+            log: 0,
+        }
+    }
+
+    /// Sets the ring up on the backend: NUM, BASE, ADDR, KICK, CALL, and ENABLE when
+    /// PROTOCOL_FEATURES was negotiated. Call after SET_MEM_TABLE.
+    pub fn attach(&mut self, fe: &mut Frontend, mem: &FrontendMemory) -> Result<(), FrontendError> {
+        self.event_idx = fe.features() & virtio::RING_EVENT_IDX != 0;
+        let i = u32::from(self.index);
+        fe.set_vring_num(i, self.size.into())?;
+        fe.set_vring_base(i, self.avail_idx.into())?;
+        fe.set_vring_addr(&self.vring_addr(mem))?;
+        fe.set_vring_fd(FrontendRequest::SET_VRING_CALL, self.index as u8, Some(&self.call))?;
+        fe.set_vring_fd(FrontendRequest::SET_VRING_KICK, self.index as u8, Some(&self.kick))?;
+        if fe.features() & virtio::PROTOCOL_FEATURES != 0 {
+            fe.set_vring_enable(i, true)?;
+        }
+        Ok(())
+    }
+
+    /// The kick eventfd (for a VMM that hands it elsewhere).
+    pub fn kick_fd(&self) -> &File {
+        &self.kick
+    }
+
+    /// The call eventfd.
+    pub fn call_fd(&self) -> &File {
+        &self.call
+    }
+
+    /// Posts a chain of buffers `(gpa, len, device_writable)`; returns its head.
+    pub fn add(&mut self, mem: &MemoryTable, bufs: &[(u64, u32, bool)]) -> Result<u16, FrontendError> {
+        if bufs.is_empty() || bufs.len() > self.free.len() {
+            return Err(FrontendError::QueueFull);
+        }
+        let ids: Vec<u16> = (0..bufs.len()).filter_map(|_| self.free.pop()).collect();
+        for (k, (&(addr, len, write), &id)) in bufs.iter().zip(&ids).enumerate() {
+            let last = k + 1 == bufs.len();
+            let d = Descriptor {
+                addr,
+                len,
+                flags: if write { Descriptor::F_WRITE } else { 0 } | if last { 0 } else { Descriptor::F_NEXT },
+                next: if last { 0 } else { ids[k + 1] },
+            };
+            mem.write(self.desc + 16 * u64::from(id), &d.to_bytes())?;
+        }
+        self.chain_len[usize::from(ids[0])] = ids.len() as u16;
+        self.publish(mem, ids[0])?;
+        Ok(ids[0])
+    }
+
+    /// Posts buffers through one indirect descriptor whose table lives at `table`
+    /// (16 bytes per buffer, allocated by the caller).
+    pub fn add_indirect(
+        &mut self,
+        mem: &MemoryTable,
+        table: u64,
+        bufs: &[(u64, u32, bool)],
+    ) -> Result<u16, FrontendError> {
+        let id = self.free.pop().ok_or(FrontendError::QueueFull)?;
+        for (k, &(addr, len, write)) in bufs.iter().enumerate() {
+            let last = k + 1 == bufs.len();
+            let d = Descriptor {
+                addr,
+                len,
+                flags: if write { Descriptor::F_WRITE } else { 0 } | if last { 0 } else { Descriptor::F_NEXT },
+                next: if last { 0 } else { k as u16 + 1 },
+            };
+            mem.write(table + 16 * k as u64, &d.to_bytes())?;
+        }
+        let d = Descriptor { addr: table, len: 16 * bufs.len() as u32, flags: Descriptor::F_INDIRECT, next: 0 };
+        mem.write(self.desc + 16 * u64::from(id), &d.to_bytes())?;
+        self.chain_len[usize::from(id)] = 1;
+        self.publish(mem, id)?;
+        Ok(id)
+    }
+
+    /// Writes a raw descriptor (for tests that build hostile tables).
+    pub fn write_descriptor(&self, mem: &MemoryTable, index: u16, d: &Descriptor) -> Result<(), FrontendError> {
+        Ok(mem.write(self.desc + 16 * u64::from(index % self.size), &d.to_bytes())?)
+    }
+
+    /// Makes head `head` available without touching descriptors (hostile tests).
+    pub fn publish_raw(&mut self, mem: &MemoryTable, head: u16) -> Result<(), FrontendError> {
+        self.publish(mem, head)
+    }
+
+    fn publish(&mut self, mem: &MemoryTable, head: u16) -> Result<(), FrontendError> {
+        let slot = u64::from(self.avail_idx % self.size);
+        mem.store::<u16>(self.avail + 4 + 2 * slot, head, Ordering::Relaxed)?;
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        mem.store::<u16>(self.avail + 2, self.avail_idx, Ordering::Release)?;
+        Ok(())
+    }
+
+    /// Notifies the backend unless it asked not to be (NO_NOTIFY, or avail_event with
+    /// EVENT_IDX). Returns whether a kick was written.
+    pub fn kick(&mut self, mem: &MemoryTable) -> Result<bool, FrontendError> {
+        fence(Ordering::SeqCst);
+        let want = if self.event_idx {
+            let event = mem.load::<u16>(self.used + 4 + 8 * u64::from(self.size), Ordering::Acquire)?;
+            // We kick for everything published since our last kick; be conservative
+            // and kick when the event index is anywhere in what we published.
+            self.avail_idx.wrapping_sub(event).wrapping_sub(1) < self.size
+        } else {
+            mem.load::<u16>(self.used, Ordering::Acquire)? & 1 == 0
+        };
+        if want {
+            self.kick_now()?;
+        }
+        Ok(want)
+    }
+
+    /// Writes the kick eventfd unconditionally.
+    pub fn kick_now(&mut self) -> Result<(), FrontendError> {
+        nix::unistd::write(&self.kick, &1u64.to_ne_bytes()).map_err(std::io::Error::from)?;
+        self.kicks += 1;
+        Ok(())
+    }
+
+    /// Reaps one used entry, if any, freeing its descriptors.
+    pub fn pop_used(&mut self, mem: &MemoryTable) -> Result<Option<UsedElem>, FrontendError> {
+        let used_idx = mem.load::<u16>(self.used + 2, Ordering::Acquire)?;
+        if used_idx == self.last_used {
+            return Ok(None);
+        }
+        let slot = u64::from(self.last_used % self.size);
+        let id = mem.load::<u32>(self.used + 4 + 8 * slot, Ordering::Relaxed)?;
+        let len = mem.load::<u32>(self.used + 8 + 8 * slot, Ordering::Relaxed)?;
+        self.last_used = self.last_used.wrapping_add(1);
+        if self.event_idx {
+            // Ask for a call when the next entry is used.
+            mem.store::<u16>(self.avail + 4 + 2 * u64::from(self.size), self.last_used, Ordering::Release)?;
+        }
+        let id = (id as u16) % self.size;
+        self.free_chain(mem, id)?;
+        Ok(Some(UsedElem { id, len }))
+    }
+
+    fn free_chain(&mut self, mem: &MemoryTable, head: u16) -> Result<(), FrontendError> {
+        let n = std::mem::take(&mut self.chain_len[usize::from(head)]);
+        let mut id = head;
+        for _ in 0..n {
+            self.free.push(id);
+            let mut raw = [0u8; 16];
+            mem.read(self.desc + 16 * u64::from(id), &mut raw)?;
+            id = Descriptor::from_bytes(&raw).next;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the call eventfd; true if it fired (and clears it).
+    pub fn wait_call(&self, timeout: Duration) -> Result<bool, FrontendError> {
+        let mut fds = [PollFd::new(self.call.as_fd(), PollFlags::POLLIN)];
+        let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let n = poll(&mut fds, t).map_err(std::io::Error::from)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let mut b = [0u8; 8];
+        let _ = nix::unistd::read(&self.call, &mut b);
+        Ok(true)
+    }
+
+    /// Waits (on calls) until a used entry arrives, up to `timeout`.
+    pub fn wait_used(&mut self, mem: &MemoryTable, timeout: Duration) -> Result<UsedElem, FrontendError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(u) = self.pop_used(mem)? {
+                return Ok(u);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(FrontendError::Timeout);
+            }
+            self.wait_call(left)?;
+        }
+    }
+
+    /// The driver's avail index (how many chains were posted, mod 2^16).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Continues after a GET_VRING_BASE/restart: the next chains are posted from here.
+    pub fn used_idx(&self) -> u16 {
+        self.last_used
+    }
+}

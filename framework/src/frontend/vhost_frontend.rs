@@ -1,0 +1,257 @@
+//! `Frontend`: the request side of a vhost-user connection.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+
+use super::{FrontendError, FrontendMemory};
+use crate::message::{read_message, write_message};
+use crate::protocol::payload::{
+    ConfigAccess, MemoryRegionDesc, MemoryTableDesc, RingFd, SingleRegion, VringAddr, VringState,
+};
+use crate::protocol::{virtio, FrontendRequest as R, HeaderFlags, ProtocolFeatures, ReplyRule};
+use crate::sys::unix::SocketPlatformConnection;
+
+/// A connection to a backend, with typed requests.
+///
+/// # Example
+/// ```no_run
+/// use vhost_user_sync::frontend::Frontend;
+/// let mut fe = Frontend::connect("/tmp/rng.sock").unwrap();
+/// let (features, protocol) = fe.negotiate(u64::MAX, u64::MAX).unwrap();
+/// println!("features {features:#x}, protocol {protocol}");
+/// ```
+#[derive(Debug)]
+pub struct Frontend {
+    conn: SocketPlatformConnection,
+    features: u64,
+    protocol: ProtocolFeatures,
+}
+
+type Result<T> = std::result::Result<T, FrontendError>;
+
+impl Frontend {
+    /// Connects to a backend listening at `path`.
+    pub fn connect(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Ok(Self::from_connection(SocketPlatformConnection::connect(path)?))
+    }
+
+    /// Uses an established connection.
+    pub fn from_connection(conn: SocketPlatformConnection) -> Self {
+        Frontend { conn, features: 0, protocol: ProtocolFeatures::EMPTY }
+    }
+
+    /// The socket.
+    pub fn connection(&self) -> &SocketPlatformConnection {
+        &self.conn
+    }
+
+    /// Negotiated virtio features.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// Negotiated protocol features.
+    pub fn protocol_features(&self) -> ProtocolFeatures {
+        self.protocol
+    }
+
+    /// Sends `req` and returns the reply body if one is expected. With REPLY_ACK
+    /// negotiated every request asks for an ack, and a non-zero ack is an error.
+    pub fn request(&mut self, req: R, body: &[u8], fds: &[&File]) -> Result<Option<Vec<u8>>> {
+        let always = req.shape().reply == ReplyRule::Always;
+        let ack = !always && self.protocol.contains(ProtocolFeatures::REPLY_ACK);
+        let flags = if ack { HeaderFlags::REQUEST.with_need_reply() } else { HeaderFlags::REQUEST };
+        write_message(&self.conn, req.number(), flags, body, fds)?;
+        if !always && !ack {
+            return Ok(None);
+        }
+        let msg = read_message(&self.conn, true)?.ok_or(FrontendError::BadReply {
+            request: req.name(),
+            why: "no reply".into(),
+        })?;
+        if msg.header.request != req.number() || msg.header.flags != HeaderFlags::REPLY_FLAGS {
+            return Err(FrontendError::BadReply {
+                request: req.name(),
+                why: format!("header {:?}", msg.header),
+            });
+        }
+        if ack {
+            let v = u64_of(req, &msg.body)?;
+            if v != 0 {
+                return Err(FrontendError::Nack { request: req.name(), value: v });
+            }
+            return Ok(None);
+        }
+        Ok(Some(msg.body))
+    }
+
+    fn get_u64(&mut self, req: R) -> Result<u64> {
+        let body = self.request(req, &[], &[])?.unwrap_or_default();
+        u64_of(req, &body)
+    }
+
+    fn set_u64(&mut self, req: R, v: u64) -> Result<()> {
+        self.request(req, &v.to_ne_bytes(), &[]).map(|_| ())
+    }
+
+    /// SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES and SET_FEATURES, acking
+    /// what both sides have within `want` / `want_protocol`. Returns what was acked.
+    pub fn negotiate(&mut self, want: u64, want_protocol: u64) -> Result<(u64, ProtocolFeatures)> {
+        self.set_owner()?;
+        let offered = self.get_features()?;
+        if offered & virtio::PROTOCOL_FEATURES != 0 {
+            let p = self.get_u64(R::GET_PROTOCOL_FEATURES)? & want_protocol;
+            self.set_u64(R::SET_PROTOCOL_FEATURES, p)?;
+            self.protocol = ProtocolFeatures::from_bits(p);
+        }
+        let acked = offered & want;
+        self.set_features(acked)?;
+        Ok((acked, self.protocol))
+    }
+
+    /// SET_OWNER.
+    pub fn set_owner(&mut self) -> Result<()> {
+        self.request(R::SET_OWNER, &[], &[]).map(|_| ())
+    }
+
+    /// GET_FEATURES.
+    pub fn get_features(&mut self) -> Result<u64> {
+        self.get_u64(R::GET_FEATURES)
+    }
+
+    /// SET_FEATURES.
+    pub fn set_features(&mut self, features: u64) -> Result<()> {
+        self.set_u64(R::SET_FEATURES, features)?;
+        self.features = features;
+        Ok(())
+    }
+
+    /// GET_PROTOCOL_FEATURES.
+    pub fn get_protocol_features(&mut self) -> Result<ProtocolFeatures> {
+        Ok(ProtocolFeatures::from_bits(self.get_u64(R::GET_PROTOCOL_FEATURES)?))
+    }
+
+    /// SET_PROTOCOL_FEATURES.
+    pub fn set_protocol_features(&mut self, p: ProtocolFeatures) -> Result<()> {
+        self.set_u64(R::SET_PROTOCOL_FEATURES, p.bits())?;
+        self.protocol = p;
+        Ok(())
+    }
+
+    /// GET_QUEUE_NUM.
+    pub fn get_queue_num(&mut self) -> Result<u64> {
+        self.get_u64(R::GET_QUEUE_NUM)
+    }
+
+    /// GET_MAX_MEM_SLOTS.
+    pub fn get_max_mem_slots(&mut self) -> Result<u64> {
+        self.get_u64(R::GET_MAX_MEM_SLOTS)
+    }
+
+    /// SET_MEM_TABLE with every region of `mem`.
+    pub fn set_mem_table(&mut self, mem: &FrontendMemory) -> Result<()> {
+        let body = MemoryTableDesc { regions: mem.regions().to_vec() }.encode();
+        let fds: Vec<&File> = mem.files().iter().collect();
+        self.request(R::SET_MEM_TABLE, &body, &fds).map(|_| ())
+    }
+
+    /// ADD_MEM_REG.
+    pub fn add_mem_region(&mut self, region: MemoryRegionDesc, file: &File) -> Result<()> {
+        self.request(R::ADD_MEM_REG, &SingleRegion(region).encode(), &[file]).map(|_| ())
+    }
+
+    /// REM_MEM_REG.
+    pub fn remove_mem_region(&mut self, region: MemoryRegionDesc) -> Result<()> {
+        self.request(R::REM_MEM_REG, &SingleRegion(region).encode(), &[]).map(|_| ())
+    }
+
+    /// SET_VRING_NUM.
+    pub fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
+        self.request(R::SET_VRING_NUM, &VringState { index, num }.encode(), &[]).map(|_| ())
+    }
+
+    /// SET_VRING_BASE.
+    pub fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
+        self.request(R::SET_VRING_BASE, &VringState { index, num: base }.encode(), &[]).map(|_| ())
+    }
+
+    /// GET_VRING_BASE: stops the ring and returns its next avail index.
+    pub fn get_vring_base(&mut self, index: u32) -> Result<u32> {
+        let body = self.request(R::GET_VRING_BASE, &VringState { index, num: 0 }.encode(), &[])?;
+        let s = VringState::decode("GET_VRING_BASE", &body.unwrap_or_default())
+            .map_err(|e| FrontendError::BadReply { request: "GET_VRING_BASE", why: e.to_string() })?;
+        Ok(s.num)
+    }
+
+    /// SET_VRING_ADDR.
+    pub fn set_vring_addr(&mut self, addr: &VringAddr) -> Result<()> {
+        self.request(R::SET_VRING_ADDR, &addr.encode(), &[]).map(|_| ())
+    }
+
+    /// SET_VRING_KICK / SET_VRING_CALL / SET_VRING_ERR with an fd (or none).
+    pub fn set_vring_fd(&mut self, req: R, index: u8, fd: Option<&File>) -> Result<()> {
+        let body = RingFd { index, no_fd: fd.is_none() }.encode();
+        let fds: Vec<&File> = fd.into_iter().collect();
+        self.request(req, &body, &fds).map(|_| ())
+    }
+
+    /// SET_VRING_ENABLE.
+    pub fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
+        self.request(R::SET_VRING_ENABLE, &VringState { index, num: enable.into() }.encode(), &[])
+            .map(|_| ())
+    }
+
+    /// GET_CONFIG of `size` bytes at `offset`.
+    pub fn get_config(&mut self, offset: u32, size: u32) -> Result<Vec<u8>> {
+        let body = ConfigAccess { offset, flags: 0, payload: vec![0; size as usize] }.encode();
+        let reply = self.request(R::GET_CONFIG, &body, &[])?.unwrap_or_default();
+        let c = ConfigAccess::decode("GET_CONFIG", &reply)
+            .map_err(|e| FrontendError::BadReply { request: "GET_CONFIG", why: e.to_string() })?;
+        if c.payload.len() != size as usize {
+            return Err(FrontendError::Nack { request: "GET_CONFIG", value: c.payload.len() as u64 });
+        }
+        Ok(c.payload)
+    }
+
+    /// SET_STATUS.
+    pub fn set_status(&mut self, status: u8) -> Result<()> {
+        self.set_u64(R::SET_STATUS, status.into())
+    }
+
+    /// GET_STATUS.
+    pub fn get_status(&mut self) -> Result<u8> {
+        Ok(self.get_u64(R::GET_STATUS)? as u8)
+    }
+
+    /// RESET_DEVICE.
+    pub fn reset_device(&mut self) -> Result<()> {
+        self.request(R::RESET_DEVICE, &[], &[]).map(|_| ())
+    }
+
+    /// Sends raw bytes as a message (for testing hostile inputs), returning nothing.
+    pub fn send_raw(&mut self, request: u32, flags: u32, body: &[u8], fds: &[&File]) -> Result<()> {
+        let header = crate::protocol::Header {
+            request,
+            flags: HeaderFlags::from_bits(flags).unwrap_or(HeaderFlags::REQUEST),
+            size: body.len() as u32,
+        };
+        let mut raw = header.encode();
+        raw[4..8].copy_from_slice(&flags.to_ne_bytes());
+        let fds: Vec<_> = fds.iter().map(|f| std::os::fd::AsRawFd::as_raw_fd(&f.as_fd())).collect();
+        self.conn.send_message(&raw, body, &[], if fds.is_empty() { None } else { Some(&fds) })?;
+        Ok(())
+    }
+
+    /// Reads one message (a reply to something sent with [`Self::send_raw`]).
+    pub fn read_reply(&mut self) -> Result<crate::message::Message> {
+        read_message(&self.conn, true)?.ok_or(FrontendError::BadReply { request: "raw", why: "none".into() })
+    }
+}
+
+fn u64_of(req: R, body: &[u8]) -> Result<u64> {
+    let b: [u8; 8] = body.try_into().map_err(|_| FrontendError::BadReply {
+        request: req.name(),
+        why: format!("{} bytes, want 8", body.len()),
+    })?;
+    Ok(u64::from_ne_bytes(b))
+}

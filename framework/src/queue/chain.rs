@@ -1,0 +1,190 @@
+//! `DescriptorChain`: a validated, copied chain of buffers.
+
+use super::{ChainReader, ChainWriter, Descriptor, QueueError};
+use crate::memory::MemoryTable;
+
+/// The buffers of one available-ring entry, walked, copied and checked.
+///
+/// Walking follows `next` links (and one level of indirect table), bounded by the table
+/// size so loops end; every buffer is checked to lie in guest memory; readable buffers
+/// must precede writable ones. The descriptors are copies: the guest can no longer
+/// change what the device sees.
+///
+/// # Example
+/// ```
+/// # use vhost_user_sync::queue::{Descriptor, DescriptorChain};
+/// # use vhost_user_sync::memory::MemoryTable;
+/// # use vhost_user_sync::protocol::payload::MemoryRegionDesc;
+/// # let fd = nix::sys::memfd::memfd_create("g", nix::sys::memfd::MFdFlags::empty()).unwrap();
+/// # let file = std::fs::File::from(fd); file.set_len(0x10000).unwrap();
+/// # let mem = MemoryTable::from_regions(&[MemoryRegionDesc { guest_phys_addr: 0, memory_size: 0x10000, userspace_addr: 0, mmap_offset: 0 }], vec![file]).unwrap();
+/// // Descriptor 0 at table 0x0: a 64-byte device-writable buffer at 0x1000.
+/// let d = Descriptor { addr: 0x1000, len: 64, flags: Descriptor::F_WRITE, next: 0 };
+/// mem.write(0, &d.to_bytes()).unwrap();
+/// let chain = DescriptorChain::walk(&mem, 0, 16, 0, false).unwrap();
+/// assert_eq!((chain.head(), chain.writable_len(), chain.readable_len()), (0, 64, 0));
+/// ```
+#[derive(Debug, Clone)]
+pub struct DescriptorChain {
+    head: u16,
+    descs: Vec<Descriptor>,
+    first_writable: usize,
+    readable_len: u32,
+    writable_len: u32,
+}
+
+impl DescriptorChain {
+    /// Walks the chain starting at `head` in the table at `table` of `size` entries.
+    pub fn walk(
+        mem: &MemoryTable,
+        table: u64,
+        size: u16,
+        head: u16,
+        indirect_allowed: bool,
+    ) -> Result<Self, QueueError> {
+        let chain = Self::walk_links(mem, table, size, head, indirect_allowed)?;
+        chain.check_buffers(mem)?;
+        Ok(chain)
+    }
+
+    fn walk_links(
+        mem: &MemoryTable,
+        table: u64,
+        size: u16,
+        head: u16,
+        indirect_allowed: bool,
+    ) -> Result<Self, QueueError> {
+        let mut chain = DescriptorChain {
+            head,
+            descs: Vec::with_capacity(4),
+            first_writable: 0,
+            readable_len: 0,
+            writable_len: 0,
+        };
+        let mut index = head;
+        let mut seen: u32 = 0;
+        loop {
+            if index >= size {
+                return Err(QueueError::BadIndex { index, size: size.into() });
+            }
+            seen += 1;
+            if seen > u32::from(size) {
+                return Err(QueueError::ChainTooLong { head, limit: size.into() });
+            }
+            let desc = read_desc(mem, table, index)?;
+            if desc.is_indirect() {
+                if !indirect_allowed || desc.has_next() || !chain.descs.is_empty() {
+                    return Err(QueueError::IndirectNotAllowed { flags: desc.flags });
+                }
+                chain.walk_indirect(mem, &desc)?;
+                return Ok(chain);
+            }
+            chain.push(desc)?;
+            if !desc.has_next() {
+                return Ok(chain);
+            }
+            index = desc.next;
+        }
+    }
+
+    fn walk_indirect(&mut self, mem: &MemoryTable, table: &Descriptor) -> Result<(), QueueError> {
+        let bad = QueueError::BadIndirectTable { addr: table.addr, len: table.len };
+        let count = table.len / Descriptor::SIZE as u32;
+        if table.len == 0 || table.len % Descriptor::SIZE as u32 != 0 || count > u32::from(u16::MAX) {
+            return Err(bad);
+        }
+        mem.check_range(table.addr, table.len.into())?;
+        let mut index: u16 = 0;
+        let mut seen = 0u32;
+        loop {
+            if u32::from(index) >= count {
+                return Err(QueueError::BadIndex { index, size: count });
+            }
+            seen += 1;
+            if seen > count {
+                return Err(QueueError::ChainTooLong { head: self.head, limit: count });
+            }
+            let desc = read_desc(mem, table.addr, index)?;
+            if desc.is_indirect() {
+                return Err(QueueError::NestedIndirect { head: self.head });
+            }
+            self.push(desc)?;
+            if !desc.has_next() {
+                return Ok(());
+            }
+            index = desc.next;
+        }
+    }
+
+    fn push(&mut self, desc: Descriptor) -> Result<(), QueueError> {
+        let overflow = QueueError::ChainLengthOverflow { head: self.head };
+        if desc.is_write() {
+            self.writable_len = self.writable_len.checked_add(desc.len).ok_or(overflow)?;
+        } else {
+            if self.writable_len > 0 || self.first_writable < self.descs.len() {
+                return Err(QueueError::ReadableAfterWritable { head: self.head });
+            }
+            self.readable_len = self.readable_len.checked_add(desc.len).ok_or(overflow)?;
+            self.first_writable += 1;
+        }
+        self.descs.push(desc);
+        Ok(())
+    }
+
+    /// Checks that every buffer lies in `mem`.
+    fn check_buffers(&self, mem: &MemoryTable) -> Result<(), QueueError> {
+        for d in &self.descs {
+            mem.check_range(d.addr, d.len.into())?;
+        }
+        Ok(())
+    }
+
+    /// The head index (what goes into the used ring).
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// All buffers, readable first.
+    pub fn descriptors(&self) -> &[Descriptor] {
+        &self.descs
+    }
+
+    /// The device-readable buffers.
+    pub fn readable(&self) -> &[Descriptor] {
+        &self.descs[..self.first_writable]
+    }
+
+    /// The device-writable buffers.
+    pub fn writable(&self) -> &[Descriptor] {
+        &self.descs[self.first_writable..]
+    }
+
+    /// Total bytes the device may read.
+    pub fn readable_len(&self) -> u32 {
+        self.readable_len
+    }
+
+    /// Total bytes the device may write.
+    pub fn writable_len(&self) -> u32 {
+        self.writable_len
+    }
+
+    /// An `io::Read` over the readable buffers.
+    pub fn reader<'a>(&'a self, mem: &'a MemoryTable) -> ChainReader<'a> {
+        ChainReader::new(mem, self.readable())
+    }
+
+    /// An `io::Write` over the writable buffers.
+    pub fn writer<'a>(&'a self, mem: &'a MemoryTable) -> ChainWriter<'a> {
+        ChainWriter::new(mem, self.writable())
+    }
+}
+
+fn read_desc(mem: &MemoryTable, table: u64, index: u16) -> Result<Descriptor, QueueError> {
+    let mut raw = [0u8; 16];
+    let at = table
+        .checked_add(u64::from(index) * Descriptor::SIZE)
+        .ok_or(QueueError::BadIndex { index, size: 0 })?;
+    mem.read(at, &mut raw)?;
+    Ok(Descriptor::from_bytes(&raw))
+}

@@ -1,0 +1,136 @@
+//! `ChainReader`: the device-readable buffers of a chain as one byte stream.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use vm_memory::VolatileSlice;
+
+use super::Descriptor;
+use crate::memory::MemoryTable;
+
+/// Reads a chain's device-readable buffers in order, as `io::Read`, or hands them to a
+/// file descriptor without a copy ([`ChainReader::write_to_fd`]).
+///
+/// # Example
+/// ```
+/// # use std::io::Read;
+/// # use vhost_user_sync::queue::{ChainReader, Descriptor};
+/// # use vhost_user_sync::memory::MemoryTable;
+/// # use vhost_user_sync::protocol::payload::MemoryRegionDesc;
+/// # let fd = nix::sys::memfd::memfd_create("g", nix::sys::memfd::MFdFlags::empty()).unwrap();
+/// # let file = std::fs::File::from(fd); file.set_len(0x10000).unwrap();
+/// # let mem = MemoryTable::from_regions(&[MemoryRegionDesc { guest_phys_addr: 0, memory_size: 0x10000, userspace_addr: 0, mmap_offset: 0 }], vec![file]).unwrap();
+/// mem.write(0x100, b"hello").unwrap();
+/// mem.write(0x200, b" world").unwrap();
+/// let descs = [
+///     Descriptor { addr: 0x100, len: 5, flags: 0, next: 0 },
+///     Descriptor { addr: 0x200, len: 6, flags: 0, next: 0 },
+/// ];
+/// let mut s = String::new();
+/// ChainReader::new(&mem, &descs).read_to_string(&mut s).unwrap();
+/// assert_eq!(s, "hello world");
+/// ```
+#[derive(Debug)]
+pub struct ChainReader<'a> {
+    mem: &'a MemoryTable,
+    descs: &'a [Descriptor],
+    /// Index of the current descriptor and the offset in it.
+    at: (usize, u32),
+    consumed: usize,
+}
+
+impl<'a> ChainReader<'a> {
+    /// A reader over `descs` (which the chain already checked against `mem`).
+    pub fn new(mem: &'a MemoryTable, descs: &'a [Descriptor]) -> Self {
+        ChainReader { mem, descs, at: (0, 0), consumed: 0 }
+    }
+
+    /// Bytes left to read.
+    pub fn remaining(&self) -> usize {
+        let (i, off) = self.at;
+        self.descs.iter().skip(i).map(|d| d.len as usize).sum::<usize>() - off as usize
+    }
+
+    /// Bytes read so far.
+    pub fn consumed(&self) -> usize {
+        self.consumed
+    }
+
+    /// Visits the next up to `max` bytes as guest memory slices, then advances past them.
+    fn take_slices(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(VolatileSlice<'a>),
+    ) -> io::Result<usize> {
+        let mut done = 0;
+        while done < max {
+            let Some(d) = self.descs.get(self.at.0) else { break };
+            let left = (d.len - self.at.1) as usize;
+            if left == 0 {
+                self.at = (self.at.0 + 1, 0);
+                continue;
+            }
+            let n = left.min(max - done);
+            let addr = d.addr + u64::from(self.at.1);
+            self.mem
+                .for_each_slice(addr, n as u64, |s| {
+                    f(s);
+                    Ok(())
+                })
+                .map_err(io::Error::other)?;
+            done += n;
+            self.at.1 += n as u32;
+        }
+        self.consumed += done;
+        Ok(done)
+    }
+
+    /// Skips `n` bytes (for example a header already parsed by the caller).
+    pub fn skip(&mut self, n: usize) -> io::Result<usize> {
+        self.take_slices(n, |_| {})
+    }
+
+    /// Copies exactly `buf.len()` bytes or fails with `UnexpectedEof`.
+    pub fn read_exact_bytes(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        if self.remaining() < buf.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        io::Read::read_exact(self, buf)
+    }
+
+    /// Writes up to `max` bytes of the chain to `fd` with one `writev(2)` straight from
+    /// guest memory; advances by what the fd took.
+    pub fn write_to_fd(&mut self, fd: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        let saved = (self.at, self.consumed);
+        let mut slices = Vec::with_capacity(self.descs.len());
+        let want = self.take_slices(max, |s| slices.push(s))?;
+        let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
+        let iovs: Vec<nix::libc::iovec> = guards
+            .iter()
+            .map(|g| nix::libc::iovec { iov_base: g.as_ptr() as *mut _, iov_len: g.len() })
+            .collect();
+        // SAFETY: every iovec points into a live mapping of guest memory (the guards and
+        // the borrowed table keep it mapped for the call) of exactly `iov_len` bytes;
+        // writev only reads from them. The count is bounded by the descriptor count.
+        let n = unsafe { nix::libc::writev(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32) };
+        // Rewind, then advance by what was really written.
+        (self.at, self.consumed) = saved;
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = (n as usize).min(want);
+        self.skip(n)?;
+        Ok(n)
+    }
+}
+
+impl io::Read for ChainReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        self.take_slices(buf.len(), |s| {
+            let n = s.len();
+            s.copy_to(&mut buf[done..done + n]);
+            done += n;
+        })
+    }
+}

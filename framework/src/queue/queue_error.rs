@@ -1,0 +1,88 @@
+//! Errors of the queue layer: a guest's ring or descriptors that break the rules.
+
+use thiserror::Error;
+
+use crate::memory::MemoryError;
+
+/// A ring or chain the backend refuses.
+///
+/// # Example
+/// ```
+/// use vhost_user_sync::queue::QueueError;
+/// let e = QueueError::ChainTooLong { head: 3, limit: 256 };
+/// assert_eq!(e.to_string(), "chain at head 3 is longer than 256 descriptors (loop?)");
+/// ```
+#[derive(Debug, Error)]
+pub enum QueueError {
+    /// A ring part or a buffer is not in guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The avail index moved further than the ring holds.
+    #[error("avail index {avail} is {pending} entries ahead of {next}, ring holds {size}")]
+    AvailOverrun {
+        /// The guest's avail index.
+        avail: u16,
+        /// Where the device is.
+        next: u16,
+        /// The difference.
+        pending: u16,
+        /// Queue size.
+        size: u16,
+    },
+    /// A head or `next` index at or above the table size.
+    #[error("descriptor index {index} is outside a table of {size}")]
+    BadIndex {
+        /// The index.
+        index: u16,
+        /// The table size.
+        size: u32,
+    },
+    /// The chain has more descriptors than the table (a loop).
+    #[error("chain at head {head} is longer than {limit} descriptors (loop?)")]
+    ChainTooLong {
+        /// The chain's head.
+        head: u16,
+        /// The bound.
+        limit: u32,
+    },
+    /// An indirect descriptor inside an indirect table.
+    #[error("nested indirect descriptor in chain at head {head}")]
+    NestedIndirect {
+        /// The chain's head.
+        head: u16,
+    },
+    /// An indirect table that is empty, not a multiple of 16 bytes, or too large.
+    #[error("indirect table of {len} bytes at {addr:#x} is invalid")]
+    BadIndirectTable {
+        /// Table address.
+        addr: u64,
+        /// Table length.
+        len: u32,
+    },
+    /// INDIRECT used without VIRTIO_RING_F_INDIRECT_DESC, or with NEXT.
+    #[error("indirect descriptor not allowed here (flags {flags:#x})")]
+    IndirectNotAllowed {
+        /// The descriptor's flags.
+        flags: u16,
+    },
+    /// A device-readable descriptor after a device-writable one.
+    #[error("readable descriptor after a writable one in chain at head {head}")]
+    ReadableAfterWritable {
+        /// The chain's head.
+        head: u16,
+    },
+    /// The chain's total length overflows 32 bits.
+    #[error("chain at head {head} is longer than 4 GiB")]
+    ChainLengthOverflow {
+        /// The chain's head.
+        head: u16,
+    },
+    /// A used entry for a head that is outside the ring.
+    #[error("used entry for head {head} in a ring of {size}")]
+    BadUsedHead {
+        /// The head.
+        head: u16,
+        /// Queue size.
+        size: u16,
+    },
+}

@@ -1,0 +1,229 @@
+//! `SplitQueue`: the device side of one split virtqueue.
+
+use std::sync::atomic::{fence, Ordering};
+
+use log::warn;
+
+use super::{DescriptorChain, QueueError};
+use crate::memory::MemoryTable;
+
+/// Guest-physical addresses of a split ring's three parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RingAddrs {
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available (driver) ring.
+    pub avail: u64,
+    /// Used (device) ring.
+    pub used: u64,
+}
+
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+const USED_F_NO_NOTIFY: u16 = 1;
+
+/// The device's view of a split virtqueue: where it is in the avail and used rings, and
+/// what it last signalled.
+///
+/// All guest memory accesses go through the [`MemoryTable`] passed to each call and are
+/// bounds-checked; ring indices use acquire/release ordering and the notification
+/// checks are fenced as the virtio spec requires.
+///
+/// # Example
+/// ```
+/// # use vhost_user_sync::queue::{RingAddrs, SplitQueue};
+/// # use vhost_user_sync::memory::MemoryTable;
+/// # use vhost_user_sync::protocol::payload::MemoryRegionDesc;
+/// # let fd = nix::sys::memfd::memfd_create("g", nix::sys::memfd::MFdFlags::empty()).unwrap();
+/// # let file = std::fs::File::from(fd); file.set_len(0x10000).unwrap();
+/// # let mem = MemoryTable::from_regions(&[MemoryRegionDesc { guest_phys_addr: 0, memory_size: 0x10000, userspace_addr: 0, mmap_offset: 0 }], vec![file]).unwrap();
+/// let addrs = RingAddrs { desc: 0x0, avail: 0x1000, used: 0x2000 };
+/// let mut q = SplitQueue::new(&mem, 16, addrs, 0, false, false).unwrap();
+/// assert!(q.pop(&mem).unwrap().is_none()); // the guest has offered nothing yet
+/// ```
+#[derive(Debug, Clone)]
+pub struct SplitQueue {
+    size: u16,
+    addrs: RingAddrs,
+    next_avail: u16,
+    next_used: u16,
+    event_idx: bool,
+    indirect: bool,
+    signalled_used: Option<u16>,
+    invalid_chains: u64,
+}
+
+impl SplitQueue {
+    /// Sets up a ring of `size` entries (a power of two) starting at avail index `base`.
+    /// The used index continues from what the used ring holds.
+    pub fn new(
+        mem: &MemoryTable,
+        size: u16,
+        addrs: RingAddrs,
+        base: u16,
+        event_idx: bool,
+        indirect: bool,
+    ) -> Result<Self, QueueError> {
+        if size == 0 || !size.is_power_of_two() {
+            return Err(QueueError::BadIndex { index: size, size: 0 });
+        }
+        let q = SplitQueue {
+            size,
+            addrs,
+            next_avail: base,
+            next_used: 0,
+            event_idx,
+            indirect,
+            signalled_used: None,
+            invalid_chains: 0,
+        };
+        q.check_rings(mem)?;
+        let next_used = mem.load::<u16>(addrs.used + 2, Ordering::Acquire)?;
+        Ok(SplitQueue { next_used, ..q })
+    }
+
+    /// Checks that the three ring parts lie in `mem` (after a memory table change).
+    pub fn check_rings(&self, mem: &MemoryTable) -> Result<(), QueueError> {
+        let n = u64::from(self.size);
+        mem.check_range(self.addrs.desc, 16 * n)?;
+        mem.check_range(self.addrs.avail, 6 + 2 * n)?;
+        mem.check_range(self.addrs.used, 6 + 8 * n)?;
+        Ok(())
+    }
+
+    /// Points the ring at new addresses (the same ring after a memory table change).
+    pub fn set_addrs(&mut self, addrs: RingAddrs) {
+        self.addrs = addrs;
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// The next avail index the device will read (what GET_VRING_BASE returns).
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// The next used index the device will write.
+    pub fn next_used(&self) -> u16 {
+        self.next_used
+    }
+
+    /// Chains refused so far (returned to the guest with length 0).
+    pub fn invalid_chains(&self) -> u64 {
+        self.invalid_chains
+    }
+
+    fn avail_idx(&self, mem: &MemoryTable) -> Result<u16, QueueError> {
+        Ok(mem.load::<u16>(self.addrs.avail + 2, Ordering::Acquire)?)
+    }
+
+    /// Whether the guest has made entries available that the device has not taken.
+    pub fn has_available(&self, mem: &MemoryTable) -> Result<bool, QueueError> {
+        Ok(self.avail_idx(mem)? != self.next_avail)
+    }
+
+    /// Takes the next available chain, or `None` when the ring is empty.
+    ///
+    /// A chain that breaks the rules (bad descriptor, loop, bad indirect table, buffer
+    /// outside memory) is logged, returned to the guest with length 0 and skipped. An
+    /// error means the ring itself is broken (index overrun, bad head, unmapped ring).
+    pub fn pop(&mut self, mem: &MemoryTable) -> Result<Option<DescriptorChain>, QueueError> {
+        loop {
+            let avail = self.avail_idx(mem)?;
+            let pending = avail.wrapping_sub(self.next_avail);
+            if pending == 0 {
+                return Ok(None);
+            }
+            if pending > self.size {
+                return Err(QueueError::AvailOverrun {
+                    avail,
+                    next: self.next_avail,
+                    pending,
+                    size: self.size,
+                });
+            }
+            let slot = u64::from(self.next_avail % self.size);
+            let head = mem.load::<u16>(self.addrs.avail + 4 + 2 * slot, Ordering::Acquire)?;
+            if head >= self.size {
+                return Err(QueueError::BadIndex { index: head, size: self.size.into() });
+            }
+            self.next_avail = self.next_avail.wrapping_add(1);
+            match DescriptorChain::walk(mem, self.addrs.desc, self.size, head, self.indirect) {
+                Ok(chain) => return Ok(Some(chain)),
+                Err(e) => {
+                    self.invalid_chains += 1;
+                    if self.invalid_chains <= 10 || self.invalid_chains % 1000 == 0 {
+                        warn!("dropping invalid chain (#{}): {e}", self.invalid_chains);
+                    }
+                    self.add_used(mem, head, 0)?;
+                }
+            }
+        }
+    }
+
+    /// Gives back `count` chains so the next pops return them again (a device that took
+    /// more than it could use).
+    pub fn go_back(&mut self, count: u16) {
+        self.next_avail = self.next_avail.wrapping_sub(count);
+    }
+
+    /// Publishes a used entry: chain `head` with `len` bytes written by the device.
+    pub fn add_used(&mut self, mem: &MemoryTable, head: u16, len: u32) -> Result<(), QueueError> {
+        if head >= self.size {
+            return Err(QueueError::BadUsedHead { head, size: self.size });
+        }
+        let slot = u64::from(self.next_used % self.size);
+        let elem = self.addrs.used + 4 + 8 * slot;
+        mem.store::<u32>(elem, u32::from(head), Ordering::Relaxed)?;
+        mem.store::<u32>(elem + 4, len, Ordering::Relaxed)?;
+        self.next_used = self.next_used.wrapping_add(1);
+        mem.store::<u16>(self.addrs.used + 2, self.next_used, Ordering::Release)?;
+        Ok(())
+    }
+
+    /// Asks the guest not to kick (NO_NOTIFY, or with EVENT_IDX simply not moving
+    /// avail_event) while the device drains the ring.
+    pub fn disable_notification(&mut self, mem: &MemoryTable) -> Result<(), QueueError> {
+        if !self.event_idx {
+            mem.store::<u16>(self.addrs.used, USED_F_NO_NOTIFY, Ordering::Relaxed)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the guest to kick for the next entry; returns whether entries arrived in the
+    /// meantime (the caller must then process again, or a kick is lost).
+    pub fn enable_notification(&mut self, mem: &MemoryTable) -> Result<bool, QueueError> {
+        if self.event_idx {
+            let avail_event = self.addrs.used + 4 + 8 * u64::from(self.size);
+            mem.store::<u16>(avail_event, self.next_avail, Ordering::Relaxed)?;
+        } else {
+            mem.store::<u16>(self.addrs.used, 0, Ordering::Relaxed)?;
+        }
+        fence(Ordering::SeqCst);
+        self.has_available(mem)
+    }
+
+    /// Whether the guest wants an interrupt for the entries used since the last one
+    /// (used_event with EVENT_IDX, NO_INTERRUPT without). Records the signal.
+    pub fn needs_notification(&mut self, mem: &MemoryTable) -> Result<bool, QueueError> {
+        fence(Ordering::SeqCst);
+        let new = self.next_used;
+        let need = if self.event_idx {
+            let used_event_at = self.addrs.avail + 4 + 2 * u64::from(self.size);
+            let used_event = mem.load::<u16>(used_event_at, Ordering::Acquire)?;
+            match self.signalled_used {
+                None => true,
+                Some(old) => new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old),
+            }
+        } else {
+            let flags = mem.load::<u16>(self.addrs.avail, Ordering::Acquire)?;
+            flags & AVAIL_F_NO_INTERRUPT == 0 && self.signalled_used != Some(new)
+        };
+        if need {
+            self.signalled_used = Some(new);
+        }
+        Ok(need)
+    }
+}

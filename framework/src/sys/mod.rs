@@ -1,0 +1,3 @@
+//! Platform code. Only Unix (unix domain sockets with SCM_RIGHTS) is supported.
+
+pub mod unix;

@@ -1,0 +1,122 @@
+//! Starting the example backend programs for whole-stack tests.
+//!
+//! Include with `#[path = "support/backend.rs"] mod backend;`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A backend program started by a test; killed when dropped.
+pub struct BackendProcess {
+    pub child: Child,
+    pub socket: PathBuf,
+    /// Log lines the program printed (stderr), as they arrive.
+    pub log: mpsc::Receiver<String>,
+    _dir: TempDir,
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let unique = format!(
+            "{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        );
+        // Unix socket paths are limited to 108 bytes: prefer /tmp if the target dir is deep.
+        let mut dir = base.join(&unique);
+        if dir.as_os_str().len() > 60 {
+            dir = std::env::temp_dir().join(&unique);
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Path of an example program built by `cargo test` (target/<profile>/examples/NAME).
+pub fn example_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let p = profile_dir.join("examples").join(name);
+    assert!(p.exists(), "{} not built (cargo test builds examples)", p.display());
+    p
+}
+
+impl BackendProcess {
+    /// Starts example `name` listening on a fresh socket path, with `args` added, and
+    /// waits until it logs that it listens.
+    pub fn start(name: &str, args: &[&str]) -> Self {
+        let dir = TempDir::new(name);
+        let socket = dir.path().join("dev.sock");
+        let mut child = Command::new(example_path(name))
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{}] {line}", "backend");
+                if tx.send(line).is_err() {
+                    // Keep draining so the backend never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        let p = BackendProcess { child, socket, log: rx, _dir: dir };
+        p.wait_log("listening on", Duration::from_secs(30));
+        p
+    }
+
+    /// Waits for a log line containing `needle`; panics after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("backend never logged {needle:?}: {e}"),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `sig` and waits for the exit status.
+    pub fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
