@@ -49,12 +49,26 @@ impl Drop for TempDir {
     }
 }
 
-/// Path of an example program built by `cargo test` (target/<profile>/examples/NAME).
+/// Path of example program `name`, built first (in the test's own profile) so that a
+/// test never runs a stale binary, even under `cargo test --test X`.
 pub fn example_path(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", name]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "building example {name} failed");
+        built.push(name.to_string());
+    }
     let p = profile_dir.join("examples").join(name);
-    assert!(p.exists(), "{} not built (cargo test builds examples)", p.display());
+    assert!(p.exists(), "{} not built", p.display());
     p
 }
 

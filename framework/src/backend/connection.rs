@@ -55,11 +55,9 @@ pub fn serve_connection<D: Device>(
     let mut poll = Poll::new()?;
     let fd = conn.as_raw_fd();
     poll.registry().register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)?;
-    let waker = Waker::new(poll.registry(), WAKE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+    shutdown.watch(&waker);
     let failure = Arc::new(FailureSignal { failed: false.into(), waker });
-    // The shutdown trigger needs an Arc<Waker>; a second waker on the same token.
-    let shutdown_waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-    shutdown.watch(&shutdown_waker);
     let mut session = Session::new(device, failure.clone())?;
     info!("{}: frontend connected", session.name());
     let mut events = Events::with_capacity(8);

@@ -65,7 +65,7 @@ pub(crate) struct WorkerHandle {
 /// Set by a worker that died (device panic) so the connection thread closes.
 pub(crate) struct FailureSignal {
     pub failed: AtomicBool,
-    pub waker: Waker,
+    pub waker: Arc<Waker>,
 }
 
 impl WorkerHandle {

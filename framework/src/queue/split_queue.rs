@@ -78,7 +78,8 @@ impl SplitQueue {
         };
         q.check_rings(mem)?;
         let next_used = mem.load::<u16>(addrs.used + 2, Ordering::Acquire)?;
-        Ok(SplitQueue { next_used, ..q })
+        // Nothing used yet since this start: no interrupt is owed.
+        Ok(SplitQueue { next_used, signalled_used: Some(next_used), ..q })
     }
 
     /// Checks that the three ring parts lie in `mem` (after a memory table change).
@@ -213,10 +214,8 @@ impl SplitQueue {
         let need = if self.event_idx {
             let used_event_at = self.addrs.avail + 4 + 2 * u64::from(self.size);
             let used_event = mem.load::<u16>(used_event_at, Ordering::Acquire)?;
-            match self.signalled_used {
-                None => true,
-                Some(old) => new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old),
-            }
+            let old = self.signalled_used.unwrap_or(new.wrapping_sub(1));
+            new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old)
         } else {
             let flags = mem.load::<u16>(self.addrs.avail, Ordering::Acquire)?;
             flags & AVAIL_F_NO_INTERRUPT == 0 && self.signalled_used != Some(new)

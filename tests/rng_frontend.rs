@@ -1,0 +1,197 @@
+//! Our frontend drives `rng_backend` over a real unix socket.
+
+#[path = "support/backend.rs"]
+mod backend;
+
+use std::time::Duration;
+
+use backend::BackendProcess;
+use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
+use vhost_user_sync::protocol::{virtio, ProtocolFeatures};
+
+const T: Duration = Duration::from_secs(10);
+
+struct Setup {
+    mem: FrontendMemory,
+    fe: Frontend,
+    q: DriverQueue,
+}
+
+fn setup(be: &BackendProcess, want: u64) -> Setup {
+    let mem = FrontendMemory::new(&[(0, 1 << 20)]).unwrap();
+    let mut fe = Frontend::connect(&be.socket).unwrap();
+    fe.negotiate(want, u64::MAX).unwrap();
+    fe.set_mem_table(&mem).unwrap();
+    let mut q = DriverQueue::new(&mem, 0, 64).unwrap();
+    q.attach(&mut fe, &mem).unwrap();
+    Setup { mem, fe, q }
+}
+
+fn fill_one(s: &mut Setup, len: u32) -> Vec<u8> {
+    let buf = s.mem.alloc(len.into(), 8).unwrap();
+    s.q.add(s.mem.table(), &[(buf, len, true)]).unwrap();
+    s.q.kick(s.mem.table()).unwrap();
+    let used = s.q.wait_used(s.mem.table(), T).unwrap();
+    assert_eq!(used.len, len);
+    let mut out = vec![0u8; len as usize];
+    s.mem.table().read(buf, &mut out).unwrap();
+    out
+}
+
+fn looks_random(b: &[u8]) -> bool {
+    let distinct = b.iter().collect::<std::collections::HashSet<_>>().len();
+    distinct > 200 && b.iter().filter(|&&x| x == 0).count() < b.len() / 50
+}
+
+#[test]
+fn handshake_offers_the_transport_and_protocol_features() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut fe = Frontend::connect(&be.socket).unwrap();
+    let features = fe.get_features().unwrap();
+    for bit in [virtio::VERSION_1, virtio::RING_EVENT_IDX, virtio::RING_INDIRECT_DESC, virtio::PROTOCOL_FEATURES] {
+        assert_ne!(features & bit, 0, "feature {bit:#x} missing from {features:#x}");
+    }
+    let p = fe.get_protocol_features().unwrap();
+    assert!(p.contains(ProtocolFeatures::REPLY_ACK | ProtocolFeatures::MQ | ProtocolFeatures::CONFIGURE_MEM_SLOTS));
+    assert!(!p.contains(ProtocolFeatures::CONFIG), "rng has no config space");
+    fe.set_protocol_features(p).unwrap();
+    assert_eq!(fe.get_queue_num().unwrap(), 1);
+    assert_eq!(fe.get_max_mem_slots().unwrap(), 509);
+}
+
+#[test]
+fn kick_fills_buffers_with_entropy_and_calls() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut s = setup(&be, !virtio::RING_EVENT_IDX);
+    let a = fill_one(&mut s, 4096);
+    let b = fill_one(&mut s, 4096);
+    assert!(looks_random(&a) && looks_random(&b));
+    assert_ne!(a, b);
+}
+
+#[test]
+fn event_idx_suppresses_calls_until_used_event() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut s = setup(&be, u64::MAX);
+    assert_ne!(s.fe.features() & virtio::RING_EVENT_IDX, 0);
+    for _ in 0..20 {
+        fill_one(&mut s, 256);
+    }
+    // With EVENT_IDX the backend publishes avail_event; our kicks follow it.
+    assert!(s.q.kicks() <= 20);
+}
+
+#[test]
+fn indirect_chains_are_served() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut s = setup(&be, u64::MAX);
+    let table = s.mem.alloc(16 * 3, 16).unwrap();
+    let bufs: Vec<u64> = (0..3).map(|_| s.mem.alloc(1000, 8).unwrap()).collect();
+    let chain: Vec<(u64, u32, bool)> = bufs.iter().map(|&b| (b, 1000, true)).collect();
+    s.q.add_indirect(s.mem.table(), table, &chain).unwrap();
+    s.q.kick(s.mem.table()).unwrap();
+    let used = s.q.wait_used(s.mem.table(), T).unwrap();
+    assert_eq!(used.len, 3000);
+    let mut all = vec![0u8; 3000];
+    for (i, b) in bufs.iter().enumerate() {
+        s.mem.table().read(*b, &mut all[i * 1000..(i + 1) * 1000]).unwrap();
+    }
+    assert!(looks_random(&all));
+}
+
+#[test]
+fn get_vring_base_returns_the_next_avail_index_and_restart_continues() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut s = setup(&be, u64::MAX);
+    for _ in 0..5 {
+        fill_one(&mut s, 64);
+    }
+    let base = s.fe.get_vring_base(0).unwrap();
+    assert_eq!(base, 5);
+    // Stopped: a buffer posted now is not used until the ring is started again.
+    let buf = s.mem.alloc(64, 8).unwrap();
+    s.q.add(s.mem.table(), &[(buf, 64, true)]).unwrap();
+    s.q.kick_now().unwrap();
+    assert!(!s.q.wait_call(Duration::from_millis(200)).unwrap());
+    assert!(s.q.pop_used(s.mem.table()).unwrap().is_none());
+    // Restart from the returned base: the pending buffer is served (no kick lost).
+    s.fe.set_vring_base(0, base).unwrap();
+    let kick = s.q.kick_fd().try_clone().unwrap();
+    s.fe.set_vring_fd(vhost_user_sync::protocol::FrontendRequest::SET_VRING_KICK, 0, Some(&kick)).unwrap();
+    assert_eq!(s.q.wait_used(s.mem.table(), T).unwrap().len, 64);
+    assert_eq!(s.fe.get_vring_base(0).unwrap(), 6);
+}
+
+#[test]
+fn disabled_ring_keeps_the_kick_until_enabled() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut s = setup(&be, u64::MAX);
+    s.fe.set_vring_enable(0, false).unwrap();
+    let buf = s.mem.alloc(64, 8).unwrap();
+    s.q.add(s.mem.table(), &[(buf, 64, true)]).unwrap();
+    s.q.kick_now().unwrap();
+    assert!(!s.q.wait_call(Duration::from_millis(200)).unwrap());
+    s.fe.set_vring_enable(0, true).unwrap();
+    assert_eq!(s.q.wait_used(s.mem.table(), T).unwrap().len, 64);
+}
+
+#[test]
+fn memory_table_changes_while_running() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut s = setup(&be, u64::MAX);
+    fill_one(&mut s, 128);
+    // Same layout again (QEMU re-sends the table on hotplug): rings keep running.
+    s.fe.set_mem_table(&s.mem).unwrap();
+    fill_one(&mut s, 128);
+    // A second region added and used for a buffer, then removed.
+    let extra = FrontendMemory::new(&[(1 << 30, 1 << 16)]).unwrap();
+    let region = extra.regions()[0];
+    s.fe.add_mem_region(region, &extra.files()[0]).unwrap();
+    s.q.add(s.mem.table(), &[(1 << 30, 512, true)]).unwrap();
+    s.q.kick(s.mem.table()).unwrap();
+    assert_eq!(s.q.wait_used(s.mem.table(), T).unwrap().len, 512);
+    let mut got = vec![0u8; 512];
+    extra.table().read(1 << 30, &mut got).unwrap();
+    assert!(got.iter().any(|&b| b != 0));
+    s.fe.remove_mem_region(region).unwrap();
+    // A buffer in the removed region is refused (returned with length 0), the ring goes on.
+    s.q.add(s.mem.table(), &[(1 << 30, 512, true)]).unwrap();
+    s.q.kick(s.mem.table()).unwrap();
+    assert_eq!(s.q.wait_used(s.mem.table(), T).unwrap().len, 0);
+    fill_one(&mut s, 128);
+}
+
+#[test]
+fn disconnect_and_reconnect_gets_fresh_state() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    {
+        let mut s = setup(&be, u64::MAX);
+        for _ in 0..3 {
+            fill_one(&mut s, 64);
+        }
+    }
+    be.wait_log("frontend disconnected", T);
+    let mut s = setup(&be, u64::MAX);
+    // A fresh device: the ring starts at 0 again and serves.
+    fill_one(&mut s, 64);
+    assert_eq!(s.fe.get_vring_base(0).unwrap(), 1);
+}
+
+#[test]
+fn sigterm_exits_cleanly_and_removes_the_socket() {
+    let mut be = BackendProcess::start("rng_backend", &[]);
+    let _s = setup(&be, u64::MAX);
+    let status = be.signal_and_wait(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    assert!(!be.socket.exists());
+}
+
+#[test]
+fn print_capabilities_is_json() {
+    let out = std::process::Command::new(backend::example_path("rng_backend"))
+        .arg("--print-capabilities")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"type": "rng", "features": []}"#);
+}
