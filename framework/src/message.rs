@@ -36,14 +36,19 @@ pub enum ReadError {
 /// Reads one message. With `wait` false, returns `Ok(None)` if no byte of a new message
 /// is ready; once the first byte has arrived the rest is awaited (bounded by the
 /// socket's stall timeout).
-pub fn read_message(conn: &SocketPlatformConnection, wait: bool) -> Result<Option<Message>, ReadError> {
+pub fn read_message(
+    conn: &SocketPlatformConnection,
+    wait: bool,
+) -> Result<Option<Message>, ReadError> {
     let mut hdr = [0u8; HEADER_SIZE];
     let first = if wait {
         Some(conn.recv_into_bufs(&mut [IoSliceMut::new(&mut hdr)], true)?)
     } else {
         conn.try_recv_into_bufs(&mut [IoSliceMut::new(&mut hdr)], true)?
     };
-    let Some((n, fds)) = first else { return Ok(None) };
+    let Some((n, fds)) = first else {
+        return Ok(None);
+    };
     let fds = fds.unwrap_or_default();
     if n < HEADER_SIZE {
         conn.recv_exact(&mut hdr[n..])?;
@@ -70,7 +75,16 @@ pub fn write_message(
     body: &[u8],
     fds: &[&File],
 ) -> Result<(), ConnectionError> {
-    let header = Header { request, flags, size: body.len() as u32 };
+    let header = Header {
+        request,
+        flags,
+        size: body.len() as u32,
+    };
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    conn.send_message(&header.encode(), body, &[], if raw.is_empty() { None } else { Some(&raw) })
+    conn.send_message(
+        &header.encode(),
+        body,
+        &[],
+        if raw.is_empty() { None } else { Some(&raw) },
+    )
 }

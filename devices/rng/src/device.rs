@@ -29,7 +29,10 @@ pub struct RngDevice {
 impl RngDevice {
     /// A device whose entropy comes from the file at `source`.
     pub fn new(source: impl Into<PathBuf>) -> Self {
-        RngDevice { source: source.into(), metrics: Arc::default() }
+        RngDevice {
+            source: source.into(),
+            metrics: Arc::default(),
+        }
     }
 
     /// Shares `metrics` (so that a program can report across connections).
@@ -47,6 +50,9 @@ impl Device for RngDevice {
     }
 
     fn create_worker(&mut self, _index: usize) -> std::io::Result<RngWorker> {
-        Ok(RngWorker::new(File::open(&self.source)?, self.metrics.clone()))
+        Ok(RngWorker::new(
+            File::open(&self.source)?,
+            self.metrics.clone(),
+        ))
     }
 }

@@ -26,7 +26,10 @@ impl RngWorker {
 impl QueueWorker for RngWorker {
     fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError> {
         while let Some(chain) = queue.pop() {
-            let n = match chain.writer(queue.mem()).read_from_fd(self.source.as_fd(), request_len(&chain)) {
+            let n = match chain
+                .writer(queue.mem())
+                .read_from_fd(self.source.as_fd(), request_len(&chain))
+            {
                 Ok(n) => n,
                 Err(e) => {
                     queue.add_used(&chain, 0);

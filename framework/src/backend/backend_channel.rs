@@ -26,14 +26,21 @@ pub struct BackendChannel {
 
 impl BackendChannel {
     pub(crate) fn new(conn: SocketPlatformConnection, reply_ack: bool) -> Self {
-        BackendChannel { conn: Arc::new(Mutex::new(conn)), reply_ack }
+        BackendChannel {
+            conn: Arc::new(Mutex::new(conn)),
+            reply_ack,
+        }
     }
 
     /// Sends `request` with `body`; with REPLY_ACK negotiated waits for the ack and
     /// returns its value (0 = success).
     pub fn send(&self, request: BackendRequest, body: &[u8]) -> Result<u64, ConnectionError> {
         let conn = self.conn.lock();
-        let flags = if self.reply_ack { HeaderFlags::REQUEST.with_need_reply() } else { HeaderFlags::REQUEST };
+        let flags = if self.reply_ack {
+            HeaderFlags::REQUEST.with_need_reply()
+        } else {
+            HeaderFlags::REQUEST
+        };
         write_message(&conn, request.number(), flags, body, &[])?;
         if !self.reply_ack {
             return Ok(0);
@@ -44,7 +51,9 @@ impl BackendChannel {
                 ConnectionError::SocketError(std::io::Error::other(p.to_string()))
             }
         })?;
-        let Some(reply) = reply else { return Err(ConnectionError::Disconnect) };
+        let Some(reply) = reply else {
+            return Err(ConnectionError::Disconnect);
+        };
         let bytes: [u8; 8] = reply.body.as_slice().try_into().unwrap_or([0xff; 8]);
         Ok(u64::from_ne_bytes(bytes))
     }

@@ -54,10 +54,14 @@ pub fn serve_connection<D: Device>(
 ) -> Result<(), ServeError> {
     let mut poll = Poll::new()?;
     let fd = conn.as_raw_fd();
-    poll.registry().register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
     shutdown.watch(&waker);
-    let failure = Arc::new(FailureSignal { failed: false.into(), waker });
+    let failure = Arc::new(FailureSignal {
+        failed: false.into(),
+        waker,
+    });
     let mut session = Session::new(device, failure.clone())?;
     info!("{}: frontend connected", session.name());
     let mut events = Events::with_capacity(8);
@@ -123,13 +127,23 @@ fn handle_message<D: Device>(
         Err(_) => {
             warn!("{}: {}", session.name(), RequestError::Unknown(number));
             if flags.need_reply() && session.reply_ack() {
-                write_message(conn, number, HeaderFlags::REPLY_FLAGS, &1u64.to_ne_bytes(), &[])?;
+                write_message(
+                    conn,
+                    number,
+                    HeaderFlags::REPLY_FLAGS,
+                    &1u64.to_ne_bytes(),
+                    &[],
+                )?;
             }
             return Ok(());
         }
     };
     let need_reply = flags.need_reply();
-    let body_copy = if Session::<D>::always_replies(req) { msg.body.clone() } else { Vec::new() };
+    let body_copy = if Session::<D>::always_replies(req) {
+        msg.body.clone()
+    } else {
+        Vec::new()
+    };
     let outcome = session.handle(req, msg);
     // REPLY_ACK is read after handling: SET_PROTOCOL_FEATURES may have just enabled it
     // (the ack then follows the new rule, as the frontend expects).
@@ -140,7 +154,13 @@ fn handle_message<D: Device>(
         }
         Ok(Reply::Done) => {
             if ack {
-                write_message(conn, number, HeaderFlags::REPLY_FLAGS, &0u64.to_ne_bytes(), &[])?;
+                write_message(
+                    conn,
+                    number,
+                    HeaderFlags::REPLY_FLAGS,
+                    &0u64.to_ne_bytes(),
+                    &[],
+                )?;
             }
         }
         Err(e) => {
@@ -149,7 +169,13 @@ fn handle_message<D: Device>(
                 let body = session.failure_reply(req, &body_copy);
                 write_message(conn, number, HeaderFlags::REPLY_FLAGS, &body, &[])?;
             } else if ack {
-                write_message(conn, number, HeaderFlags::REPLY_FLAGS, &1u64.to_ne_bytes(), &[])?;
+                write_message(
+                    conn,
+                    number,
+                    HeaderFlags::REPLY_FLAGS,
+                    &1u64.to_ne_bytes(),
+                    &[],
+                )?;
             }
         }
     }

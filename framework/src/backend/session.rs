@@ -74,7 +74,9 @@ impl<D: Device> Session<D> {
         }
         let mem = Arc::new(MemoryTable::empty());
         let workers = spawn_workers(&mut device, &info, &mem, &failure)?;
-        let vrings = (0..info.num_queues).map(|_| VringConfig::default()).collect();
+        let vrings = (0..info.num_queues)
+            .map(|_| VringConfig::default())
+            .collect();
         Ok(Session {
             device,
             info,
@@ -117,16 +119,29 @@ impl<D: Device> Session<D> {
     pub(crate) fn failure_reply(&self, req: R, body: &[u8]) -> Vec<u8> {
         match req {
             R::GET_CONFIG => {
-                let offset = body.get(..4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                ConfigAccess { offset, flags: 0, payload: Vec::new() }.encode()
+                let offset = body
+                    .get(..4)
+                    .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                ConfigAccess {
+                    offset,
+                    flags: 0,
+                    payload: Vec::new(),
+                }
+                .encode()
             }
             R::GET_VRING_BASE => {
-                let index = body.get(..4).map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                let index = body
+                    .get(..4)
+                    .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
                 VringState { index, num: 0 }.encode()
             }
-            R::GET_INFLIGHT_FD => {
-                InflightInfo { mmap_size: 0, mmap_offset: 0, num_queues: 0, queue_size: 0 }.encode()
+            R::GET_INFLIGHT_FD => InflightInfo {
+                mmap_size: 0,
+                mmap_offset: 0,
+                num_queues: 0,
+                queue_size: 0,
             }
+            .encode(),
             // error code 1 in bits 0-7, bit 8: no fd returned
             R::SET_DEVICE_STATE_FD => 0x101u64.to_ne_bytes().to_vec(),
             R::CREATE_CRYPTO_SESSION => {
@@ -142,7 +157,10 @@ impl<D: Device> Session<D> {
         if self.acked_protocol.contains(feature) {
             Ok(())
         } else {
-            Err(RequestError::NotNegotiated { request: req.name(), feature: name })
+            Err(RequestError::NotNegotiated {
+                request: req.name(),
+                feature: name,
+            })
         }
     }
 
@@ -150,7 +168,10 @@ impl<D: Device> Session<D> {
         if self.owner {
             Ok(())
         } else {
-            Err(RequestError::BadOrder { request: req.name(), why: "SET_OWNER has not been sent" })
+            Err(RequestError::BadOrder {
+                request: req.name(),
+                why: "SET_OWNER has not been sent",
+            })
         }
     }
 
@@ -158,7 +179,11 @@ impl<D: Device> Session<D> {
         if index < u32::from(self.info.num_queues) {
             Ok(index as usize)
         } else {
-            Err(RequestError::BadRing { request: req.name(), index, queues: self.info.num_queues })
+            Err(RequestError::BadRing {
+                request: req.name(),
+                index,
+                queues: self.info.num_queues,
+            })
         }
     }
 
@@ -208,7 +233,11 @@ impl<D: Device> Session<D> {
                 self.need_owner(req)?;
                 let table = MemoryTableDesc::decode(body)?;
                 let mem = MemoryTable::from_regions(&table.regions, fds)?;
-                info!("{}: memory table with {} region(s)", self.info.name, mem.len());
+                info!(
+                    "{}: memory table with {} region(s)",
+                    self.info.name,
+                    mem.len()
+                );
                 self.install_memory(mem)?;
                 Ok(Reply::Done)
             }
@@ -216,7 +245,10 @@ impl<D: Device> Session<D> {
                 self.need_owner(req)?;
                 self.need(req, P::CONFIGURE_MEM_SLOTS, "CONFIGURE_MEM_SLOTS")?;
                 let region = SingleRegion::decode(name, body)?;
-                let file = fds.pop().ok_or(RequestError::BadOrder { request: name, why: "no fd" })?;
+                let file = fds.pop().ok_or(RequestError::BadOrder {
+                    request: name,
+                    why: "no fd",
+                })?;
                 let mem = self.mem.with_region(region.0, file)?;
                 self.install_memory(mem)?;
                 Ok(Reply::Done)
@@ -236,11 +268,18 @@ impl<D: Device> Session<D> {
                 let s = VringState::decode(name, body)?;
                 let i = self.ring(req, s.index)?;
                 if self.vrings[i].started {
-                    return Err(RequestError::BadOrder { request: name, why: "ring is running" });
+                    return Err(RequestError::BadOrder {
+                        request: name,
+                        why: "ring is running",
+                    });
                 }
                 let max = u32::from(self.info.max_queue_size);
                 if s.num == 0 || !s.num.is_power_of_two() || s.num > max {
-                    return Err(RequestError::BadValue { request: name, what: "ring size", value: s.num.into() });
+                    return Err(RequestError::BadValue {
+                        request: name,
+                        what: "ring size",
+                        value: s.num.into(),
+                    });
                 }
                 self.vrings[i].num = s.num as u16;
                 Ok(Reply::Done)
@@ -250,10 +289,16 @@ impl<D: Device> Session<D> {
                 let addr = VringAddr::decode(body)?;
                 let i = self.ring(req, addr.index)?;
                 if self.vrings[i].started {
-                    return Err(RequestError::BadOrder { request: name, why: "ring is running" });
+                    return Err(RequestError::BadOrder {
+                        request: name,
+                        why: "ring is running",
+                    });
                 }
                 if addr.flags & VringAddr::F_LOG != 0 {
-                    return Err(RequestError::NotNegotiated { request: name, feature: "LOG_ALL" });
+                    return Err(RequestError::NotNegotiated {
+                        request: name,
+                        feature: "LOG_ALL",
+                    });
                 }
                 self.vrings[i].addr = Some(addr);
                 Ok(Reply::Done)
@@ -263,10 +308,17 @@ impl<D: Device> Session<D> {
                 let s = VringState::decode(name, body)?;
                 let i = self.ring(req, s.index)?;
                 if self.vrings[i].started {
-                    return Err(RequestError::BadOrder { request: name, why: "ring is running" });
+                    return Err(RequestError::BadOrder {
+                        request: name,
+                        why: "ring is running",
+                    });
                 }
                 if s.num > u32::from(u16::MAX) {
-                    return Err(RequestError::BadValue { request: name, what: "split ring base", value: s.num.into() });
+                    return Err(RequestError::BadValue {
+                        request: name,
+                        what: "split ring base",
+                        value: s.num.into(),
+                    });
                 }
                 self.vrings[i].base = s.num as u16;
                 Ok(Reply::Done)
@@ -276,14 +328,23 @@ impl<D: Device> Session<D> {
                 let s = VringState::decode(name, body)?;
                 let i = self.ring(req, s.index)?;
                 self.stop_ring(i);
-                Ok(Reply::Body(VringState { index: s.index, num: self.vrings[i].base.into() }.encode()))
+                Ok(Reply::Body(
+                    VringState {
+                        index: s.index,
+                        num: self.vrings[i].base.into(),
+                    }
+                    .encode(),
+                ))
             }
             R::SET_VRING_KICK => {
                 self.need_owner(req)?;
                 let r = RingFd::decode(name, body)?;
                 let i = self.ring(req, r.index.into())?;
                 let Some(kick) = fds.pop() else {
-                    return Err(RequestError::NotNegotiated { request: name, feature: "INBAND_NOTIFICATIONS (polled ring)" });
+                    return Err(RequestError::NotNegotiated {
+                        request: name,
+                        feature: "INBAND_NOTIFICATIONS (polled ring)",
+                    });
                 };
                 check_eventfd(name, &kick)?;
                 set_nonblocking(&kick);
@@ -294,10 +355,16 @@ impl<D: Device> Session<D> {
                 self.need_owner(req)?;
                 let r = RingFd::decode(name, body)?;
                 let i = self.ring(req, r.index.into())?;
-                let call = fds.pop().map(|f| check_eventfd(name, &f).map(|_| Arc::new(f))).transpose()?;
+                let call = fds
+                    .pop()
+                    .map(|f| check_eventfd(name, &f).map(|_| Arc::new(f)))
+                    .transpose()?;
                 self.vrings[i].call = call.clone();
                 if self.vrings[i].started {
-                    self.worker_for(i).send(WorkerCommand::SetCall { index: i as u16, call });
+                    self.worker_for(i).send(WorkerCommand::SetCall {
+                        index: i as u16,
+                        call,
+                    });
                 }
                 Ok(Reply::Done)
             }
@@ -323,32 +390,53 @@ impl<D: Device> Session<D> {
                     });
                 }
                 self.acked_protocol = P::from_bits(bits);
-                debug!("{}: protocol features {}", self.info.name, self.acked_protocol);
+                debug!(
+                    "{}: protocol features {}",
+                    self.info.name, self.acked_protocol
+                );
                 Ok(Reply::Done)
             }
             R::GET_QUEUE_NUM => u64_reply(self.info.num_queues.into()),
             R::SET_VRING_ENABLE => {
                 let s = VringState::decode(name, body)?;
                 let i = self.ring(req, s.index)?;
-                if self.acked_features & virtio::PROTOCOL_FEATURES == 0 && self.acked_features != 0 {
-                    return Err(RequestError::NotNegotiated { request: name, feature: "PROTOCOL_FEATURES" });
+                if self.acked_features & virtio::PROTOCOL_FEATURES == 0 && self.acked_features != 0
+                {
+                    return Err(RequestError::NotNegotiated {
+                        request: name,
+                        feature: "PROTOCOL_FEATURES",
+                    });
                 }
                 if s.num > 1 {
-                    return Err(RequestError::BadValue { request: name, what: "enable", value: s.num.into() });
+                    return Err(RequestError::BadValue {
+                        request: name,
+                        what: "enable",
+                        value: s.num.into(),
+                    });
                 }
                 self.set_enabled(i, s.num == 1);
                 Ok(Reply::Done)
             }
             R::SET_BACKEND_REQ_FD => {
                 self.need(req, P::BACKEND_REQ, "BACKEND_REQ")?;
-                let file = fds.pop().ok_or(RequestError::BadOrder { request: name, why: "no fd" })?;
+                let file = fds.pop().ok_or(RequestError::BadOrder {
+                    request: name,
+                    why: "no fd",
+                })?;
                 let stream = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(file));
                 if stream.peer_addr().is_err() {
-                    return Err(RequestError::BadFd { request: name, why: "fd is not a connected unix socket".into() });
+                    return Err(RequestError::BadFd {
+                        request: name,
+                        why: "fd is not a connected unix socket".into(),
+                    });
                 }
-                let conn = SocketPlatformConnection::new(stream)
-                    .map_err(|e| RequestError::BadFd { request: name, why: e.to_string() })?;
-                self.device.set_backend_channel(BackendChannel::new(conn, self.reply_ack()));
+                let conn =
+                    SocketPlatformConnection::new(stream).map_err(|e| RequestError::BadFd {
+                        request: name,
+                        why: e.to_string(),
+                    })?;
+                self.device
+                    .set_backend_channel(BackendChannel::new(conn, self.reply_ack()));
                 Ok(Reply::Done)
             }
             R::GET_CONFIG => {
@@ -370,7 +458,11 @@ impl<D: Device> Session<D> {
                 self.need(req, P::STATUS, "STATUS")?;
                 let v = decode_u64(name, body)?;
                 if v > 0xff {
-                    return Err(RequestError::BadValue { request: name, what: "status", value: v });
+                    return Err(RequestError::BadValue {
+                        request: name,
+                        what: "status",
+                        value: v,
+                    });
                 }
                 self.status = v as u8;
                 Ok(Reply::Done)
@@ -386,26 +478,39 @@ impl<D: Device> Session<D> {
     fn check_config_range(&self, req: R, offset: u32, len: usize) -> Result<()> {
         let end = u64::from(offset) + len as u64;
         if end > u64::from(self.info.config_size) {
-            return Err(RequestError::BadValue { request: req.name(), what: "config range end", value: end });
+            return Err(RequestError::BadValue {
+                request: req.name(),
+                what: "config range end",
+                value: end,
+            });
         }
         Ok(())
     }
 
     fn worker_for(&self, ring: usize) -> &WorkerHandle {
-        let w = self.device.queue_worker(ring as u16).min(self.workers.len() - 1);
+        let w = self
+            .device
+            .queue_worker(ring as u16)
+            .min(self.workers.len() - 1);
         &self.workers[w]
     }
 
     fn set_enabled(&mut self, i: usize, enabled: bool) {
         self.vrings[i].enabled = enabled;
         if self.vrings[i].started {
-            self.worker_for(i).send(WorkerCommand::Enable { index: i as u16, enabled });
+            self.worker_for(i).send(WorkerCommand::Enable {
+                index: i as u16,
+                enabled,
+            });
         }
     }
 
     fn ring_addrs(&self, mem: &MemoryTable, i: usize) -> Result<RingAddrs> {
         let v = &self.vrings[i];
-        let addr = v.addr.ok_or(RequestError::BadOrder { request: "SET_VRING_KICK", why: "ring addresses not set" })?;
+        let addr = v.addr.ok_or(RequestError::BadOrder {
+            request: "SET_VRING_KICK",
+            why: "ring addresses not set",
+        })?;
         let n = u64::from(v.num.max(1));
         Ok(RingAddrs {
             desc: mem.uaddr_to_gpa(addr.desc, 16 * n)?,
@@ -420,11 +525,17 @@ impl<D: Device> Session<D> {
         }
         let name = R::SET_VRING_KICK.name();
         if self.mem.is_empty() {
-            return Err(RequestError::BadOrder { request: name, why: "no memory table" });
+            return Err(RequestError::BadOrder {
+                request: name,
+                why: "no memory table",
+            });
         }
         let (num, base) = (self.vrings[i].num, self.vrings[i].base);
         if num == 0 {
-            return Err(RequestError::BadOrder { request: name, why: "ring size not set" });
+            return Err(RequestError::BadOrder {
+                request: name,
+                why: "ring size not set",
+            });
         }
         let addrs = self.ring_addrs(&self.mem, i)?;
         let event_idx = self.acked_features & virtio::RING_EVENT_IDX != 0;
@@ -438,10 +549,16 @@ impl<D: Device> Session<D> {
             enabled: self.vrings[i].enabled,
         };
         if !self.worker_for(i).send(WorkerCommand::Start(start)) {
-            return Err(RequestError::BadOrder { request: name, why: "worker has stopped" });
+            return Err(RequestError::BadOrder {
+                request: name,
+                why: "worker has stopped",
+            });
         }
         self.vrings[i].started = true;
-        debug!("{}: ring {i} started (size {num}, base {base})", self.info.name);
+        debug!(
+            "{}: ring {i} started (size {num}, base {base})",
+            self.info.name
+        );
         Ok(())
     }
 
@@ -453,7 +570,10 @@ impl<D: Device> Session<D> {
             self.vrings[i].base = next;
         }
         self.vrings[i].started = false;
-        debug!("{}: ring {i} stopped at {}", self.info.name, self.vrings[i].base);
+        debug!(
+            "{}: ring {i} stopped at {}",
+            self.info.name, self.vrings[i].base
+        );
     }
 
     /// Sends a new table to every worker and waits until each has switched; the old
@@ -463,7 +583,10 @@ impl<D: Device> Session<D> {
         for i in 0..self.vrings.len() {
             if self.vrings[i].started {
                 let addrs = self.ring_addrs(&mem, i)?;
-                let w = self.device.queue_worker(i as u16).min(self.workers.len() - 1);
+                let w = self
+                    .device
+                    .queue_worker(i as u16)
+                    .min(self.workers.len() - 1);
                 per_worker[w].push((i as u16, addrs));
             }
         }
@@ -481,7 +604,9 @@ impl<D: Device> Session<D> {
             self.stop_ring(i);
         }
         self.workers.clear();
-        self.vrings.iter_mut().for_each(|v| *v = VringConfig::default());
+        self.vrings
+            .iter_mut()
+            .for_each(|v| *v = VringConfig::default());
         self.acked_features = 0;
         self.status = 0;
         self.device.reset();
@@ -512,7 +637,12 @@ fn spawn_workers<D: Device>(
     (0..device.worker_count().max(1))
         .map(|i| {
             let w = device.create_worker(i)?;
-            WorkerHandle::spawn(format!("{}-worker{i}", info.name), w, mem.clone(), failure.clone())
+            WorkerHandle::spawn(
+                format!("{}-worker{i}", info.name),
+                w,
+                mem.clone(),
+                failure.clone(),
+            )
         })
         .collect()
 }
@@ -525,7 +655,10 @@ fn check_eventfd(request: &'static str, f: &File) -> Result<()> {
     if link == "anon_inode:[eventfd]" {
         Ok(())
     } else {
-        Err(RequestError::BadFd { request, why: format!("fd is not an eventfd ({link})") })
+        Err(RequestError::BadFd {
+            request,
+            why: format!("fd is not an eventfd ({link})"),
+        })
     }
 }
 

@@ -14,13 +14,13 @@ use log::{debug, error, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::device::{FdRegistry, Queue, QueueWorker, Queues};
 use crate::device::DeviceError;
+use crate::device::{FdRegistry, Queue, QueueWorker, Queues};
 use crate::memory::MemoryTable;
 use crate::queue::{QueueError, RingAddrs, SplitQueue};
 
-use crate::device::queue_handle::{signal_if_needed, QueueAccess};
 use crate::device::fd_registry::DEVICE_TOKEN_BASE;
+use crate::device::queue_handle::{signal_if_needed, QueueAccess};
 
 const WAKE: Token = Token(usize::MAX);
 
@@ -37,11 +37,24 @@ pub(crate) struct StartQueue {
 pub(crate) enum WorkerCommand {
     Start(StartQueue),
     /// Stop the queue and answer with its next avail index (None if it was not running).
-    Stop { index: u16, reply: Sender<Option<u16>> },
-    Enable { index: u16, enabled: bool },
-    SetCall { index: u16, call: Option<Arc<File>> },
+    Stop {
+        index: u16,
+        reply: Sender<Option<u16>>,
+    },
+    Enable {
+        index: u16,
+        enabled: bool,
+    },
+    SetCall {
+        index: u16,
+        call: Option<Arc<File>>,
+    },
     /// Switch to a new memory table (and ring addresses) and answer when done.
-    SetMemory { mem: Arc<MemoryTable>, rings: Vec<(u16, RingAddrs)>, done: Sender<()> },
+    SetMemory {
+        mem: Arc<MemoryTable>,
+        rings: Vec<(u16, RingAddrs)>,
+        done: Sender<()>,
+    },
 }
 
 struct RunningQueue {
@@ -77,27 +90,41 @@ impl WorkerHandle {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-        worker.register_fds(&mut FdRegistry { registry: poll.registry() })?;
+        worker.register_fds(&mut FdRegistry {
+            registry: poll.registry(),
+        })?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let alive = Arc::new(AtomicBool::new(true));
         let alive2 = alive.clone();
-        let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
-            let mut state =
-                WorkerState { name: name.clone(), worker, mem, queues: Vec::new(), poll };
-            let result = catch_unwind(AssertUnwindSafe(|| state.run(&rx)));
-            alive2.store(false, Ordering::Release);
-            if let Err(panic) = result {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                error!("{name}: device code panicked: {what}; closing the connection");
-                failure.failed.store(true, Ordering::Release);
-                let _ = failure.waker.wake();
-            }
-        })?;
-        Ok(WorkerHandle { tx, waker, thread: Some(thread), alive })
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let mut state = WorkerState {
+                    name: name.clone(),
+                    worker,
+                    mem,
+                    queues: Vec::new(),
+                    poll,
+                };
+                let result = catch_unwind(AssertUnwindSafe(|| state.run(&rx)));
+                alive2.store(false, Ordering::Release);
+                if let Err(panic) = result {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    error!("{name}: device code panicked: {what}; closing the connection");
+                    failure.failed.store(true, Ordering::Release);
+                    let _ = failure.waker.wake();
+                }
+            })?;
+        Ok(WorkerHandle {
+            tx,
+            waker,
+            thread: Some(thread),
+            alive,
+        })
     }
 
     /// Sends a command; false if the worker is gone.
@@ -281,7 +308,9 @@ impl<W: QueueWorker> WorkerState<W> {
         let name = &self.name;
         let mem = &self.mem;
         let worker = &mut self.worker;
-        let Some(Some(q)) = self.queues.get_mut(usize::from(index)) else { return };
+        let Some(Some(q)) = self.queues.get_mut(usize::from(index)) else {
+            return;
+        };
         if q.error.is_some() {
             return;
         }
@@ -294,7 +323,11 @@ impl<W: QueueWorker> WorkerState<W> {
     }
 
     fn device_event(&mut self, token: usize) {
-        let mut access = QueueSet { queues: &mut self.queues, mem: &self.mem, name: &self.name };
+        let mut access = QueueSet {
+            queues: &mut self.queues,
+            mem: &self.mem,
+            name: &self.name,
+        };
         let mut queues = Queues { inner: &mut access };
         if let Err(e) = self.worker.handle_event(token, &mut queues) {
             warn!("{}: device event {token}: {e}", self.name);
@@ -358,7 +391,9 @@ struct QueueSet<'a> {
 
 impl QueueAccess for QueueSet<'_> {
     fn with_queue(&mut self, index: u16, f: &mut dyn FnMut(&mut Queue<'_>)) {
-        let Some(Some(q)) = self.queues.get_mut(usize::from(index)) else { return };
+        let Some(Some(q)) = self.queues.get_mut(usize::from(index)) else {
+            return;
+        };
         if !q.enabled || q.error.is_some() {
             return;
         }
@@ -372,7 +407,13 @@ impl QueueAccess for QueueSet<'_> {
             };
             f(&mut queue);
         }
-        signal_if_needed(index, &mut q.ring, self.mem, q.call.as_deref(), &mut q.error);
+        signal_if_needed(
+            index,
+            &mut q.ring,
+            self.mem,
+            q.call.as_deref(),
+            &mut q.error,
+        );
         if let Some(e) = &q.error {
             error!("{}: queue {index} is broken: {e}", self.name);
         }

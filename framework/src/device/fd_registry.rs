@@ -25,12 +25,20 @@ pub struct FdRegistry<'a> {
 impl FdRegistry<'_> {
     /// Wakes the worker with `token` when `fd` is readable.
     pub fn register_readable(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
-        self.registry.register(&mut SourceFd(&fd), Token(DEVICE_TOKEN_BASE + token), Interest::READABLE)
+        self.registry.register(
+            &mut SourceFd(&fd),
+            Token(DEVICE_TOKEN_BASE + token),
+            Interest::READABLE,
+        )
     }
 
     /// Wakes the worker with `token` when `fd` is writable.
     pub fn register_writable(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
-        self.registry.register(&mut SourceFd(&fd), Token(DEVICE_TOKEN_BASE + token), Interest::WRITABLE)
+        self.registry.register(
+            &mut SourceFd(&fd),
+            Token(DEVICE_TOKEN_BASE + token),
+            Interest::WRITABLE,
+        )
     }
 
     /// Stops watching `fd`.

@@ -57,8 +57,9 @@ impl DriverQueue {
         t.write(avail, &vec![0u8; (6 + 2 * n) as usize])?;
         t.write(used, &vec![0u8; (6 + 8 * n) as usize])?;
         let new_eventfd = || -> Result<File, FrontendError> {
-            let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
-                .map_err(std::io::Error::from)?;
+            let fd =
+                EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
+                    .map_err(std::io::Error::from)?;
             Ok(File::from(std::os::fd::OwnedFd::from(fd)))
         };
         Ok(DriverQueue {
@@ -114,8 +115,16 @@ impl DriverQueue {
         fe.set_vring_num(i, self.size.into())?;
         fe.set_vring_base(i, self.avail_idx.into())?;
         fe.set_vring_addr(&self.vring_addr(mem))?;
-        fe.set_vring_fd(FrontendRequest::SET_VRING_CALL, self.index as u8, Some(&self.call))?;
-        fe.set_vring_fd(FrontendRequest::SET_VRING_KICK, self.index as u8, Some(&self.kick))?;
+        fe.set_vring_fd(
+            FrontendRequest::SET_VRING_CALL,
+            self.index as u8,
+            Some(&self.call),
+        )?;
+        fe.set_vring_fd(
+            FrontendRequest::SET_VRING_KICK,
+            self.index as u8,
+            Some(&self.kick),
+        )?;
         if fe.features() & virtio::PROTOCOL_FEATURES != 0 {
             fe.set_vring_enable(i, true)?;
         }
@@ -133,7 +142,11 @@ impl DriverQueue {
     }
 
     /// Posts a chain of buffers `(gpa, len, device_writable)`; returns its head.
-    pub fn add(&mut self, mem: &MemoryTable, bufs: &[(u64, u32, bool)]) -> Result<u16, FrontendError> {
+    pub fn add(
+        &mut self,
+        mem: &MemoryTable,
+        bufs: &[(u64, u32, bool)],
+    ) -> Result<u16, FrontendError> {
         if bufs.is_empty() || bufs.len() > self.free.len() {
             return Err(FrontendError::QueueFull);
         }
@@ -143,7 +156,8 @@ impl DriverQueue {
             let d = Descriptor {
                 addr,
                 len,
-                flags: if write { Descriptor::F_WRITE } else { 0 } | if last { 0 } else { Descriptor::F_NEXT },
+                flags: if write { Descriptor::F_WRITE } else { 0 }
+                    | if last { 0 } else { Descriptor::F_NEXT },
                 next: if last { 0 } else { ids[k + 1] },
             };
             mem.write(self.desc + 16 * u64::from(id), &d.to_bytes())?;
@@ -167,12 +181,18 @@ impl DriverQueue {
             let d = Descriptor {
                 addr,
                 len,
-                flags: if write { Descriptor::F_WRITE } else { 0 } | if last { 0 } else { Descriptor::F_NEXT },
+                flags: if write { Descriptor::F_WRITE } else { 0 }
+                    | if last { 0 } else { Descriptor::F_NEXT },
                 next: if last { 0 } else { k as u16 + 1 },
             };
             mem.write(table + 16 * k as u64, &d.to_bytes())?;
         }
-        let d = Descriptor { addr: table, len: 16 * bufs.len() as u32, flags: Descriptor::F_INDIRECT, next: 0 };
+        let d = Descriptor {
+            addr: table,
+            len: 16 * bufs.len() as u32,
+            flags: Descriptor::F_INDIRECT,
+            next: 0,
+        };
         mem.write(self.desc + 16 * u64::from(id), &d.to_bytes())?;
         self.chain_len[usize::from(id)] = 1;
         self.publish(mem, id)?;
@@ -180,7 +200,12 @@ impl DriverQueue {
     }
 
     /// Writes a raw descriptor (for tests that build hostile tables).
-    pub fn write_descriptor(&self, mem: &MemoryTable, index: u16, d: &Descriptor) -> Result<(), FrontendError> {
+    pub fn write_descriptor(
+        &self,
+        mem: &MemoryTable,
+        index: u16,
+        d: &Descriptor,
+    ) -> Result<(), FrontendError> {
         Ok(mem.write(self.desc + 16 * u64::from(index % self.size), &d.to_bytes())?)
     }
 
@@ -202,7 +227,8 @@ impl DriverQueue {
     pub fn kick(&mut self, mem: &MemoryTable) -> Result<bool, FrontendError> {
         fence(Ordering::SeqCst);
         let want = if self.event_idx {
-            let event = mem.load::<u16>(self.used + 4 + 8 * u64::from(self.size), Ordering::Acquire)?;
+            let event =
+                mem.load::<u16>(self.used + 4 + 8 * u64::from(self.size), Ordering::Acquire)?;
             // We kick for everything published since our last kick; be conservative
             // and kick when the event index is anywhere in what we published.
             self.avail_idx.wrapping_sub(event).wrapping_sub(1) < self.size
@@ -234,7 +260,11 @@ impl DriverQueue {
         self.last_used = self.last_used.wrapping_add(1);
         if self.event_idx {
             // Ask for a call when the next entry is used.
-            mem.store::<u16>(self.avail + 4 + 2 * u64::from(self.size), self.last_used, Ordering::Release)?;
+            mem.store::<u16>(
+                self.avail + 4 + 2 * u64::from(self.size),
+                self.last_used,
+                Ordering::Release,
+            )?;
         }
         let id = (id as u16) % self.size;
         self.free_chain(mem, id)?;
@@ -267,7 +297,11 @@ impl DriverQueue {
     }
 
     /// Waits (on calls) until a used entry arrives, up to `timeout`.
-    pub fn wait_used(&mut self, mem: &MemoryTable, timeout: Duration) -> Result<UsedElem, FrontendError> {
+    pub fn wait_used(
+        &mut self,
+        mem: &MemoryTable,
+        timeout: Duration,
+    ) -> Result<UsedElem, FrontendError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(u) = self.pop_used(mem)? {

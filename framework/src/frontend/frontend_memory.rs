@@ -39,10 +39,18 @@ impl FrontendMemory {
             .map_err(std::io::Error::from)?;
             let file = File::from(fd);
             file.set_len(size)?;
-            descs.push(MemoryRegionDesc { guest_phys_addr: gpa, memory_size: size, userspace_addr: 0, mmap_offset: 0 });
+            descs.push(MemoryRegionDesc {
+                guest_phys_addr: gpa,
+                memory_size: size,
+                userspace_addr: 0,
+                mmap_offset: 0,
+            });
             files.push(file);
         }
-        let clones = files.iter().map(File::try_clone).collect::<Result<Vec<_>, _>>()?;
+        let clones = files
+            .iter()
+            .map(File::try_clone)
+            .collect::<Result<Vec<_>, _>>()?;
         let table = MemoryTable::from_regions(&descs, clones)?;
         // Ring addresses are given in the frontend's address space: use where each
         // region really is mapped here, as a VMM would.
@@ -51,7 +59,12 @@ impl FrontendMemory {
             d.userspace_addr = s.ptr_guard().as_ptr() as u64;
         }
         let next = AtomicU64::new(layout.first().map_or(0, |r| r.0));
-        Ok(FrontendMemory { files, descs, table, next })
+        Ok(FrontendMemory {
+            files,
+            descs,
+            table,
+            next,
+        })
     }
 
     /// The regions as SET_MEM_TABLE describes them.
@@ -87,7 +100,10 @@ impl FrontendMemory {
             if start + len > end {
                 return Err(FrontendError::QueueFull);
             }
-            match self.next.compare_exchange(cur, start + len, Ordering::Relaxed, Ordering::Relaxed) {
+            match self
+                .next
+                .compare_exchange(cur, start + len, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return Ok(start),
                 Err(now) => cur = now,
             }

@@ -32,12 +32,18 @@ type Result<T> = std::result::Result<T, FrontendError>;
 impl Frontend {
     /// Connects to a backend listening at `path`.
     pub fn connect(path: impl AsRef<std::path::Path>) -> Result<Self> {
-        Ok(Self::from_connection(SocketPlatformConnection::connect(path)?))
+        Ok(Self::from_connection(SocketPlatformConnection::connect(
+            path,
+        )?))
     }
 
     /// Uses an established connection.
     pub fn from_connection(conn: SocketPlatformConnection) -> Self {
-        Frontend { conn, features: 0, protocol: ProtocolFeatures::EMPTY }
+        Frontend {
+            conn,
+            features: 0,
+            protocol: ProtocolFeatures::EMPTY,
+        }
     }
 
     /// The socket.
@@ -60,7 +66,11 @@ impl Frontend {
     pub fn request(&mut self, req: R, body: &[u8], fds: &[&File]) -> Result<Option<Vec<u8>>> {
         let always = req.shape().reply == ReplyRule::Always;
         let ack = !always && self.protocol.contains(ProtocolFeatures::REPLY_ACK);
-        let flags = if ack { HeaderFlags::REQUEST.with_need_reply() } else { HeaderFlags::REQUEST };
+        let flags = if ack {
+            HeaderFlags::REQUEST.with_need_reply()
+        } else {
+            HeaderFlags::REQUEST
+        };
         write_message(&self.conn, req.number(), flags, body, fds)?;
         if !always && !ack {
             return Ok(None);
@@ -78,7 +88,10 @@ impl Frontend {
         if ack {
             let v = u64_of(req, &msg.body)?;
             if v != 0 {
-                return Err(FrontendError::Nack { request: req.name(), value: v });
+                return Err(FrontendError::Nack {
+                    request: req.name(),
+                    value: v,
+                });
             }
             return Ok(None);
         }
@@ -128,7 +141,9 @@ impl Frontend {
 
     /// GET_PROTOCOL_FEATURES.
     pub fn get_protocol_features(&mut self) -> Result<ProtocolFeatures> {
-        Ok(ProtocolFeatures::from_bits(self.get_u64(R::GET_PROTOCOL_FEATURES)?))
+        Ok(ProtocolFeatures::from_bits(
+            self.get_u64(R::GET_PROTOCOL_FEATURES)?,
+        ))
     }
 
     /// SET_PROTOCOL_FEATURES.
@@ -150,65 +165,108 @@ impl Frontend {
 
     /// SET_MEM_TABLE with every region of `mem`.
     pub fn set_mem_table(&mut self, mem: &FrontendMemory) -> Result<()> {
-        let body = MemoryTableDesc { regions: mem.regions().to_vec() }.encode();
+        let body = MemoryTableDesc {
+            regions: mem.regions().to_vec(),
+        }
+        .encode();
         let fds: Vec<&File> = mem.files().iter().collect();
         self.request(R::SET_MEM_TABLE, &body, &fds).map(|_| ())
     }
 
     /// ADD_MEM_REG.
     pub fn add_mem_region(&mut self, region: MemoryRegionDesc, file: &File) -> Result<()> {
-        self.request(R::ADD_MEM_REG, &SingleRegion(region).encode(), &[file]).map(|_| ())
+        self.request(R::ADD_MEM_REG, &SingleRegion(region).encode(), &[file])
+            .map(|_| ())
     }
 
     /// REM_MEM_REG.
     pub fn remove_mem_region(&mut self, region: MemoryRegionDesc) -> Result<()> {
-        self.request(R::REM_MEM_REG, &SingleRegion(region).encode(), &[]).map(|_| ())
+        self.request(R::REM_MEM_REG, &SingleRegion(region).encode(), &[])
+            .map(|_| ())
     }
 
     /// SET_VRING_NUM.
     pub fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
-        self.request(R::SET_VRING_NUM, &VringState { index, num }.encode(), &[]).map(|_| ())
+        self.request(R::SET_VRING_NUM, &VringState { index, num }.encode(), &[])
+            .map(|_| ())
     }
 
     /// SET_VRING_BASE.
     pub fn set_vring_base(&mut self, index: u32, base: u32) -> Result<()> {
-        self.request(R::SET_VRING_BASE, &VringState { index, num: base }.encode(), &[]).map(|_| ())
+        self.request(
+            R::SET_VRING_BASE,
+            &VringState { index, num: base }.encode(),
+            &[],
+        )
+        .map(|_| ())
     }
 
     /// GET_VRING_BASE: stops the ring and returns its next avail index.
     pub fn get_vring_base(&mut self, index: u32) -> Result<u32> {
-        let body = self.request(R::GET_VRING_BASE, &VringState { index, num: 0 }.encode(), &[])?;
-        let s = VringState::decode("GET_VRING_BASE", &body.unwrap_or_default())
-            .map_err(|e| FrontendError::BadReply { request: "GET_VRING_BASE", why: e.to_string() })?;
+        let body = self.request(
+            R::GET_VRING_BASE,
+            &VringState { index, num: 0 }.encode(),
+            &[],
+        )?;
+        let s = VringState::decode("GET_VRING_BASE", &body.unwrap_or_default()).map_err(|e| {
+            FrontendError::BadReply {
+                request: "GET_VRING_BASE",
+                why: e.to_string(),
+            }
+        })?;
         Ok(s.num)
     }
 
     /// SET_VRING_ADDR.
     pub fn set_vring_addr(&mut self, addr: &VringAddr) -> Result<()> {
-        self.request(R::SET_VRING_ADDR, &addr.encode(), &[]).map(|_| ())
+        self.request(R::SET_VRING_ADDR, &addr.encode(), &[])
+            .map(|_| ())
     }
 
     /// SET_VRING_KICK / SET_VRING_CALL / SET_VRING_ERR with an fd (or none).
     pub fn set_vring_fd(&mut self, req: R, index: u8, fd: Option<&File>) -> Result<()> {
-        let body = RingFd { index, no_fd: fd.is_none() }.encode();
+        let body = RingFd {
+            index,
+            no_fd: fd.is_none(),
+        }
+        .encode();
         let fds: Vec<&File> = fd.into_iter().collect();
         self.request(req, &body, &fds).map(|_| ())
     }
 
     /// SET_VRING_ENABLE.
     pub fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
-        self.request(R::SET_VRING_ENABLE, &VringState { index, num: enable.into() }.encode(), &[])
-            .map(|_| ())
+        self.request(
+            R::SET_VRING_ENABLE,
+            &VringState {
+                index,
+                num: enable.into(),
+            }
+            .encode(),
+            &[],
+        )
+        .map(|_| ())
     }
 
     /// GET_CONFIG of `size` bytes at `offset`.
     pub fn get_config(&mut self, offset: u32, size: u32) -> Result<Vec<u8>> {
-        let body = ConfigAccess { offset, flags: 0, payload: vec![0; size as usize] }.encode();
+        let body = ConfigAccess {
+            offset,
+            flags: 0,
+            payload: vec![0; size as usize],
+        }
+        .encode();
         let reply = self.request(R::GET_CONFIG, &body, &[])?.unwrap_or_default();
-        let c = ConfigAccess::decode("GET_CONFIG", &reply)
-            .map_err(|e| FrontendError::BadReply { request: "GET_CONFIG", why: e.to_string() })?;
+        let c =
+            ConfigAccess::decode("GET_CONFIG", &reply).map_err(|e| FrontendError::BadReply {
+                request: "GET_CONFIG",
+                why: e.to_string(),
+            })?;
         if c.payload.len() != size as usize {
-            return Err(FrontendError::Nack { request: "GET_CONFIG", value: c.payload.len() as u64 });
+            return Err(FrontendError::Nack {
+                request: "GET_CONFIG",
+                value: c.payload.len() as u64,
+            });
         }
         Ok(c.payload)
     }
@@ -237,14 +295,25 @@ impl Frontend {
         };
         let mut raw = header.encode();
         raw[4..8].copy_from_slice(&flags.to_ne_bytes());
-        let fds: Vec<_> = fds.iter().map(|f| std::os::fd::AsRawFd::as_raw_fd(&f.as_fd())).collect();
-        self.conn.send_message(&raw, body, &[], if fds.is_empty() { None } else { Some(&fds) })?;
+        let fds: Vec<_> = fds
+            .iter()
+            .map(|f| std::os::fd::AsRawFd::as_raw_fd(&f.as_fd()))
+            .collect();
+        self.conn.send_message(
+            &raw,
+            body,
+            &[],
+            if fds.is_empty() { None } else { Some(&fds) },
+        )?;
         Ok(())
     }
 
     /// Reads one message (a reply to something sent with [`Self::send_raw`]).
     pub fn read_reply(&mut self) -> Result<crate::message::Message> {
-        read_message(&self.conn, true)?.ok_or(FrontendError::BadReply { request: "raw", why: "none".into() })
+        read_message(&self.conn, true)?.ok_or(FrontendError::BadReply {
+            request: "raw",
+            why: "none".into(),
+        })
     }
 }
 

@@ -38,7 +38,8 @@ pub struct GuestRegion {
 impl GuestRegion {
     /// Checks the fd and maps the region.
     pub fn map(desc: MemoryRegionDesc, file: File) -> Result<Self, MemoryError> {
-        desc.validate("memory region").map_err(|e| MemoryError::Access(e.to_string()))?;
+        desc.validate("memory region")
+            .map_err(|e| MemoryError::Access(e.to_string()))?;
         let st = fstat(file.as_fd()).map_err(|e| MemoryError::Map {
             size: desc.memory_size,
             source: e.into(),
@@ -53,8 +54,10 @@ impl GuestRegion {
         if need > have {
             return Err(MemoryError::BeyondFile { need, have });
         }
-        let len = usize::try_from(need)
-            .map_err(|_| MemoryError::BeyondFile { need, have: usize::MAX as u64 })?;
+        let len = usize::try_from(need).map_err(|_| MemoryError::BeyondFile {
+            need,
+            have: usize::MAX as u64,
+        })?;
         let map = MmapRegionBuilder::new(len)
             .with_file_offset(FileOffset::new(file, 0))
             .with_mmap_prot((ProtFlags::PROT_READ | ProtFlags::PROT_WRITE).bits())
@@ -92,10 +95,15 @@ impl GuestRegion {
         let start = offset
             .checked_add(self.desc.mmap_offset)
             .and_then(|s| usize::try_from(s).ok())
-            .ok_or(MemoryError::Unmapped { addr: self.gpa().wrapping_add(offset), len: len as u64 })?;
-        self.map.get_slice(start, len).map_err(|_| MemoryError::Unmapped {
-            addr: self.gpa().wrapping_add(offset),
-            len: len as u64,
-        })
+            .ok_or(MemoryError::Unmapped {
+                addr: self.gpa().wrapping_add(offset),
+                len: len as u64,
+            })?;
+        self.map
+            .get_slice(start, len)
+            .map_err(|_| MemoryError::Unmapped {
+                addr: self.gpa().wrapping_add(offset),
+                len: len as u64,
+            })
     }
 }

@@ -135,11 +135,17 @@ impl MemoryTable {
 
     /// A checked view of `[gpa, gpa + len)`, which must lie in one region.
     pub fn slice(&self, gpa: u64, len: usize) -> Result<VolatileSlice<'_>, MemoryError> {
-        let unmapped = MemoryError::Unmapped { addr: gpa, len: len as u64 };
+        let unmapped = MemoryError::Unmapped {
+            addr: gpa,
+            len: len as u64,
+        };
         let region = self.region_for(gpa).ok_or(unmapped)?;
         let end = gpa.checked_add(len as u64);
         if end.is_none_or(|e| e > region.gpa_end()) {
-            return Err(MemoryError::Unmapped { addr: gpa, len: len as u64 });
+            return Err(MemoryError::Unmapped {
+                addr: gpa,
+                len: len as u64,
+            });
         }
         region.slice(gpa - region.gpa(), len)
     }
@@ -204,13 +210,20 @@ impl MemoryTable {
     /// Atomic load of a naturally aligned integer (ring indices and flags).
     pub fn load<T: AtomicAccess>(&self, gpa: u64, order: Ordering) -> Result<T, MemoryError> {
         let s = self.slice(gpa, std::mem::size_of::<T>())?;
-        s.load(0, order).map_err(|e| MemoryError::Access(e.to_string()))
+        s.load(0, order)
+            .map_err(|e| MemoryError::Access(e.to_string()))
     }
 
     /// Atomic store of a naturally aligned integer.
-    pub fn store<T: AtomicAccess>(&self, gpa: u64, val: T, order: Ordering) -> Result<(), MemoryError> {
+    pub fn store<T: AtomicAccess>(
+        &self,
+        gpa: u64,
+        val: T,
+        order: Ordering,
+    ) -> Result<(), MemoryError> {
         let s = self.slice(gpa, std::mem::size_of::<T>())?;
-        s.store(val, 0, order).map_err(|e| MemoryError::Access(e.to_string()))
+        s.store(val, 0, order)
+            .map_err(|e| MemoryError::Access(e.to_string()))
     }
 }
 
@@ -226,7 +239,12 @@ mod tests {
     }
 
     fn desc(gpa: u64, size: u64, uaddr: u64, off: u64) -> MemoryRegionDesc {
-        MemoryRegionDesc { guest_phys_addr: gpa, memory_size: size, userspace_addr: uaddr, mmap_offset: off }
+        MemoryRegionDesc {
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: uaddr,
+            mmap_offset: off,
+        }
     }
 
     #[test]
@@ -242,16 +260,29 @@ mod tests {
     #[test]
     fn overlapping_regions_are_refused() {
         let t = MemoryTable::from_regions(&[desc(0, 0x2000, 0, 0)], vec![memfd(0x2000)]).unwrap();
-        let e = t.with_region(desc(0x1000, 0x2000, 0x10000, 0), memfd(0x2000)).unwrap_err();
+        let e = t
+            .with_region(desc(0x1000, 0x2000, 0x10000, 0), memfd(0x2000))
+            .unwrap_err();
         assert!(matches!(e, MemoryError::Overlap { .. }), "{e}");
     }
 
     #[test]
     fn region_beyond_its_file_is_refused() {
-        let e = MemoryTable::from_regions(&[desc(0, 0x10000, 0, 0)], vec![memfd(0x1000)]).unwrap_err();
-        assert!(matches!(e, MemoryError::BeyondFile { need: 0x10000, have: 0x1000 }), "{e}");
-        let e = MemoryTable::from_regions(&[desc(0, 0x1000, 0, u64::MAX - 10)], vec![memfd(0x1000)])
-            .unwrap_err();
+        let e =
+            MemoryTable::from_regions(&[desc(0, 0x10000, 0, 0)], vec![memfd(0x1000)]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                MemoryError::BeyondFile {
+                    need: 0x10000,
+                    have: 0x1000
+                }
+            ),
+            "{e}"
+        );
+        let e =
+            MemoryTable::from_regions(&[desc(0, 0x1000, 0, u64::MAX - 10)], vec![memfd(0x1000)])
+                .unwrap_err();
         assert!(matches!(e, MemoryError::Access(_)), "{e}");
     }
 
@@ -266,7 +297,11 @@ mod tests {
     #[test]
     fn accesses_straddle_regions_but_never_gaps() {
         let t = MemoryTable::from_regions(
-            &[desc(0, 0x1000, 0x10000, 0), desc(0x1000, 0x1000, 0x50000, 0), desc(0x3000, 0x1000, 0x90000, 0)],
+            &[
+                desc(0, 0x1000, 0x10000, 0),
+                desc(0x1000, 0x1000, 0x50000, 0),
+                desc(0x3000, 0x1000, 0x90000, 0),
+            ],
             vec![memfd(0x1000), memfd(0x1000), memfd(0x1000)],
         )
         .unwrap();
@@ -284,7 +319,8 @@ mod tests {
 
     #[test]
     fn remove_matches_gpa_size_and_uaddr() {
-        let t = MemoryTable::from_regions(&[desc(0, 0x1000, 0x10000, 0)], vec![memfd(0x1000)]).unwrap();
+        let t =
+            MemoryTable::from_regions(&[desc(0, 0x1000, 0x10000, 0)], vec![memfd(0x1000)]).unwrap();
         assert!(t.without_region(&desc(0, 0x1000, 0x20000, 0)).is_err());
         let t2 = t.without_region(&desc(0, 0x1000, 0x10000, 0x77)).unwrap();
         assert!(t2.is_empty());

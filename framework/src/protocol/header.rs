@@ -124,7 +124,8 @@ impl Header {
     /// assert_eq!(h.request, 15);
     /// ```
     pub fn decode(bytes: &[u8; HEADER_SIZE]) -> Result<Self, ProtocolError> {
-        let word = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let word =
+            |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         Ok(Header {
             request: word(0),
             flags: HeaderFlags::from_bits(word(4))?,
@@ -155,7 +156,11 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_every_field() {
-        let h = Header { request: 43, flags: HeaderFlags::REQUEST.with_need_reply(), size: 268 };
+        let h = Header {
+            request: 43,
+            flags: HeaderFlags::REQUEST.with_need_reply(),
+            size: 268,
+        };
         assert_eq!(Header::decode(&h.encode()), Ok(h));
     }
 
@@ -164,7 +169,10 @@ mod tests {
         for v in [0u32, 2, 3] {
             let mut b = [0u8; 12];
             b[4..8].copy_from_slice(&v.to_ne_bytes());
-            assert_eq!(Header::decode(&b), Err(ProtocolError::BadVersion { flags: v }));
+            assert_eq!(
+                Header::decode(&b),
+                Err(ProtocolError::BadVersion { flags: v })
+            );
         }
     }
 
@@ -174,7 +182,10 @@ mod tests {
             let flags = 1 | (1u32 << bit);
             let mut b = [0u8; 12];
             b[4..8].copy_from_slice(&flags.to_ne_bytes());
-            assert_eq!(Header::decode(&b), Err(ProtocolError::ReservedFlags { flags }));
+            assert_eq!(
+                Header::decode(&b),
+                Err(ProtocolError::ReservedFlags { flags })
+            );
         }
     }
 }

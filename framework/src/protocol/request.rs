@@ -200,7 +200,11 @@ impl RequestShape {
     /// assert!(shape.check_size(7).is_err());
     /// ```
     pub fn check_size(&self, size: usize) -> Result<(), ProtocolError> {
-        let wrong = |expected| ProtocolError::WrongSize { request: self.name, expected, got: size };
+        let wrong = |expected| ProtocolError::WrongSize {
+            request: self.name,
+            expected,
+            got: size,
+        };
         match self.body {
             BodyRule::Exact(n) if size == n => Ok(()),
             BodyRule::Exact(n) => Err(wrong(n)),
@@ -243,7 +247,11 @@ impl RequestShape {
             FdRule::One | FdRule::Optional => 1,
             FdRule::PerRegion | FdRule::RingFlag => per_message,
         };
-        Err(ProtocolError::WrongFdCount { request: self.name, expected, got })
+        Err(ProtocolError::WrongFdCount {
+            request: self.name,
+            expected,
+            got,
+        })
     }
 }
 
@@ -259,7 +267,10 @@ mod tests {
             assert_eq!(FrontendRequest::try_from(r.number()), Ok(*r));
         }
         for n in [0u32, 44, 1000, u32::MAX] {
-            assert_eq!(FrontendRequest::try_from(n), Err(ProtocolError::UnknownRequest(n)));
+            assert_eq!(
+                FrontendRequest::try_from(n),
+                Err(ProtocolError::UnknownRequest(n))
+            );
         }
     }
 

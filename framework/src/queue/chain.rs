@@ -65,11 +65,17 @@ impl DescriptorChain {
         let mut seen: u32 = 0;
         loop {
             if index >= size {
-                return Err(QueueError::BadIndex { index, size: size.into() });
+                return Err(QueueError::BadIndex {
+                    index,
+                    size: size.into(),
+                });
             }
             seen += 1;
             if seen > u32::from(size) {
-                return Err(QueueError::ChainTooLong { head, limit: size.into() });
+                return Err(QueueError::ChainTooLong {
+                    head,
+                    limit: size.into(),
+                });
             }
             let desc = read_desc(mem, table, index)?;
             if desc.is_indirect() {
@@ -88,9 +94,13 @@ impl DescriptorChain {
     }
 
     fn walk_indirect(&mut self, mem: &MemoryTable, table: &Descriptor) -> Result<(), QueueError> {
-        let bad = QueueError::BadIndirectTable { addr: table.addr, len: table.len };
+        let bad = QueueError::BadIndirectTable {
+            addr: table.addr,
+            len: table.len,
+        };
         let count = table.len / Descriptor::SIZE as u32;
-        if table.len == 0 || table.len % Descriptor::SIZE as u32 != 0 || count > u32::from(u16::MAX) {
+        if table.len == 0 || table.len % Descriptor::SIZE as u32 != 0 || count > u32::from(u16::MAX)
+        {
             return Err(bad);
         }
         mem.check_range(table.addr, table.len.into())?;
@@ -102,7 +112,10 @@ impl DescriptorChain {
             }
             seen += 1;
             if seen > count {
-                return Err(QueueError::ChainTooLong { head: self.head, limit: count });
+                return Err(QueueError::ChainTooLong {
+                    head: self.head,
+                    limit: count,
+                });
             }
             let desc = read_desc(mem, table.addr, index)?;
             if desc.is_indirect() {
@@ -187,4 +200,371 @@ fn read_desc(mem: &MemoryTable, table: u64, index: u16) -> Result<Descriptor, Qu
         .ok_or(QueueError::BadIndex { index, size: 0 })?;
     mem.read(at, &mut raw)?;
     Ok(Descriptor::from_bytes(&raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::payload::MemoryRegionDesc;
+
+    fn mem() -> MemoryTable {
+        let fd = nix::sys::memfd::memfd_create("t", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let f = std::fs::File::from(fd);
+        f.set_len(0x10000).unwrap();
+        let d = MemoryRegionDesc {
+            guest_phys_addr: 0,
+            memory_size: 0x10000,
+            userspace_addr: 0,
+            mmap_offset: 0,
+        };
+        MemoryTable::from_regions(&[d], vec![f]).unwrap()
+    }
+
+    fn put(m: &MemoryTable, table: u64, i: u16, d: Descriptor) {
+        m.write(table + 16 * u64::from(i), &d.to_bytes()).unwrap();
+    }
+
+    const R: u16 = 0;
+    const W: u16 = Descriptor::F_WRITE;
+    const N: u16 = Descriptor::F_NEXT;
+    const I: u16 = Descriptor::F_INDIRECT;
+
+    #[test]
+    fn follows_next_links_readable_then_writable() {
+        let m = mem();
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: 0x1000,
+                len: 16,
+                flags: R | N,
+                next: 2,
+            },
+        );
+        put(
+            &m,
+            0,
+            2,
+            Descriptor {
+                addr: 0x2000,
+                len: 100,
+                flags: W,
+                next: 0,
+            },
+        );
+        let c = DescriptorChain::walk(&m, 0, 4, 0, false).unwrap();
+        assert_eq!(
+            (c.readable_len(), c.writable_len(), c.descriptors().len()),
+            (16, 100, 2)
+        );
+    }
+
+    #[test]
+    fn loops_are_bounded_by_the_table_size() {
+        let m = mem();
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: 0x1000,
+                len: 1,
+                flags: N,
+                next: 1,
+            },
+        );
+        put(
+            &m,
+            0,
+            1,
+            Descriptor {
+                addr: 0x1000,
+                len: 1,
+                flags: N,
+                next: 0,
+            },
+        );
+        let e = DescriptorChain::walk(&m, 0, 4, 0, false).unwrap_err();
+        assert!(
+            matches!(e, QueueError::ChainTooLong { head: 0, limit: 4 }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn next_outside_the_table_is_refused() {
+        let m = mem();
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: 0x1000,
+                len: 1,
+                flags: N,
+                next: 9,
+            },
+        );
+        assert!(matches!(
+            DescriptorChain::walk(&m, 0, 4, 0, false),
+            Err(QueueError::BadIndex { index: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn buffers_outside_memory_are_refused() {
+        let m = mem();
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: 0xfff0,
+                len: 0x20,
+                flags: W,
+                next: 0,
+            },
+        );
+        assert!(matches!(
+            DescriptorChain::walk(&m, 0, 4, 0, false),
+            Err(QueueError::Memory(_))
+        ));
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: u64::MAX - 4,
+                len: 0x20,
+                flags: W,
+                next: 0,
+            },
+        );
+        assert!(matches!(
+            DescriptorChain::walk(&m, 0, 4, 0, false),
+            Err(QueueError::Memory(_))
+        ));
+    }
+
+    #[test]
+    fn readable_after_writable_is_refused() {
+        let m = mem();
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: 0x1000,
+                len: 1,
+                flags: W | N,
+                next: 1,
+            },
+        );
+        put(
+            &m,
+            0,
+            1,
+            Descriptor {
+                addr: 0x1000,
+                len: 1,
+                flags: R,
+                next: 0,
+            },
+        );
+        assert!(matches!(
+            DescriptorChain::walk(&m, 0, 4, 0, false),
+            Err(QueueError::ReadableAfterWritable { head: 0 })
+        ));
+    }
+
+    #[test]
+    fn chain_length_overflow_is_refused() {
+        let m = mem();
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: 0,
+                len: u32::MAX,
+                flags: W | N,
+                next: 1,
+            },
+        );
+        put(
+            &m,
+            0,
+            1,
+            Descriptor {
+                addr: 0,
+                len: 2,
+                flags: W,
+                next: 0,
+            },
+        );
+        assert!(DescriptorChain::walk(&m, 0, 4, 0, false).is_err());
+    }
+
+    #[test]
+    fn indirect_tables_are_walked_once_and_checked() {
+        let m = mem();
+        let table = 0x4000;
+        put(
+            &m,
+            table,
+            0,
+            Descriptor {
+                addr: 0x1000,
+                len: 8,
+                flags: R | N,
+                next: 1,
+            },
+        );
+        put(
+            &m,
+            table,
+            1,
+            Descriptor {
+                addr: 0x2000,
+                len: 64,
+                flags: W,
+                next: 0,
+            },
+        );
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: table,
+                len: 32,
+                flags: I,
+                next: 0,
+            },
+        );
+        let c = DescriptorChain::walk(&m, 0, 4, 0, true).unwrap();
+        assert_eq!((c.readable_len(), c.writable_len()), (8, 64));
+        // Not negotiated.
+        assert!(matches!(
+            DescriptorChain::walk(&m, 0, 4, 0, false),
+            Err(QueueError::IndirectNotAllowed { .. })
+        ));
+        // INDIRECT together with NEXT.
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: table,
+                len: 32,
+                flags: I | N,
+                next: 1,
+            },
+        );
+        assert!(matches!(
+            DescriptorChain::walk(&m, 0, 4, 0, true),
+            Err(QueueError::IndirectNotAllowed { .. })
+        ));
+        // Empty, ragged and unmapped tables.
+        for (addr, len) in [(table, 0u32), (table, 20), (0xfff0, 32)] {
+            put(
+                &m,
+                0,
+                0,
+                Descriptor {
+                    addr,
+                    len,
+                    flags: I,
+                    next: 0,
+                },
+            );
+            assert!(
+                DescriptorChain::walk(&m, 0, 4, 0, true).is_err(),
+                "{addr:#x}+{len}"
+            );
+        }
+        // Nested indirect.
+        put(
+            &m,
+            table,
+            1,
+            Descriptor {
+                addr: table,
+                len: 32,
+                flags: I,
+                next: 0,
+            },
+        );
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: table,
+                len: 32,
+                flags: I,
+                next: 0,
+            },
+        );
+        assert!(matches!(
+            DescriptorChain::walk(&m, 0, 4, 0, true),
+            Err(QueueError::NestedIndirect { head: 0 })
+        ));
+        // A loop inside the table.
+        put(
+            &m,
+            table,
+            1,
+            Descriptor {
+                addr: 0x1000,
+                len: 1,
+                flags: W | N,
+                next: 1,
+            },
+        );
+        assert!(matches!(
+            DescriptorChain::walk(&m, 0, 4, 0, true),
+            Err(QueueError::ChainTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn the_chain_is_a_copy() {
+        let m = mem();
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: 0x1000,
+                len: 16,
+                flags: W,
+                next: 0,
+            },
+        );
+        let c = DescriptorChain::walk(&m, 0, 4, 0, false).unwrap();
+        // The guest rewrites the descriptor after the walk: the device does not see it.
+        put(
+            &m,
+            0,
+            0,
+            Descriptor {
+                addr: 0xffff_0000,
+                len: 0xffff,
+                flags: W,
+                next: 0,
+            },
+        );
+        assert_eq!(
+            c.writable()[0],
+            Descriptor {
+                addr: 0x1000,
+                len: 16,
+                flags: W,
+                next: 0
+            }
+        );
+    }
 }

@@ -42,13 +42,23 @@ pub struct ChainReader<'a> {
 impl<'a> ChainReader<'a> {
     /// A reader over `descs` (which the chain already checked against `mem`).
     pub fn new(mem: &'a MemoryTable, descs: &'a [Descriptor]) -> Self {
-        ChainReader { mem, descs, at: (0, 0), consumed: 0 }
+        ChainReader {
+            mem,
+            descs,
+            at: (0, 0),
+            consumed: 0,
+        }
     }
 
     /// Bytes left to read.
     pub fn remaining(&self) -> usize {
         let (i, off) = self.at;
-        self.descs.iter().skip(i).map(|d| d.len as usize).sum::<usize>() - off as usize
+        self.descs
+            .iter()
+            .skip(i)
+            .map(|d| d.len as usize)
+            .sum::<usize>()
+            - off as usize
     }
 
     /// Bytes read so far.
@@ -64,7 +74,9 @@ impl<'a> ChainReader<'a> {
     ) -> io::Result<usize> {
         let mut done = 0;
         while done < max {
-            let Some(d) = self.descs.get(self.at.0) else { break };
+            let Some(d) = self.descs.get(self.at.0) else {
+                break;
+            };
             let left = (d.len - self.at.1) as usize;
             if left == 0 {
                 self.at = (self.at.0 + 1, 0);
@@ -107,7 +119,10 @@ impl<'a> ChainReader<'a> {
         let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
         let iovs: Vec<nix::libc::iovec> = guards
             .iter()
-            .map(|g| nix::libc::iovec { iov_base: g.as_ptr() as *mut _, iov_len: g.len() })
+            .map(|g| nix::libc::iovec {
+                iov_base: g.as_ptr() as *mut _,
+                iov_len: g.len(),
+            })
             .collect();
         // SAFETY: every iovec points into a live mapping of guest memory (the guards and
         // the borrowed table keep it mapped for the call) of exactly `iov_len` bytes;

@@ -37,13 +37,23 @@ pub struct ChainWriter<'a> {
 impl<'a> ChainWriter<'a> {
     /// A writer over `descs` (which the chain already checked against `mem`).
     pub fn new(mem: &'a MemoryTable, descs: &'a [Descriptor]) -> Self {
-        ChainWriter { mem, descs, at: (0, 0), written: 0 }
+        ChainWriter {
+            mem,
+            descs,
+            at: (0, 0),
+            written: 0,
+        }
     }
 
     /// Bytes of room left.
     pub fn available(&self) -> usize {
         let (i, off) = self.at;
-        self.descs.iter().skip(i).map(|d| d.len as usize).sum::<usize>() - off as usize
+        self.descs
+            .iter()
+            .skip(i)
+            .map(|d| d.len as usize)
+            .sum::<usize>()
+            - off as usize
     }
 
     /// Bytes written so far.
@@ -78,7 +88,9 @@ impl<'a> ChainWriter<'a> {
     fn advance(&mut self, mut n: usize) {
         self.written += n;
         while n > 0 {
-            let Some(d) = self.descs.get(self.at.0) else { return };
+            let Some(d) = self.descs.get(self.at.0) else {
+                return;
+            };
             let left = (d.len - self.at.1) as usize;
             let step = left.min(n);
             n -= step;
@@ -101,7 +113,10 @@ impl<'a> ChainWriter<'a> {
         let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard_mut()).collect();
         let iovs: Vec<nix::libc::iovec> = guards
             .iter()
-            .map(|g| nix::libc::iovec { iov_base: g.as_ptr() as *mut _, iov_len: g.len() })
+            .map(|g| nix::libc::iovec {
+                iov_base: g.as_ptr() as *mut _,
+                iov_len: g.len(),
+            })
             .collect();
         // SAFETY: every iovec covers exactly `iov_len` bytes of a live, writable mapping
         // of guest memory (the guards and the borrowed table keep it mapped for the

@@ -64,7 +64,10 @@ impl SplitQueue {
         indirect: bool,
     ) -> Result<Self, QueueError> {
         if size == 0 || !size.is_power_of_two() {
-            return Err(QueueError::BadIndex { index: size, size: 0 });
+            return Err(QueueError::BadIndex {
+                index: size,
+                size: 0,
+            });
         }
         let q = SplitQueue {
             size,
@@ -79,7 +82,11 @@ impl SplitQueue {
         q.check_rings(mem)?;
         let next_used = mem.load::<u16>(addrs.used + 2, Ordering::Acquire)?;
         // Nothing used yet since this start: no interrupt is owed.
-        Ok(SplitQueue { next_used, signalled_used: Some(next_used), ..q })
+        Ok(SplitQueue {
+            next_used,
+            signalled_used: Some(next_used),
+            ..q
+        })
     }
 
     /// Checks that the three ring parts lie in `mem` (after a memory table change).
@@ -148,7 +155,10 @@ impl SplitQueue {
             let slot = u64::from(self.next_avail % self.size);
             let head = mem.load::<u16>(self.addrs.avail + 4 + 2 * slot, Ordering::Acquire)?;
             if head >= self.size {
-                return Err(QueueError::BadIndex { index: head, size: self.size.into() });
+                return Err(QueueError::BadIndex {
+                    index: head,
+                    size: self.size.into(),
+                });
             }
             self.next_avail = self.next_avail.wrapping_add(1);
             match DescriptorChain::walk(mem, self.addrs.desc, self.size, head, self.indirect) {
@@ -173,7 +183,10 @@ impl SplitQueue {
     /// Publishes a used entry: chain `head` with `len` bytes written by the device.
     pub fn add_used(&mut self, mem: &MemoryTable, head: u16, len: u32) -> Result<(), QueueError> {
         if head >= self.size {
-            return Err(QueueError::BadUsedHead { head, size: self.size });
+            return Err(QueueError::BadUsedHead {
+                head,
+                size: self.size,
+            });
         }
         let slot = u64::from(self.next_used % self.size);
         let elem = self.addrs.used + 4 + 8 * slot;
@@ -224,5 +237,157 @@ impl SplitQueue {
             self.signalled_used = Some(new);
         }
         Ok(need)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::payload::MemoryRegionDesc;
+    use crate::queue::Descriptor;
+
+    fn mem() -> MemoryTable {
+        let fd = nix::sys::memfd::memfd_create("t", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let f = std::fs::File::from(fd);
+        f.set_len(0x10000).unwrap();
+        let d = MemoryRegionDesc {
+            guest_phys_addr: 0,
+            memory_size: 0x10000,
+            userspace_addr: 0,
+            mmap_offset: 0,
+        };
+        MemoryTable::from_regions(&[d], vec![f]).unwrap()
+    }
+
+    const A: RingAddrs = RingAddrs {
+        desc: 0,
+        avail: 0x1000,
+        used: 0x2000,
+    };
+
+    fn offer(m: &MemoryTable, slot: u16, head: u16, idx: u16) {
+        m.store::<u16>(A.avail + 4 + 2 * u64::from(slot), head, Ordering::Relaxed)
+            .unwrap();
+        m.store::<u16>(A.avail + 2, idx, Ordering::Release).unwrap();
+    }
+
+    #[test]
+    fn pop_add_used_and_base() {
+        let m = mem();
+        m.write(
+            0,
+            &Descriptor {
+                addr: 0x3000,
+                len: 8,
+                flags: Descriptor::F_WRITE,
+                next: 0,
+            }
+            .to_bytes(),
+        )
+        .unwrap();
+        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        offer(&m, 0, 0, 1);
+        let c = q.pop(&m).unwrap().unwrap();
+        q.add_used(&m, c.head(), 8).unwrap();
+        assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 1);
+        assert_eq!(m.load::<u32>(A.used + 8, Ordering::Acquire).unwrap(), 8);
+        assert_eq!(q.next_avail(), 1);
+        assert!(q.pop(&m).unwrap().is_none());
+    }
+
+    #[test]
+    fn avail_index_running_ahead_is_a_broken_ring() {
+        let m = mem();
+        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        offer(&m, 0, 0, 9);
+        assert!(matches!(
+            q.pop(&m),
+            Err(QueueError::AvailOverrun { pending: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn bad_head_is_a_broken_ring_and_bad_chain_is_returned_empty() {
+        let m = mem();
+        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        offer(&m, 0, 8, 1);
+        assert!(matches!(
+            q.pop(&m),
+            Err(QueueError::BadIndex { index: 8, .. })
+        ));
+        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        m.write(
+            0,
+            &Descriptor {
+                addr: 0xffff_0000,
+                len: 8,
+                flags: 0,
+                next: 0,
+            }
+            .to_bytes(),
+        )
+        .unwrap();
+        offer(&m, 0, 0, 1);
+        assert!(q.pop(&m).unwrap().is_none());
+        assert_eq!(q.invalid_chains(), 1);
+        assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 1);
+        assert_eq!(m.load::<u32>(A.used + 8, Ordering::Acquire).unwrap(), 0);
+    }
+
+    #[test]
+    fn rings_outside_memory_are_refused() {
+        let m = mem();
+        let bad = RingAddrs { used: 0xfff8, ..A };
+        assert!(SplitQueue::new(&m, 8, bad, 0, false, false).is_err());
+        assert!(SplitQueue::new(&m, 6, A, 0, false, false).is_err());
+        assert!(SplitQueue::new(&m, 0, A, 0, false, false).is_err());
+    }
+
+    #[test]
+    fn event_idx_notification_follows_used_event() {
+        let m = mem();
+        m.write(
+            0,
+            &Descriptor {
+                addr: 0x3000,
+                len: 8,
+                flags: Descriptor::F_WRITE,
+                next: 0,
+            }
+            .to_bytes(),
+        )
+        .unwrap();
+        let mut q = SplitQueue::new(&m, 8, A, 0, true, false).unwrap();
+        assert!(!q.needs_notification(&m).unwrap(), "nothing used yet");
+        let used_event = A.avail + 4 + 2 * 8;
+        // The driver wants a call once entry 1 (the second) is used.
+        m.store::<u16>(used_event, 1, Ordering::Release).unwrap();
+        q.add_used(&m, 0, 8).unwrap();
+        assert!(!q.needs_notification(&m).unwrap());
+        q.add_used(&m, 0, 8).unwrap();
+        assert!(q.needs_notification(&m).unwrap());
+        assert!(!q.needs_notification(&m).unwrap(), "already signalled");
+        // avail_event is published when notifications are re-enabled.
+        q.enable_notification(&m).unwrap();
+        assert_eq!(
+            m.load::<u16>(A.used + 4 + 8 * 8, Ordering::Acquire)
+                .unwrap(),
+            q.next_avail()
+        );
+    }
+
+    #[test]
+    fn no_interrupt_and_no_notify_without_event_idx() {
+        let m = mem();
+        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        q.disable_notification(&m).unwrap();
+        assert_eq!(m.load::<u16>(A.used, Ordering::Acquire).unwrap(), 1);
+        assert!(!q.enable_notification(&m).unwrap());
+        assert_eq!(m.load::<u16>(A.used, Ordering::Acquire).unwrap(), 0);
+        m.store::<u16>(A.avail, 1, Ordering::Release).unwrap(); // NO_INTERRUPT
+        q.add_used(&m, 0, 0).unwrap();
+        assert!(!q.needs_notification(&m).unwrap());
+        m.store::<u16>(A.avail, 0, Ordering::Release).unwrap();
+        assert!(q.needs_notification(&m).unwrap());
     }
 }

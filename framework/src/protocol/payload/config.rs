@@ -31,7 +31,12 @@ impl ConfigAccess {
     pub fn decode(request: &'static str, body: &[u8]) -> Result<Self, ProtocolError> {
         let r = FieldReader::new(body);
         let (offset, size, flags) = (r.u32(0), r.u32(4) as usize, r.u32(8));
-        let bad = |field, value: u64, why| ProtocolError::BadField { request, field, value, why };
+        let bad = |field, value: u64, why| ProtocolError::BadField {
+            request,
+            field,
+            value,
+            why,
+        };
         if size > Self::MAX_SIZE {
             return Err(bad("size", size as u64, "above 256"));
         }
@@ -48,7 +53,11 @@ impl ConfigAccess {
         if u64::from(offset) + size as u64 > Self::MAX_SIZE as u64 {
             return Err(bad("offset", offset.into(), "offset + size beyond 256"));
         }
-        Ok(ConfigAccess { offset, flags, payload: body[Self::HEADER_SIZE..].to_vec() })
+        Ok(ConfigAccess {
+            offset,
+            flags,
+            payload: body[Self::HEADER_SIZE..].to_vec(),
+        })
     }
 
     /// Encodes the body.

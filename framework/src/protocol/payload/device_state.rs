@@ -28,7 +28,10 @@ impl DeviceStateTransfer {
         const NAME: &str = "SET_DEVICE_STATE_FD";
         check_len(NAME, body, Self::SIZE)?;
         let r = FieldReader::new(body);
-        let t = DeviceStateTransfer { direction: r.u32(0), phase: r.u32(4) };
+        let t = DeviceStateTransfer {
+            direction: r.u32(0),
+            phase: r.u32(4),
+        };
         let bad = |field, value: u32| ProtocolError::BadField {
             request: NAME,
             field,
@@ -46,6 +49,9 @@ impl DeviceStateTransfer {
 
     /// Encodes the body.
     pub fn encode(&self) -> Vec<u8> {
-        FieldWriter::default().u32(self.direction).u32(self.phase).bytes
+        FieldWriter::default()
+            .u32(self.direction)
+            .u32(self.phase)
+            .bytes
     }
 }

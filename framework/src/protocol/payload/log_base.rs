@@ -28,7 +28,10 @@ impl LogBase {
         const NAME: &str = "SET_LOG_BASE";
         check_len(NAME, body, Self::SIZE)?;
         let r = FieldReader::new(body);
-        let log = LogBase { mmap_size: r.u64(0), mmap_offset: r.u64(8) };
+        let log = LogBase {
+            mmap_size: r.u64(0),
+            mmap_offset: r.u64(8),
+        };
         if log.mmap_size == 0 || log.mmap_offset.checked_add(log.mmap_size).is_none() {
             return Err(ProtocolError::BadField {
                 request: NAME,
@@ -42,6 +45,9 @@ impl LogBase {
 
     /// Encodes the body.
     pub fn encode(&self) -> Vec<u8> {
-        FieldWriter::default().u64(self.mmap_size).u64(self.mmap_offset).bytes
+        FieldWriter::default()
+            .u64(self.mmap_size)
+            .u64(self.mmap_offset)
+            .bytes
     }
 }

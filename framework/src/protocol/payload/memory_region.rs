@@ -45,18 +45,35 @@ impl MemoryRegionDesc {
 
     /// Refuses empty regions and any end that overflows 64 bits.
     pub fn validate(&self, request: &'static str) -> Result<(), ProtocolError> {
-        let bad = |field, value, why| ProtocolError::BadField { request, field, value, why };
+        let bad = |field, value, why| ProtocolError::BadField {
+            request,
+            field,
+            value,
+            why,
+        };
         if self.memory_size == 0 {
             return Err(bad("memory_size", 0, "empty region"));
         }
         if self.guest_phys_addr.checked_add(self.memory_size).is_none() {
-            return Err(bad("guest_phys_addr", self.guest_phys_addr, "gpa + size overflows"));
+            return Err(bad(
+                "guest_phys_addr",
+                self.guest_phys_addr,
+                "gpa + size overflows",
+            ));
         }
         if self.userspace_addr.checked_add(self.memory_size).is_none() {
-            return Err(bad("userspace_addr", self.userspace_addr, "uaddr + size overflows"));
+            return Err(bad(
+                "userspace_addr",
+                self.userspace_addr,
+                "uaddr + size overflows",
+            ));
         }
         if self.mmap_offset.checked_add(self.memory_size).is_none() {
-            return Err(bad("mmap_offset", self.mmap_offset, "offset + size overflows"));
+            return Err(bad(
+                "mmap_offset",
+                self.mmap_offset,
+                "offset + size overflows",
+            ));
         }
         Ok(())
     }

@@ -39,7 +39,11 @@ impl MemoryTableDesc {
         }
         let expected = 8 + num * MemoryRegionDesc::SIZE;
         if body.len() != expected {
-            return Err(ProtocolError::WrongSize { request: NAME, expected, got: body.len() });
+            return Err(ProtocolError::WrongSize {
+                request: NAME,
+                expected,
+                got: body.len(),
+            });
         }
         let regions = (0..num)
             .map(|i| MemoryRegionDesc::read(&r, 8 + i * MemoryRegionDesc::SIZE))

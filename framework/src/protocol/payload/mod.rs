@@ -31,16 +31,29 @@ use super::ProtocolError;
 /// assert!(decode_u64("SET_FEATURES", &[0; 4]).is_err());
 /// ```
 pub fn decode_u64(request: &'static str, body: &[u8]) -> Result<u64, ProtocolError> {
-    let bytes: [u8; 8] = body
-        .try_into()
-        .map_err(|_| ProtocolError::WrongSize { request, expected: 8, got: body.len() })?;
+    let bytes: [u8; 8] = body.try_into().map_err(|_| ProtocolError::WrongSize {
+        request,
+        expected: 8,
+        got: body.len(),
+    })?;
     Ok(u64::from_ne_bytes(bytes))
 }
 
-pub(crate) fn check_len(request: &'static str, body: &[u8], expected: usize) -> Result<(), ProtocolError> {
+pub(crate) fn check_len(
+    request: &'static str,
+    body: &[u8],
+    expected: usize,
+) -> Result<(), ProtocolError> {
     if body.len() == expected {
         Ok(())
     } else {
-        Err(ProtocolError::WrongSize { request, expected, got: body.len() })
+        Err(ProtocolError::WrongSize {
+            request,
+            expected,
+            got: body.len(),
+        })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -32,7 +32,10 @@ impl RingFd {
                 why: "bits above 8 are reserved",
             });
         }
-        Ok(RingFd { index: (v & 0xff) as u8, no_fd: v & Self::NO_FD != 0 })
+        Ok(RingFd {
+            index: (v & 0xff) as u8,
+            no_fd: v & Self::NO_FD != 0,
+        })
     }
 
     /// How many fds the message must carry.
@@ -42,6 +45,8 @@ impl RingFd {
 
     /// Encodes the body.
     pub fn encode(&self) -> Vec<u8> {
-        (u64::from(self.index) | if self.no_fd { Self::NO_FD } else { 0 }).to_ne_bytes().to_vec()
+        (u64::from(self.index) | if self.no_fd { Self::NO_FD } else { 0 })
+            .to_ne_bytes()
+            .to_vec()
     }
 }

@@ -50,7 +50,12 @@ impl VringAddr {
             avail: r.u64(24),
             log: r.u64(32),
         };
-        let bad = |field, value: u64, why| ProtocolError::BadField { request: NAME, field, value, why };
+        let bad = |field, value: u64, why| ProtocolError::BadField {
+            request: NAME,
+            field,
+            value,
+            why,
+        };
         if addr.flags & !Self::F_LOG != 0 {
             return Err(bad("flags", addr.flags.into(), "unknown flag bits"));
         }

@@ -26,7 +26,10 @@ impl VringState {
     pub fn decode(request: &'static str, body: &[u8]) -> Result<Self, ProtocolError> {
         check_len(request, body, Self::SIZE)?;
         let r = FieldReader::new(body);
-        Ok(VringState { index: r.u32(0), num: r.u32(4) })
+        Ok(VringState {
+            index: r.u32(0),
+            num: r.u32(4),
+        })
     }
 
     /// Encodes the body.

@@ -66,6 +66,9 @@ impl ConnectionError {
 
     /// Whether the error is the peer going away (as opposed to a protocol fault).
     pub fn is_disconnect(&self) -> bool {
-        matches!(self, ConnectionError::Disconnect | ConnectionError::SocketBroken(_))
+        matches!(
+            self,
+            ConnectionError::Disconnect | ConnectionError::SocketBroken(_)
+        )
     }
 }

@@ -161,14 +161,21 @@ impl VhostUserListener {
         } else {
             Endpoint::Connected(Some(UnixStream::from(owned)))
         };
-        Ok(VhostUserListener { endpoint, owned_path: None, shutdown: Shutdown::new() })
+        Ok(VhostUserListener {
+            endpoint,
+            owned_path: None,
+            shutdown: Shutdown::new(),
+        })
     }
 
     /// Connects to a frontend listening on `path` (QEMU `server=on`), retrying every
     /// `retry` until it is there; after a disconnect it connects again.
     pub fn client(path: &str, retry: Duration) -> Self {
         VhostUserListener {
-            endpoint: Endpoint::Client { path: path.into(), retry },
+            endpoint: Endpoint::Client {
+                path: path.into(),
+                retry,
+            },
             owned_path: None,
             shutdown: Shutdown::new(),
         }
@@ -222,7 +229,10 @@ impl VhostUserListener {
 
     /// Serves frontends one after the other, each with a fresh device from `factory`,
     /// until shutdown. A connection that fails is logged; the loop goes on.
-    pub fn serve<D: Device, F: FnMut() -> D>(&mut self, mut factory: F) -> Result<(), ListenerError> {
+    pub fn serve<D: Device, F: FnMut() -> D>(
+        &mut self,
+        mut factory: F,
+    ) -> Result<(), ListenerError> {
         while let Some(conn) = self.accept()? {
             if let Err(e) = serve_connection(conn, factory(), &self.shutdown) {
                 warn!("connection ended with an error: {e}; accepting the next frontend");
@@ -246,8 +256,12 @@ impl Drop for VhostUserListener {
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
 
-fn accept_or_shutdown(l: &UnixListener, shutdown: &Shutdown) -> Result<Option<UnixStream>, ListenerError> {
-    l.set_nonblocking(true).map_err(io_err("configuring", "listener"))?;
+fn accept_or_shutdown(
+    l: &UnixListener,
+    shutdown: &Shutdown,
+) -> Result<Option<UnixStream>, ListenerError> {
+    l.set_nonblocking(true)
+        .map_err(io_err("configuring", "listener"))?;
     let mut poll = Poll::new().map_err(io_err("creating poll for", "listener"))?;
     let fd = l.as_raw_fd();
     poll.registry()
@@ -262,7 +276,8 @@ fn accept_or_shutdown(l: &UnixListener, shutdown: &Shutdown) -> Result<Option<Un
         }
         match l.accept() {
             Ok((s, _)) => {
-                s.set_nonblocking(false).map_err(io_err("configuring", "connection"))?;
+                s.set_nonblocking(false)
+                    .map_err(io_err("configuring", "connection"))?;
                 return Ok(Some(s));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

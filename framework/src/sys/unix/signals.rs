@@ -22,11 +22,13 @@ pub fn shutdown_on_signals(shutdown: &Shutdown) -> io::Result<()> {
     set.add(Signal::SIGTERM);
     set.thread_block().map_err(io::Error::from)?;
     let shutdown = shutdown.clone();
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        if let Ok(sig) = set.wait() {
-            log::info!("{sig}: shutting down");
-            shutdown.trigger();
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                log::info!("{sig}: shutting down");
+                shutdown.trigger();
+            }
+        })?;
     Ok(())
 }

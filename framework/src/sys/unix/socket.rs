@@ -112,7 +112,10 @@ impl SocketPlatformConnection {
     ) -> Result<(), ConnectionError> {
         let fds = fds.unwrap_or(&[]);
         if fds.len() > MAX_FDS {
-            return Err(ConnectionError::SendTooManyFds { got: fds.len(), max: MAX_FDS });
+            return Err(ConnectionError::SendTooManyFds {
+                got: fds.len(),
+                max: MAX_FDS,
+            });
         }
         let mut fds_pending = !fds.is_empty();
         let mut first = 0;
@@ -125,8 +128,13 @@ impl SocketPlatformConnection {
             let slices: Vec<IoSlice<'_>> = iovs[first..].iter().map(|s| IoSlice::new(s)).collect();
             let rights = [ControlMessage::ScmRights(fds)];
             let cmsgs: &[ControlMessage<'_>] = if fds_pending { &rights } else { &[] };
-            match sendmsg::<()>(self.sock.as_raw_fd(), &slices, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-            {
+            match sendmsg::<()>(
+                self.sock.as_raw_fd(),
+                &slices,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
                 Ok(mut n) => {
                     fds_pending = false;
                     while n > 0 && first < iovs.len() {
@@ -239,12 +247,18 @@ impl SocketPlatformConnection {
                 return Err(ConnectionError::Disconnect);
             }
             if files.len() > MAX_FDS {
-                return Err(ConnectionError::TooManyFds { got: files.len(), max: MAX_FDS });
+                return Err(ConnectionError::TooManyFds {
+                    got: files.len(),
+                    max: MAX_FDS,
+                });
             }
             if !files.is_empty() && !allow_fd {
                 return Err(ConnectionError::UnexpectedFds { got: files.len() });
             }
-            return Ok(Some((bytes, if files.is_empty() { None } else { Some(files) })));
+            return Ok(Some((
+                bytes,
+                if files.is_empty() { None } else { Some(files) },
+            )));
         }
     }
 
@@ -254,8 +268,11 @@ impl SocketPlatformConnection {
         let deadline = Instant::now() + STALL_TIMEOUT;
         let mut done = 0;
         while done < buf.len() {
-            let (n, _) =
-                self.recv_until(&mut [IoSliceMut::new(&mut buf[done..])], false, Some(deadline))?;
+            let (n, _) = self.recv_until(
+                &mut [IoSliceMut::new(&mut buf[done..])],
+                false,
+                Some(deadline),
+            )?;
             done += n;
         }
         Ok(())
@@ -276,7 +293,10 @@ mod tests {
 
     fn pair() -> (SocketPlatformConnection, SocketPlatformConnection) {
         let (a, b) = UnixStream::pair().unwrap();
-        (SocketPlatformConnection::new(a).unwrap(), SocketPlatformConnection::new(b).unwrap())
+        (
+            SocketPlatformConnection::new(a).unwrap(),
+            SocketPlatformConnection::new(b).unwrap(),
+        )
     }
 
     fn tmpfile(content: &[u8]) -> File {
@@ -290,9 +310,12 @@ mod tests {
     fn fds_travel_with_the_first_chunk() {
         let (a, b) = pair();
         let f = tmpfile(b"hello");
-        a.send_iovec_all(&mut [&[1, 2, 3][..], &[4][..]], Some(&[f.as_raw_fd()])).unwrap();
+        a.send_iovec_all(&mut [&[1, 2, 3][..], &[4][..]], Some(&[f.as_raw_fd()]))
+            .unwrap();
         let mut buf = [0u8; 4];
-        let (n, fds) = b.recv_into_bufs(&mut [IoSliceMut::new(&mut buf)], true).unwrap();
+        let (n, fds) = b
+            .recv_into_bufs(&mut [IoSliceMut::new(&mut buf)], true)
+            .unwrap();
         assert_eq!(n, 4);
         let mut got = fds.unwrap().pop().unwrap();
         got.rewind().unwrap();
@@ -305,9 +328,12 @@ mod tests {
     fn fds_where_none_are_allowed_are_refused() {
         let (a, b) = pair();
         let f = tmpfile(b"x");
-        a.send_iovec_all(&mut [&[9][..]], Some(&[f.as_raw_fd()])).unwrap();
+        a.send_iovec_all(&mut [&[9][..]], Some(&[f.as_raw_fd()]))
+            .unwrap();
         let mut buf = [0u8; 1];
-        let err = b.recv_into_bufs(&mut [IoSliceMut::new(&mut buf)], false).unwrap_err();
+        let err = b
+            .recv_into_bufs(&mut [IoSliceMut::new(&mut buf)], false)
+            .unwrap_err();
         assert!(matches!(err, ConnectionError::UnexpectedFds { got: 1 }));
     }
 
@@ -318,11 +344,22 @@ mod tests {
         let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
         // Bypass our own send check to act as a hostile peer.
         let rights = [ControlMessage::ScmRights(&raw)];
-        sendmsg::<()>(a.as_raw_fd(), &[IoSlice::new(&[0u8])], &rights, MsgFlags::empty(), None)
-            .unwrap();
+        sendmsg::<()>(
+            a.as_raw_fd(),
+            &[IoSlice::new(&[0u8])],
+            &rights,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
         let mut buf = [0u8; 1];
-        let err = b.recv_into_bufs(&mut [IoSliceMut::new(&mut buf)], true).unwrap_err();
-        assert!(matches!(err, ConnectionError::TooManyFds { got: 9, max: 8 }));
+        let err = b
+            .recv_into_bufs(&mut [IoSliceMut::new(&mut buf)], true)
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ConnectionError::TooManyFds { got: 9, max: 8 }
+        ));
         assert!(a.send_iovec_all(&mut [&[0u8][..]], Some(&raw)).is_err());
     }
 
@@ -331,7 +368,9 @@ mod tests {
         let (a, b) = pair();
         drop(a);
         let mut buf = [0u8; 1];
-        let err = b.recv_into_bufs(&mut [IoSliceMut::new(&mut buf)], true).unwrap_err();
+        let err = b
+            .recv_into_bufs(&mut [IoSliceMut::new(&mut buf)], true)
+            .unwrap_err();
         assert!(matches!(err, ConnectionError::Disconnect));
     }
 
