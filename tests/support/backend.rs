@@ -23,11 +23,16 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let base = std::env::var_os("CARGO_TARGET_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
         let unique = format!(
             "{tag}-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
         );
         // Unix socket paths are limited to 108 bytes: prefer /tmp if the target dir is deep.
         let mut dir = base.join(&unique);
@@ -59,7 +64,8 @@ pub fn example_path(name: &str) -> PathBuf {
     if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--example", name]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.args(["build", "--quiet", "--example", name])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -82,7 +88,10 @@ impl BackendProcess {
             .arg("--socket-path")
             .arg(&socket)
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -92,14 +101,19 @@ impl BackendProcess {
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[{}] {line}", "backend");
+                eprintln!("[backend] {line}");
                 if tx.send(line).is_err() {
                     // Keep draining so the backend never blocks on a full pipe.
                     continue;
                 }
             }
         });
-        let p = BackendProcess { child, socket, log: rx, _dir: dir };
+        let p = BackendProcess {
+            child,
+            socket,
+            log: rx,
+            _dir: dir,
+        };
         p.wait_log("listening on", Duration::from_secs(30));
         p
     }

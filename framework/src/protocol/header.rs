@@ -96,7 +96,7 @@ impl HeaderFlags {
 ///
 /// Decoding checks only what the header alone can tell (version, reserved bits); the
 /// request number and the size are checked against the request type by
-/// [`super::MessageRules`].
+/// [`super::RequestShape`].
 ///
 /// # Example
 /// ```

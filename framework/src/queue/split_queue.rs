@@ -165,7 +165,7 @@ impl SplitQueue {
                 Ok(chain) => return Ok(Some(chain)),
                 Err(e) => {
                     self.invalid_chains += 1;
-                    if self.invalid_chains <= 10 || self.invalid_chains % 1000 == 0 {
+                    if self.invalid_chains <= 10 || self.invalid_chains.is_multiple_of(1000) {
                         warn!("dropping invalid chain (#{}): {e}", self.invalid_chains);
                     }
                     self.add_used(mem, head, 0)?;

@@ -59,13 +59,13 @@ impl VringAddr {
         if addr.flags & !Self::F_LOG != 0 {
             return Err(bad("flags", addr.flags.into(), "unknown flag bits"));
         }
-        if addr.desc % 16 != 0 {
+        if !addr.desc.is_multiple_of(16) {
             return Err(bad("desc", addr.desc, "not 16-byte aligned"));
         }
-        if addr.avail % 2 != 0 {
+        if !addr.avail.is_multiple_of(2) {
             return Err(bad("avail", addr.avail, "not 2-byte aligned"));
         }
-        if addr.used % 4 != 0 {
+        if !addr.used.is_multiple_of(4) {
             return Err(bad("used", addr.used, "not 4-byte aligned"));
         }
         Ok(addr)

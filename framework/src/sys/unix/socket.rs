@@ -13,6 +13,9 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 use super::ConnectionError;
 use crate::protocol::MAX_FDS;
 
+/// What one `recvmsg` delivered: the byte count and any fds.
+pub type Received = (usize, Option<Vec<File>>);
+
 /// How long a send may wait for the peer to drain its socket, and a receive may wait
 /// for the rest of a message that has begun, before the socket counts as broken.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,7 +217,7 @@ impl SocketPlatformConnection {
         &self,
         bufs: &mut [IoSliceMut<'_>],
         allow_fd: bool,
-    ) -> Result<Option<(usize, Option<Vec<File>>)>, ConnectionError> {
+    ) -> Result<Option<Received>, ConnectionError> {
         let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
         loop {
             let res = recvmsg::<()>(
@@ -262,7 +265,7 @@ impl SocketPlatformConnection {
         }
     }
 
-    /// Reads exactly `buf.len()` bytes (no fds), waiting at most [`STALL_TIMEOUT`] for
+    /// Reads exactly `buf.len()` bytes (no fds), waiting at most `STALL_TIMEOUT` (10 s) for
     /// a stalled peer.
     pub fn recv_exact(&self, buf: &mut [u8]) -> Result<(), ConnectionError> {
         let deadline = Instant::now() + STALL_TIMEOUT;
