@@ -1,0 +1,189 @@
+//! The listener: socket file handling, inherited fds, client mode, the serve loop and
+//! containment of a panicking device.
+
+#[path = "support/backend.rs"]
+mod backend;
+
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use backend::TempDir;
+use vhost_user_sync::device::{Device, DeviceError, DeviceInfo, Queue, QueueWorker};
+use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
+use vhost_user_sync::sys::unix::SocketPlatformConnection;
+use vhost_user_sync::VhostUserListener;
+use vhost_user_sync_rng::RngDevice;
+
+const T: Duration = Duration::from_secs(10);
+
+fn serve_in_thread(
+    mut l: VhostUserListener,
+) -> (
+    vhost_user_sync::backend::Shutdown,
+    std::thread::JoinHandle<()>,
+) {
+    let shutdown = l.shutdown_handle();
+    let t = std::thread::spawn(move || l.serve(|| RngDevice::new("/dev/urandom")).unwrap());
+    (shutdown, t)
+}
+
+fn exercise(fe: &mut Frontend) {
+    let mem = FrontendMemory::new(&[(0, 1 << 20)]).unwrap();
+    fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    fe.set_mem_table(&mem).unwrap();
+    let mut q = DriverQueue::new(&mem, 0, 16).unwrap();
+    q.attach(fe, &mem).unwrap();
+    let buf = mem.alloc(32, 8).unwrap();
+    q.add(mem.table(), &[(buf, 32, true)]).unwrap();
+    q.kick(mem.table()).unwrap();
+    assert_eq!(q.wait_used(mem.table(), T).unwrap().len, 32);
+}
+
+#[test]
+fn socket_file_is_0600_and_a_stale_socket_is_replaced() {
+    let dir = TempDir::new("listener");
+    let path = dir.path().join("s.sock");
+    drop(UnixListener::bind(&path).unwrap()); // stale socket left behind
+    let l = VhostUserListener::new(path.to_str().unwrap(), None).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    drop(l);
+    assert!(!path.exists(), "the listener removes its socket file");
+}
+
+#[test]
+fn refuses_to_replace_files_and_symlinks() {
+    let dir = TempDir::new("listener");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"keep me").unwrap();
+    assert!(VhostUserListener::new(file.to_str().unwrap(), None).is_err());
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    assert!(VhostUserListener::new(link.to_str().unwrap(), None).is_err());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn keep_rds_and_parent_resources() {
+    let dir = TempDir::new("listener");
+    let path = dir.path().join("s.sock");
+    let mut keep = Vec::new();
+    let mut l = VhostUserListener::new(path.to_str().unwrap(), Some(&mut keep)).unwrap();
+    assert_eq!(keep.len(), 1);
+    let guard = l.take_parent_process_resources().unwrap();
+    drop(l);
+    assert!(
+        path.exists(),
+        "the child's listener no longer owns the file"
+    );
+    drop(guard);
+    assert!(!path.exists(), "the parent's guard removes it");
+}
+
+#[test]
+fn serves_again_after_disconnect_until_shutdown() {
+    let dir = TempDir::new("listener");
+    let path = dir.path().join("s.sock");
+    let l = VhostUserListener::new(path.to_str().unwrap(), None).unwrap();
+    let (shutdown, t) = serve_in_thread(l);
+    for _ in 0..3 {
+        let mut fe = Frontend::connect(&path).unwrap();
+        exercise(&mut fe);
+    }
+    shutdown.trigger();
+    t.join().unwrap();
+}
+
+#[test]
+fn inherited_listening_fd() {
+    let dir = TempDir::new("listener");
+    let path = dir.path().join("s.sock");
+    let fd = UnixListener::bind(&path).unwrap().into_raw_fd();
+    let l = VhostUserListener::from_fd(fd).unwrap();
+    let (shutdown, t) = serve_in_thread(l);
+    exercise(&mut Frontend::connect(&path).unwrap());
+    exercise(&mut Frontend::connect(&path).unwrap());
+    shutdown.trigger();
+    t.join().unwrap();
+}
+
+#[test]
+fn inherited_connected_fd_serves_one_connection() {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let l = VhostUserListener::from_fd(a.into_raw_fd()).unwrap();
+    let (_shutdown, t) = serve_in_thread(l);
+    let mut fe = Frontend::from_connection(SocketPlatformConnection::new(b).unwrap());
+    exercise(&mut fe);
+    drop(fe);
+    t.join().unwrap(); // serve returns: nothing left to accept
+}
+
+#[test]
+fn client_mode_connects_and_reconnects() {
+    let dir = TempDir::new("listener");
+    let path = dir.path().join("frontend.sock");
+    let frontend_listener = UnixListener::bind(&path).unwrap();
+    let l = VhostUserListener::client(path.to_str().unwrap(), Duration::from_millis(50));
+    let (shutdown, t) = serve_in_thread(l);
+    for _ in 0..2 {
+        let (s, _) = frontend_listener.accept().unwrap();
+        let mut fe = Frontend::from_connection(SocketPlatformConnection::new(s).unwrap());
+        exercise(&mut fe);
+    }
+    shutdown.trigger();
+    t.join().unwrap();
+}
+
+struct Panicky;
+struct PanickyWorker;
+
+impl Device for Panicky {
+    type Worker = PanickyWorker;
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo::new("panicky", 4, 1)
+    }
+    fn create_worker(&mut self, _: usize) -> std::io::Result<PanickyWorker> {
+        Ok(PanickyWorker)
+    }
+}
+
+impl QueueWorker for PanickyWorker {
+    fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError> {
+        if queue.pop().is_some() {
+            panic!("device bug");
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panicking_device_closes_only_its_connection() {
+    let dir = TempDir::new("listener");
+    let path = dir.path().join("p.sock");
+    let mut l = VhostUserListener::new(path.to_str().unwrap(), None).unwrap();
+    let shutdown = l.shutdown_handle();
+    let t = std::thread::spawn(move || l.serve(|| Panicky).unwrap());
+    for _ in 0..2 {
+        let mut fe = Frontend::connect(&path).unwrap();
+        let mem = FrontendMemory::new(&[(0, 1 << 20)]).unwrap();
+        fe.negotiate(u64::MAX, u64::MAX).unwrap();
+        fe.set_mem_table(&mem).unwrap();
+        let mut q = DriverQueue::new(&mem, 0, 16).unwrap();
+        q.attach(&mut fe, &mem).unwrap();
+        let buf = mem.alloc(32, 8).unwrap();
+        q.add(mem.table(), &[(buf, 32, true)]).unwrap();
+        q.kick(mem.table()).unwrap();
+        // The backend closes the connection: reading from it ends with a disconnect.
+        let closed = fe.read_reply().is_err();
+        assert!(closed, "connection of the panicking device was not closed");
+    }
+    shutdown.trigger();
+    t.join().unwrap();
+}
