@@ -48,12 +48,26 @@ fn handshake_offers_the_transport_and_protocol_features() {
     let be = BackendProcess::start("rng_backend", &[]);
     let mut fe = Frontend::connect(&be.socket).unwrap();
     let features = fe.get_features().unwrap();
-    for bit in [virtio::VERSION_1, virtio::RING_EVENT_IDX, virtio::RING_INDIRECT_DESC, virtio::PROTOCOL_FEATURES] {
-        assert_ne!(features & bit, 0, "feature {bit:#x} missing from {features:#x}");
+    for bit in [
+        virtio::VERSION_1,
+        virtio::RING_EVENT_IDX,
+        virtio::RING_INDIRECT_DESC,
+        virtio::PROTOCOL_FEATURES,
+    ] {
+        assert_ne!(
+            features & bit,
+            0,
+            "feature {bit:#x} missing from {features:#x}"
+        );
     }
     let p = fe.get_protocol_features().unwrap();
-    assert!(p.contains(ProtocolFeatures::REPLY_ACK | ProtocolFeatures::MQ | ProtocolFeatures::CONFIGURE_MEM_SLOTS));
-    assert!(!p.contains(ProtocolFeatures::CONFIG), "rng has no config space");
+    assert!(p.contains(
+        ProtocolFeatures::REPLY_ACK | ProtocolFeatures::MQ | ProtocolFeatures::CONFIGURE_MEM_SLOTS
+    ));
+    assert!(
+        !p.contains(ProtocolFeatures::CONFIG),
+        "rng has no config space"
+    );
     fe.set_protocol_features(p).unwrap();
     assert_eq!(fe.get_queue_num().unwrap(), 1);
     assert_eq!(fe.get_max_mem_slots().unwrap(), 509);
@@ -94,7 +108,10 @@ fn indirect_chains_are_served() {
     assert_eq!(used.len, 3000);
     let mut all = vec![0u8; 3000];
     for (i, b) in bufs.iter().enumerate() {
-        s.mem.table().read(*b, &mut all[i * 1000..(i + 1) * 1000]).unwrap();
+        s.mem
+            .table()
+            .read(*b, &mut all[i * 1000..(i + 1) * 1000])
+            .unwrap();
     }
     assert!(looks_random(&all));
 }
@@ -117,7 +134,12 @@ fn get_vring_base_returns_the_next_avail_index_and_restart_continues() {
     // Restart from the returned base: the pending buffer is served (no kick lost).
     s.fe.set_vring_base(0, base).unwrap();
     let kick = s.q.kick_fd().try_clone().unwrap();
-    s.fe.set_vring_fd(vhost_user_sync::protocol::FrontendRequest::SET_VRING_KICK, 0, Some(&kick)).unwrap();
+    s.fe.set_vring_fd(
+        vhost_user_sync::protocol::FrontendRequest::SET_VRING_KICK,
+        0,
+        Some(&kick),
+    )
+    .unwrap();
     assert_eq!(s.q.wait_used(s.mem.table(), T).unwrap().len, 64);
     assert_eq!(s.fe.get_vring_base(0).unwrap(), 6);
 }
@@ -193,5 +215,39 @@ fn print_capabilities_is_json() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"type": "rng", "features": []}"#);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"type": "rng", "features": []}"#
+    );
+}
+
+#[test]
+fn dirty_log_marks_buffers_and_used_ring_while_log_all_is_acked() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut s = setup(&be, u64::MAX);
+    assert_ne!(s.fe.features() & virtio::LOG_ALL, 0);
+    assert!(s
+        .fe
+        .protocol_features()
+        .contains(ProtocolFeatures::LOG_SHMFD));
+    // One bit per 4 KiB page of the 1 MiB guest: 32 bytes.
+    let log = FrontendMemory::new(&[(0, 4096)]).unwrap();
+    s.fe.set_log_base(32, 0, &log.files()[0]).unwrap();
+    // Used-ring logging for ring 0, at the used ring's guest-physical address.
+    let mut addr = s.q.vring_addr(&s.mem);
+    addr.flags = vhost_user_sync::protocol::payload::VringAddr::F_LOG;
+    addr.log = s.q.used_gpa();
+    s.fe.set_vring_addr(&addr).unwrap();
+    let page = |gpa: u64| {
+        let mut b = [0u8; 1];
+        log.table().read(gpa / 4096 / 8, &mut b).unwrap();
+        b[0] & (1 << ((gpa / 4096) % 8)) != 0
+    };
+    let buf = s.mem.alloc(4096, 4096).unwrap();
+    s.q.add(s.mem.table(), &[(buf, 4096, true)]).unwrap();
+    s.q.kick(s.mem.table()).unwrap();
+    s.q.wait_used(s.mem.table(), T).unwrap();
+    assert!(page(buf), "the written buffer's page is marked dirty");
+    assert!(page(s.q.used_gpa()), "the used ring's page is marked dirty");
+    assert!(!page(buf + 4096), "a page not written stays clean");
 }

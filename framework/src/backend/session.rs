@@ -11,11 +11,11 @@ use super::vring_config::VringConfig;
 use super::worker::{FailureSignal, StartQueue, WorkerCommand, WorkerHandle};
 use super::{BackendChannel, RequestError};
 use crate::device::{Device, DeviceInfo};
-use crate::memory::{MemoryTable, MAX_MEM_SLOTS};
+use crate::memory::{DirtyLog, MemoryTable, MAX_MEM_SLOTS};
 use crate::message::Message;
 use crate::protocol::payload::{
-    decode_u64, ConfigAccess, InflightInfo, MemoryTableDesc, RingFd, SingleRegion, VringAddr,
-    VringState,
+    decode_u64, ConfigAccess, InflightInfo, LogBase, MemoryTableDesc, RingFd, SingleRegion,
+    VringAddr, VringState,
 };
 use crate::protocol::{virtio, FdRule, FrontendRequest as R, ProtocolFeatures as P, ReplyRule};
 use crate::queue::{RingAddrs, SplitQueue};
@@ -23,6 +23,7 @@ use crate::sys::unix::SocketPlatformConnection;
 
 /// Transport feature bits the framework implements for every device.
 pub const TRANSPORT_FEATURES: u64 = virtio::VERSION_1
+    | virtio::LOG_ALL
     | virtio::RING_INDIRECT_DESC
     | virtio::RING_EVENT_IDX
     | virtio::PROTOCOL_FEATURES;
@@ -30,6 +31,7 @@ pub const TRANSPORT_FEATURES: u64 = virtio::VERSION_1
 /// Protocol features the framework implements for every device.
 pub const FRAMEWORK_PROTOCOL_FEATURES: P = P::from_bits(
     P::MQ.bits()
+        | P::LOG_SHMFD.bits()
         | P::REPLY_ACK.bits()
         | P::CONFIG.bits()
         | P::BACKEND_REQ.bits()
@@ -57,6 +59,10 @@ pub(crate) struct Session<D: Device> {
     owner: bool,
     status: u8,
     mem: Arc<MemoryTable>,
+    /// SET_LOG_BASE's log; active while VHOST_F_LOG_ALL is acked.
+    log: Option<Arc<DirtyLog>>,
+    /// SET_LOG_FD (kept open, as the frontend expects).
+    log_fd: Option<File>,
     vrings: Vec<VringConfig>,
     workers: Vec<WorkerHandle>,
     failure: Arc<FailureSignal>,
@@ -87,6 +93,8 @@ impl<D: Device> Session<D> {
             owner: false,
             status: 0,
             mem,
+            log: None,
+            log_fd: None,
             vrings,
             workers,
             failure,
@@ -202,8 +210,12 @@ impl<D: Device> Session<D> {
                         value: features & !self.offered_features,
                     });
                 }
+                let logging_changed = (self.acked_features ^ features) & virtio::LOG_ALL != 0;
                 self.acked_features = features;
                 self.device.set_features(features);
+                if logging_changed {
+                    self.push_log_state();
+                }
                 if features & virtio::PROTOCOL_FEATURES == 0 {
                     for i in 0..self.vrings.len() {
                         self.set_enabled(i, true);
@@ -289,16 +301,19 @@ impl<D: Device> Session<D> {
                 let addr = VringAddr::decode(body)?;
                 let i = self.ring(req, addr.index)?;
                 if self.vrings[i].started {
-                    return Err(RequestError::BadOrder {
-                        request: name,
-                        why: "ring is running",
+                    // A running ring may only switch used-ring logging (migration).
+                    let same = self.vrings[i].addr.is_some_and(|a| {
+                        (a.desc, a.used, a.avail) == (addr.desc, addr.used, addr.avail)
                     });
-                }
-                if addr.flags & VringAddr::F_LOG != 0 {
-                    return Err(RequestError::NotNegotiated {
-                        request: name,
-                        feature: "LOG_ALL",
-                    });
+                    if !same {
+                        return Err(RequestError::BadOrder {
+                            request: name,
+                            why: "ring is running",
+                        });
+                    }
+                    self.vrings[i].addr = Some(addr);
+                    self.push_log_state();
+                    return Ok(Reply::Done);
                 }
                 self.vrings[i].addr = Some(addr);
                 Ok(Reply::Done)
@@ -377,6 +392,26 @@ impl<D: Device> Session<D> {
                     check_eventfd(name, f)?;
                 }
                 self.vrings[i].err = err;
+                Ok(Reply::Done)
+            }
+            R::SET_LOG_BASE => {
+                self.need(req, P::LOG_SHMFD, "LOG_SHMFD")?;
+                let base = LogBase::decode(body)?;
+                let file = fds.pop().ok_or(RequestError::BadOrder {
+                    request: name,
+                    why: "no fd",
+                })?;
+                self.log = Some(Arc::new(DirtyLog::map(
+                    file,
+                    base.mmap_size,
+                    base.mmap_offset,
+                )?));
+                self.push_log_state();
+                u64_reply(0)
+            }
+            R::SET_LOG_FD => {
+                self.need(req, P::LOG_SHMFD, "LOG_SHMFD")?;
+                self.log_fd = fds.pop();
                 Ok(Reply::Done)
             }
             R::GET_PROTOCOL_FEATURES => u64_reply(self.offered_protocol.bits()),
@@ -487,6 +522,39 @@ impl<D: Device> Session<D> {
         Ok(())
     }
 
+    /// The log in force: SET_LOG_BASE's, while VHOST_F_LOG_ALL is acked.
+    fn active_log(&self) -> Option<Arc<DirtyLog>> {
+        self.log
+            .clone()
+            .filter(|_| self.acked_features & virtio::LOG_ALL != 0)
+    }
+
+    /// The used-ring log address of ring `i`, if it logs.
+    fn used_log_addr(&self, i: usize) -> Option<u64> {
+        self.vrings[i]
+            .addr
+            .filter(|a| a.flags & VringAddr::F_LOG != 0)
+            .map(|a| a.log)
+    }
+
+    /// Tells every worker whether to log and where each running ring logs its used ring.
+    fn push_log_state(&mut self) {
+        let log = self.active_log();
+        let mut per_worker: Vec<Vec<(u16, Option<u64>)>> = vec![Vec::new(); self.workers.len()];
+        for i in 0..self.vrings.len() {
+            if self.vrings[i].started {
+                let w = self
+                    .device
+                    .queue_worker(i as u16)
+                    .min(self.workers.len() - 1);
+                per_worker[w].push((i as u16, self.used_log_addr(i)));
+            }
+        }
+        for (w, rings) in self.workers.iter().zip(per_worker) {
+            w.set_log(log.clone(), rings);
+        }
+    }
+
     fn worker_for(&self, ring: usize) -> &WorkerHandle {
         let w = self
             .device
@@ -540,7 +608,8 @@ impl<D: Device> Session<D> {
         let addrs = self.ring_addrs(&self.mem, i)?;
         let event_idx = self.acked_features & virtio::RING_EVENT_IDX != 0;
         let indirect = self.acked_features & virtio::RING_INDIRECT_DESC != 0;
-        let ring = SplitQueue::new(&self.mem, num, addrs, base, event_idx, indirect)?;
+        let mut ring = SplitQueue::new(&self.mem, num, addrs, base, event_idx, indirect)?;
+        ring.set_used_log(self.active_log().zip(self.used_log_addr(i)));
         let start = StartQueue {
             index: i as u16,
             ring,

@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::device::DeviceError;
 use crate::device::{FdRegistry, Queue, QueueWorker, Queues};
-use crate::memory::MemoryTable;
+use crate::memory::{DirtyLog, MemoryTable};
 use crate::queue::{QueueError, RingAddrs, SplitQueue};
 
 use crate::device::fd_registry::DEVICE_TOKEN_BASE;
@@ -48,6 +48,13 @@ pub(crate) enum WorkerCommand {
     SetCall {
         index: u16,
         call: Option<Arc<File>>,
+    },
+    /// Dirty logging on or off (VHOST_F_LOG_ALL), with the used-ring log address of each
+    /// running ring that asked for it; answers when done.
+    SetLog {
+        log: Option<Arc<DirtyLog>>,
+        rings: Vec<(u16, Option<u64>)>,
+        done: Sender<()>,
     },
     /// Switch to a new memory table (and ring addresses) and answer when done.
     SetMemory {
@@ -103,6 +110,7 @@ impl WorkerHandle {
                     name: name.clone(),
                     worker,
                     mem,
+                    log: None,
                     queues: Vec::new(),
                     poll,
                 };
@@ -145,6 +153,14 @@ impl WorkerHandle {
     }
 
     /// Switches the worker to `mem`; returns once it no longer uses the old table.
+    /// Switches dirty logging; returns once the worker applies it.
+    pub(crate) fn set_log(&self, log: Option<Arc<DirtyLog>>, rings: Vec<(u16, Option<u64>)>) {
+        let (done, rx) = bounded(1);
+        if self.send(WorkerCommand::SetLog { log, rings, done }) {
+            let _ = rx.recv();
+        }
+    }
+
     pub(crate) fn set_memory(&self, mem: Arc<MemoryTable>, rings: Vec<(u16, RingAddrs)>) {
         let (done, rx) = bounded(1);
         if self.send(WorkerCommand::SetMemory { mem, rings, done }) {
@@ -171,6 +187,7 @@ struct WorkerState<W> {
     name: String,
     worker: W,
     mem: Arc<MemoryTable>,
+    log: Option<Arc<DirtyLog>>,
     queues: Vec<Option<RunningQueue>>,
     poll: Poll,
 }
@@ -273,6 +290,15 @@ impl<W: QueueWorker> WorkerState<W> {
                     q.call = call;
                 }
             }
+            WorkerCommand::SetLog { log, rings, done } => {
+                for (index, used_gpa) in rings {
+                    if let Some(q) = self.slot(index) {
+                        q.ring.set_used_log(log.clone().zip(used_gpa));
+                    }
+                }
+                self.log = log;
+                let _ = done.send(());
+            }
             WorkerCommand::SetMemory { mem, rings, done } => {
                 self.mem = mem;
                 for (index, addrs) in rings {
@@ -307,6 +333,7 @@ impl<W: QueueWorker> WorkerState<W> {
     fn kicked(&mut self, index: u16) {
         let name = &self.name;
         let mem = &self.mem;
+        let log = self.log.as_deref();
         let worker = &mut self.worker;
         let Some(Some(q)) = self.queues.get_mut(usize::from(index)) else {
             return;
@@ -319,13 +346,14 @@ impl<W: QueueWorker> WorkerState<W> {
             return;
         }
         q.pending = false;
-        process(name, worker, index, q, mem);
+        process(name, worker, index, q, mem, log);
     }
 
     fn device_event(&mut self, token: usize) {
         let mut access = QueueSet {
             queues: &mut self.queues,
             mem: &self.mem,
+            log: self.log.as_deref(),
             name: &self.name,
         };
         let mut queues = Queues { inner: &mut access };
@@ -341,6 +369,7 @@ fn process<W: QueueWorker>(
     index: u16,
     q: &mut RunningQueue,
     mem: &MemoryTable,
+    log: Option<&DirtyLog>,
 ) {
     loop {
         if let Err(e) = q.ring.disable_notification(mem) {
@@ -355,6 +384,7 @@ fn process<W: QueueWorker>(
                 mem,
                 call: q.call.as_deref(),
                 error: &mut q.error,
+                log,
             };
             worker.process_queue(&mut queue)
         };
@@ -386,6 +416,7 @@ fn log_device_error(name: &str, index: u16, e: &DeviceError) {
 struct QueueSet<'a> {
     queues: &'a mut Vec<Option<RunningQueue>>,
     mem: &'a MemoryTable,
+    log: Option<&'a DirtyLog>,
     name: &'a str,
 }
 
@@ -404,6 +435,7 @@ impl QueueAccess for QueueSet<'_> {
                 mem: self.mem,
                 call: q.call.as_deref(),
                 error: &mut q.error,
+                log: self.log,
             };
             f(&mut queue);
         }

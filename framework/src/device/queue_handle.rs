@@ -4,7 +4,7 @@ use std::fs::File;
 
 use log::error;
 
-use crate::memory::MemoryTable;
+use crate::memory::{DirtyLog, MemoryTable};
 use crate::queue::{DescriptorChain, QueueError, SplitQueue};
 
 /// One started, enabled queue, lent to device code for a batch of work.
@@ -31,6 +31,7 @@ pub struct Queue<'a> {
     pub(crate) mem: &'a MemoryTable,
     pub(crate) call: Option<&'a File>,
     pub(crate) error: &'a mut Option<QueueError>,
+    pub(crate) log: Option<&'a DirtyLog>,
 }
 
 impl<'a> Queue<'a> {
@@ -66,6 +67,17 @@ impl<'a> Queue<'a> {
 
     /// Returns `chain` to the guest with `len` bytes written into it.
     pub fn add_used(&mut self, chain: &DescriptorChain, len: u32) {
+        if let Some(log) = self.log {
+            let mut left = u64::from(len);
+            for d in chain.writable() {
+                if left == 0 {
+                    break;
+                }
+                let n = left.min(d.len.into());
+                log.mark(d.addr, n);
+                left -= n;
+            }
+        }
         if let Err(e) = self.ring.add_used(self.mem, chain.head(), len) {
             *self.error = Some(e);
         }

@@ -131,6 +131,11 @@ impl DriverQueue {
         Ok(())
     }
 
+    /// Guest-physical address of the used ring (where used-ring writes are logged).
+    pub fn used_gpa(&self) -> u64 {
+        self.used
+    }
+
     /// The kick eventfd (for a VMM that hands it elsewhere).
     pub fn kick_fd(&self) -> &File {
         &self.kick

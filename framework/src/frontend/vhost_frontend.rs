@@ -185,6 +185,25 @@ impl Frontend {
             .map(|_| ())
     }
 
+    /// SET_LOG_BASE: shares a dirty log of `size` bytes at `offset` in `file`.
+    pub fn set_log_base(&mut self, size: u64, offset: u64, file: &File) -> Result<()> {
+        let body = crate::protocol::payload::LogBase {
+            mmap_size: size,
+            mmap_offset: offset,
+        }
+        .encode();
+        let reply = self
+            .request(R::SET_LOG_BASE, &body, &[file])?
+            .unwrap_or_default();
+        match u64_of(R::SET_LOG_BASE, &reply)? {
+            0 => Ok(()),
+            v => Err(FrontendError::Nack {
+                request: "SET_LOG_BASE",
+                value: v,
+            }),
+        }
+    }
+
     /// SET_VRING_NUM.
     pub fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
         self.request(R::SET_VRING_NUM, &VringState { index, num }.encode(), &[])

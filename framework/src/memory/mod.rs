@@ -1,10 +1,12 @@
 //! Guest memory shared by the frontend as fds: mapping, address translation and checked
 //! access.
 
+mod dirty_log;
 mod memory_error;
 mod region;
 mod table;
 
+pub use dirty_log::{DirtyLog, LOG_PAGE_SIZE};
 pub use memory_error::MemoryError;
 pub use region::GuestRegion;
 pub use table::{MemoryTable, MAX_MEM_SLOTS};

@@ -99,7 +99,9 @@ impl DescriptorChain {
             len: table.len,
         };
         let count = table.len / Descriptor::SIZE as u32;
-        if table.len == 0 || !table.len.is_multiple_of(Descriptor::SIZE as u32) || count > u32::from(u16::MAX)
+        if table.len == 0
+            || !table.len.is_multiple_of(Descriptor::SIZE as u32)
+            || count > u32::from(u16::MAX)
         {
             return Err(bad);
         }

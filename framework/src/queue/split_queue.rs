@@ -1,11 +1,12 @@
 //! `SplitQueue`: the device side of one split virtqueue.
 
 use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
 
 use log::warn;
 
 use super::{DescriptorChain, QueueError};
-use crate::memory::MemoryTable;
+use crate::memory::{DirtyLog, MemoryTable};
 
 /// Guest-physical addresses of a split ring's three parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,6 +51,9 @@ pub struct SplitQueue {
     indirect: bool,
     signalled_used: Option<u16>,
     invalid_chains: u64,
+    /// Dirty log and the used ring's guest-physical address to log at (VHOST_VRING_F_LOG
+    /// with VHOST_F_LOG_ALL acked).
+    used_log: Option<(Arc<DirtyLog>, u64)>,
 }
 
 impl SplitQueue {
@@ -78,6 +82,7 @@ impl SplitQueue {
             indirect,
             signalled_used: None,
             invalid_chains: 0,
+            used_log: None,
         };
         q.check_rings(mem)?;
         let next_used = mem.load::<u16>(addrs.used + 2, Ordering::Acquire)?;
@@ -101,6 +106,11 @@ impl SplitQueue {
     /// Points the ring at new addresses (the same ring after a memory table change).
     pub fn set_addrs(&mut self, addrs: RingAddrs) {
         self.addrs = addrs;
+    }
+
+    /// Logs used-ring writes into `log` at guest-physical `used_gpa` (None: stop).
+    pub fn set_used_log(&mut self, log: Option<(Arc<DirtyLog>, u64)>) {
+        self.used_log = log;
     }
 
     /// Queue size.
@@ -194,6 +204,10 @@ impl SplitQueue {
         mem.store::<u32>(elem + 4, len, Ordering::Relaxed)?;
         self.next_used = self.next_used.wrapping_add(1);
         mem.store::<u16>(self.addrs.used + 2, self.next_used, Ordering::Release)?;
+        if let Some((log, used_gpa)) = &self.used_log {
+            log.mark(used_gpa.wrapping_add(4 + 8 * slot), 8);
+            log.mark(used_gpa.wrapping_add(2), 2);
+        }
         Ok(())
     }
 
