@@ -35,12 +35,20 @@ pub fn init(shutdown: &Shutdown) {
 
 /// Prints `{"type": ..., "features": [...]}`.
 pub fn print_capabilities(device_type: &str, features: &[&str]) {
-    let list = features.iter().map(|f| format!("\"{f}\"")).collect::<Vec<_>>().join(", ");
+    let list = features
+        .iter()
+        .map(|f| format!("\"{f}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     println!("{{\"type\": \"{device_type}\", \"features\": [{list}]}}");
 }
 
 /// Opens the listener the arguments ask for, with `default_path` when none is given.
-pub fn listener(args: &ListenArgs, default_path: &str, shutdown: &Shutdown) -> Result<VhostUserListener, String> {
+pub fn listener(
+    args: &ListenArgs,
+    default_path: &str,
+    shutdown: &Shutdown,
+) -> Result<VhostUserListener, String> {
     let l = if let Some(fd) = args.fd {
         VhostUserListener::from_fd(fd).map_err(|e| e.to_string())?
     } else {
