@@ -1,8 +1,10 @@
 //! vhost-user virtio-rng backend.
 //!
 //! ```text
-//! cargo run --release --example rng_backend -- --socket-path /tmp/rng.sock
-//! qemu-system-x86_64 ... -chardev socket,id=rng0,path=/tmp/rng.sock \
+//! cargo run --release --example rng_backend -- --socket-path /tmp/vhost-user-rng.sock
+//! qemu-system-x86_64 ... \
+//!     -object memory-backend-memfd,id=mem,size=1G,share=on -machine q35,memory-backend=mem \
+//!     -chardev socket,id=rng0,path=/tmp/vhost-user-rng.sock \
 //!     -device vhost-user-rng-pci,chardev=rng0
 //! ```
 
@@ -45,6 +47,7 @@ fn main() {
     let source = args.source;
     if let Err(e) = listener.serve(|| RngDevice::new(&source)) {
         log::error!("{e}");
+        drop(listener);
         std::process::exit(1);
     }
     log::info!("exiting");

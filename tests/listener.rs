@@ -187,3 +187,40 @@ fn a_panicking_device_closes_only_its_connection() {
     shutdown.trigger();
     t.join().unwrap();
 }
+
+struct PanickyConfig;
+
+impl Device for PanickyConfig {
+    type Worker = PanickyWorker;
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo::new("panicky-config", 4, 1).with_config_size(8)
+    }
+    fn read_config(&self, _offset: u32, _data: &mut [u8]) {
+        panic!("config bug");
+    }
+    fn create_worker(&mut self, _: usize) -> std::io::Result<PanickyWorker> {
+        Ok(PanickyWorker)
+    }
+}
+
+#[test]
+fn a_panic_in_a_control_hook_closes_only_its_connection() {
+    let dir = TempDir::new("listener");
+    let path = dir.path().join("c.sock");
+    let mut l = VhostUserListener::new(path.to_str().unwrap(), None).unwrap();
+    let shutdown = l.shutdown_handle();
+    let t = std::thread::spawn(move || l.serve(|| PanickyConfig).unwrap());
+    for _ in 0..2 {
+        let mut fe = Frontend::connect(&path).unwrap();
+        fe.negotiate(u64::MAX, u64::MAX).unwrap();
+        assert!(fe
+            .protocol_features()
+            .contains(vhost_user_sync::protocol::ProtocolFeatures::CONFIG));
+        assert!(
+            fe.get_config(0, 8).is_err(),
+            "the connection closes instead of replying"
+        );
+    }
+    shutdown.trigger();
+    t.join().unwrap();
+}

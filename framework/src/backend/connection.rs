@@ -2,6 +2,7 @@
 //! at a time, validating it and replying.
 
 use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -139,12 +140,21 @@ fn handle_message<D: Device>(
         }
     };
     let need_reply = flags.need_reply();
-    let body_copy = if Session::<D>::always_replies(req) {
-        msg.body.clone()
-    } else {
-        Vec::new()
+    let always = session.always_replies(req);
+    let body_copy = if always { msg.body.clone() } else { Vec::new() };
+    // Device hooks run here (config, features, reset): a panic in them ends only this
+    // connection, like a panic on a worker.
+    let outcome = match catch_unwind(AssertUnwindSafe(|| session.handle(req, msg))) {
+        Ok(o) => o,
+        Err(_) => {
+            error!(
+                "{}: device code panicked handling {}",
+                session.name(),
+                req.name()
+            );
+            return Err(ServeError::DeviceFailed);
+        }
     };
-    let outcome = session.handle(req, msg);
     // REPLY_ACK is read after handling: SET_PROTOCOL_FEATURES may have just enabled it
     // (the ack then follows the new rule, as the frontend expects).
     let ack = need_reply && session.reply_ack();
@@ -165,7 +175,7 @@ fn handle_message<D: Device>(
         }
         Err(e) => {
             warn!("{}: {} refused: {e}", session.name(), req.name());
-            if Session::<D>::always_replies(req) {
+            if always {
                 let body = session.failure_reply(req, &body_copy);
                 write_message(conn, number, HeaderFlags::REPLY_FLAGS, &body, &[])?;
             } else if ack {

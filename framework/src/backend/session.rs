@@ -566,10 +566,7 @@ impl<D: Device> Session<D> {
     fn set_enabled(&mut self, i: usize, enabled: bool) {
         self.vrings[i].enabled = enabled;
         if self.vrings[i].started {
-            self.worker_for(i).send(WorkerCommand::Enable {
-                index: i as u16,
-                enabled,
-            });
+            self.worker_for(i).set_enabled(i as u16, enabled);
         }
     }
 
@@ -684,9 +681,13 @@ impl<D: Device> Session<D> {
         Ok(())
     }
 
-    /// Whether a request's reply rule asks for a reply body regardless of REPLY_ACK.
-    pub(crate) fn always_replies(req: R) -> bool {
-        req.shape().reply == ReplyRule::Always
+    /// Whether `req` gets a reply body regardless of REPLY_ACK. SET_LOG_BASE does only
+    /// with LOG_SHMFD negotiated; without it the frontend expects none.
+    pub(crate) fn always_replies(&self, req: R) -> bool {
+        match req {
+            R::SET_LOG_BASE => self.acked_protocol.contains(P::LOG_SHMFD),
+            _ => req.shape().reply == ReplyRule::Always,
+        }
     }
 }
 

@@ -41,9 +41,11 @@ pub(crate) enum WorkerCommand {
         index: u16,
         reply: Sender<Option<u16>>,
     },
+    /// Enable or disable the queue; answers once applied.
     Enable {
         index: u16,
         enabled: bool,
+        done: Sender<()>,
     },
     SetCall {
         index: u16,
@@ -69,8 +71,6 @@ struct RunningQueue {
     kick: Option<File>,
     call: Option<Arc<File>>,
     enabled: bool,
-    /// Work arrived while disabled: process once enabled.
-    pending: bool,
     error: Option<QueueError>,
 }
 
@@ -150,6 +150,19 @@ impl WorkerHandle {
             return None;
         }
         rx.recv().ok().flatten()
+    }
+
+    /// Enables or disables a queue; returns once the worker applies it, so that a
+    /// frontend that is told the ring is disabled can post buffers it will not see.
+    pub(crate) fn set_enabled(&self, index: u16, enabled: bool) {
+        let (done, rx) = bounded(1);
+        if self.send(WorkerCommand::Enable {
+            index,
+            enabled,
+            done,
+        }) {
+            let _ = rx.recv();
+        }
     }
 
     /// Switches the worker to `mem`; returns once it no longer uses the old table.
@@ -258,7 +271,6 @@ impl<W: QueueWorker> WorkerState<W> {
                     kick: s.kick,
                     call: s.call,
                     enabled: s.enabled,
-                    pending: true,
                     error: None,
                 });
                 self.worker.queue_state_changed(index, true);
@@ -277,10 +289,15 @@ impl<W: QueueWorker> WorkerState<W> {
                 }
                 let _ = reply.send(base);
             }
-            WorkerCommand::Enable { index, enabled } => {
+            WorkerCommand::Enable {
+                index,
+                enabled,
+                done,
+            } => {
                 if let Some(q) = self.slot(index) {
                     q.enabled = enabled;
                 }
+                let _ = done.send(());
                 if enabled {
                     self.kicked(index);
                 }
@@ -328,8 +345,9 @@ impl<W: QueueWorker> WorkerState<W> {
         }
     }
 
-    /// Processes queue `index` if it is running and enabled; remembers the kick if it
-    /// is disabled, so that enabling it processes what arrived.
+    /// Processes queue `index` if it is running and enabled. A disabled ring is left
+    /// alone (no side effects); enabling it calls this again, so what arrived in the
+    /// meantime is processed and no kick is lost.
     fn kicked(&mut self, index: u16) {
         let name = &self.name;
         let mem = &self.mem;
@@ -342,10 +360,8 @@ impl<W: QueueWorker> WorkerState<W> {
             return;
         }
         if !q.enabled {
-            q.pending = true;
             return;
         }
-        q.pending = false;
         process(name, worker, index, q, mem, log);
     }
 
@@ -371,6 +387,7 @@ fn process<W: QueueWorker>(
     mem: &MemoryTable,
     log: Option<&DirtyLog>,
 ) {
+    let mut idle_round = false;
     loop {
         if let Err(e) = q.ring.disable_notification(mem) {
             q.error = Some(e);
@@ -394,8 +411,15 @@ fn process<W: QueueWorker>(
         if q.error.is_some() {
             break;
         }
+        // Entries published while notifications were off came without a kick: go
+        // round again. A device that leaves entries it cannot use yet makes no
+        // progress twice in a row; stop then, or this would spin.
+        let progress = q.ring.next_avail() != before;
         match q.ring.enable_notification(mem) {
-            Ok(true) if q.ring.next_avail() != before => continue,
+            Ok(true) if progress || !idle_round => {
+                idle_round = !progress;
+                continue;
+            }
             Ok(_) => break,
             Err(e) => {
                 q.error = Some(e);

@@ -5,9 +5,10 @@ use crate::protocol::ProtocolFeatures;
 /// A device's identity and limits.
 ///
 /// The framework adds the transport feature bits it implements itself (VERSION_1,
-/// INDIRECT_DESC, EVENT_IDX, PROTOCOL_FEATURES) to `features`, and the protocol
-/// features it implements (MQ, REPLY_ACK, CONFIG, BACKEND_REQ, RESET_DEVICE,
-/// CONFIGURE_MEM_SLOTS, STATUS) to `protocol_features`.
+/// LOG_ALL, INDIRECT_DESC, EVENT_IDX, PROTOCOL_FEATURES) to `features`, and the
+/// protocol features it implements (MQ, LOG_SHMFD, REPLY_ACK, CONFIG, BACKEND_REQ,
+/// RESET_DEVICE, CONFIGURE_MEM_SLOTS, STATUS) to what it offers. CONFIG is offered only
+/// when `config_size` is not 0.
 ///
 /// # Example
 /// ```
@@ -29,7 +30,9 @@ pub struct DeviceInfo {
     pub features: u64,
     /// Transport bits the device does not want offered (masked off).
     pub masked_features: u64,
-    /// Protocol features the device implements beyond the framework's.
+    /// Protocol features offered beyond the framework's. Requests that belong to them
+    /// and that the framework does not handle are refused, so only name features whose
+    /// requests the framework handles (or that only change what the device does).
     pub protocol_features: ProtocolFeatures,
     /// Size of the config space in bytes (0: none).
     pub config_size: u32,
