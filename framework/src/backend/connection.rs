@@ -128,13 +128,7 @@ fn handle_message<D: Device>(
         Err(_) => {
             warn!("{}: {}", session.name(), RequestError::Unknown(number));
             if flags.need_reply() && session.reply_ack() {
-                write_message(
-                    conn,
-                    number,
-                    HeaderFlags::REPLY_FLAGS,
-                    &1u64.to_ne_bytes(),
-                    &[],
-                )?;
+                send_ack(conn, number, 1)?;
             }
             return Ok(());
         }
@@ -164,13 +158,7 @@ fn handle_message<D: Device>(
         }
         Ok(Reply::Done) => {
             if ack {
-                write_message(
-                    conn,
-                    number,
-                    HeaderFlags::REPLY_FLAGS,
-                    &0u64.to_ne_bytes(),
-                    &[],
-                )?;
+                send_ack(conn, number, 0)?;
             }
         }
         Err(e) => {
@@ -179,16 +167,25 @@ fn handle_message<D: Device>(
                 let body = session.failure_reply(req, &body_copy);
                 write_message(conn, number, HeaderFlags::REPLY_FLAGS, &body, &[])?;
             } else if ack {
-                write_message(
-                    conn,
-                    number,
-                    HeaderFlags::REPLY_FLAGS,
-                    &1u64.to_ne_bytes(),
-                    &[],
-                )?;
+                send_ack(conn, number, 1)?;
             }
         }
     }
     debug!("{}: handled {}", session.name(), req.name());
     Ok(())
+}
+
+/// A REPLY_ACK reply: 0 success, anything else failure.
+fn send_ack(
+    conn: &SocketPlatformConnection,
+    request: u32,
+    value: u64,
+) -> Result<(), ConnectionError> {
+    write_message(
+        conn,
+        request,
+        HeaderFlags::REPLY_FLAGS,
+        &value.to_ne_bytes(),
+        &[],
+    )
 }

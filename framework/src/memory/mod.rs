@@ -10,3 +10,6 @@ pub use dirty_log::{DirtyLog, LOG_PAGE_SIZE};
 pub use memory_error::MemoryError;
 pub use region::GuestRegion;
 pub use table::{MemoryTable, MAX_MEM_SLOTS};
+
+#[cfg(test)]
+pub(crate) use table::test_table;

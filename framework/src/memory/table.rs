@@ -227,6 +227,21 @@ impl MemoryTable {
     }
 }
 
+/// A table of one memfd-backed region at guest-physical 0, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_table(size: u64) -> MemoryTable {
+    let fd = nix::sys::memfd::memfd_create("test", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    let f = File::from(fd);
+    f.set_len(size).unwrap();
+    let d = MemoryRegionDesc {
+        guest_phys_addr: 0,
+        memory_size: size,
+        userspace_addr: 0,
+        mmap_offset: 0,
+    };
+    MemoryTable::from_regions(&[d], vec![f]).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -207,19 +207,18 @@ fn read_desc(mem: &MemoryTable, table: u64, index: u16) -> Result<Descriptor, Qu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::payload::MemoryRegionDesc;
 
     fn mem() -> MemoryTable {
-        let fd = nix::sys::memfd::memfd_create("t", nix::sys::memfd::MFdFlags::empty()).unwrap();
-        let f = std::fs::File::from(fd);
-        f.set_len(0x10000).unwrap();
-        let d = MemoryRegionDesc {
-            guest_phys_addr: 0,
-            memory_size: 0x10000,
-            userspace_addr: 0,
-            mmap_offset: 0,
-        };
-        MemoryTable::from_regions(&[d], vec![f]).unwrap()
+        crate::memory::test_table(0x10000)
+    }
+
+    fn d(addr: u64, len: u32, flags: u16, next: u16) -> Descriptor {
+        Descriptor {
+            addr,
+            len,
+            flags,
+            next,
+        }
     }
 
     fn put(m: &MemoryTable, table: u64, i: u16, d: Descriptor) {
@@ -234,28 +233,8 @@ mod tests {
     #[test]
     fn follows_next_links_readable_then_writable() {
         let m = mem();
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: 0x1000,
-                len: 16,
-                flags: R | N,
-                next: 2,
-            },
-        );
-        put(
-            &m,
-            0,
-            2,
-            Descriptor {
-                addr: 0x2000,
-                len: 100,
-                flags: W,
-                next: 0,
-            },
-        );
+        put(&m, 0, 0, d(0x1000, 16, R | N, 2));
+        put(&m, 0, 2, d(0x2000, 100, W, 0));
         let c = DescriptorChain::walk(&m, 0, 4, 0, false).unwrap();
         assert_eq!(
             (c.readable_len(), c.writable_len(), c.descriptors().len()),
@@ -266,28 +245,8 @@ mod tests {
     #[test]
     fn loops_are_bounded_by_the_table_size() {
         let m = mem();
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: 0x1000,
-                len: 1,
-                flags: N,
-                next: 1,
-            },
-        );
-        put(
-            &m,
-            0,
-            1,
-            Descriptor {
-                addr: 0x1000,
-                len: 1,
-                flags: N,
-                next: 0,
-            },
-        );
+        put(&m, 0, 0, d(0x1000, 1, N, 1));
+        put(&m, 0, 1, d(0x1000, 1, N, 0));
         let e = DescriptorChain::walk(&m, 0, 4, 0, false).unwrap_err();
         assert!(
             matches!(e, QueueError::ChainTooLong { head: 0, limit: 4 }),
@@ -298,17 +257,7 @@ mod tests {
     #[test]
     fn next_outside_the_table_is_refused() {
         let m = mem();
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: 0x1000,
-                len: 1,
-                flags: N,
-                next: 9,
-            },
-        );
+        put(&m, 0, 0, d(0x1000, 1, N, 9));
         assert!(matches!(
             DescriptorChain::walk(&m, 0, 4, 0, false),
             Err(QueueError::BadIndex { index: 9, .. })
@@ -318,32 +267,12 @@ mod tests {
     #[test]
     fn buffers_outside_memory_are_refused() {
         let m = mem();
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: 0xfff0,
-                len: 0x20,
-                flags: W,
-                next: 0,
-            },
-        );
+        put(&m, 0, 0, d(0xfff0, 0x20, W, 0));
         assert!(matches!(
             DescriptorChain::walk(&m, 0, 4, 0, false),
             Err(QueueError::Memory(_))
         ));
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: u64::MAX - 4,
-                len: 0x20,
-                flags: W,
-                next: 0,
-            },
-        );
+        put(&m, 0, 0, d(u64::MAX - 4, 0x20, W, 0));
         assert!(matches!(
             DescriptorChain::walk(&m, 0, 4, 0, false),
             Err(QueueError::Memory(_))
@@ -353,28 +282,8 @@ mod tests {
     #[test]
     fn readable_after_writable_is_refused() {
         let m = mem();
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: 0x1000,
-                len: 1,
-                flags: W | N,
-                next: 1,
-            },
-        );
-        put(
-            &m,
-            0,
-            1,
-            Descriptor {
-                addr: 0x1000,
-                len: 1,
-                flags: R,
-                next: 0,
-            },
-        );
+        put(&m, 0, 0, d(0x1000, 1, W | N, 1));
+        put(&m, 0, 1, d(0x1000, 1, R, 0));
         assert!(matches!(
             DescriptorChain::walk(&m, 0, 4, 0, false),
             Err(QueueError::ReadableAfterWritable { head: 0 })
@@ -384,28 +293,8 @@ mod tests {
     #[test]
     fn chain_length_overflow_is_refused() {
         let m = mem();
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: 0,
-                len: u32::MAX,
-                flags: W | N,
-                next: 1,
-            },
-        );
-        put(
-            &m,
-            0,
-            1,
-            Descriptor {
-                addr: 0,
-                len: 2,
-                flags: W,
-                next: 0,
-            },
-        );
+        put(&m, 0, 0, d(0, u32::MAX, W | N, 1));
+        put(&m, 0, 1, d(0, 2, W, 0));
         assert!(DescriptorChain::walk(&m, 0, 4, 0, false).is_err());
     }
 
@@ -413,39 +302,9 @@ mod tests {
     fn indirect_tables_are_walked_once_and_checked() {
         let m = mem();
         let table = 0x4000;
-        put(
-            &m,
-            table,
-            0,
-            Descriptor {
-                addr: 0x1000,
-                len: 8,
-                flags: R | N,
-                next: 1,
-            },
-        );
-        put(
-            &m,
-            table,
-            1,
-            Descriptor {
-                addr: 0x2000,
-                len: 64,
-                flags: W,
-                next: 0,
-            },
-        );
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: table,
-                len: 32,
-                flags: I,
-                next: 0,
-            },
-        );
+        put(&m, table, 0, d(0x1000, 8, R | N, 1));
+        put(&m, table, 1, d(0x2000, 64, W, 0));
+        put(&m, 0, 0, d(table, 32, I, 0));
         let c = DescriptorChain::walk(&m, 0, 4, 0, true).unwrap();
         assert_eq!((c.readable_len(), c.writable_len()), (8, 64));
         // Not negotiated.
@@ -454,17 +313,7 @@ mod tests {
             Err(QueueError::IndirectNotAllowed { .. })
         ));
         // INDIRECT together with NEXT.
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: table,
-                len: 32,
-                flags: I | N,
-                next: 1,
-            },
-        );
+        put(&m, 0, 0, d(table, 32, I | N, 1));
         assert!(matches!(
             DescriptorChain::walk(&m, 0, 4, 0, true),
             Err(QueueError::IndirectNotAllowed { .. })
@@ -488,44 +337,14 @@ mod tests {
             );
         }
         // Nested indirect.
-        put(
-            &m,
-            table,
-            1,
-            Descriptor {
-                addr: table,
-                len: 32,
-                flags: I,
-                next: 0,
-            },
-        );
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: table,
-                len: 32,
-                flags: I,
-                next: 0,
-            },
-        );
+        put(&m, table, 1, d(table, 32, I, 0));
+        put(&m, 0, 0, d(table, 32, I, 0));
         assert!(matches!(
             DescriptorChain::walk(&m, 0, 4, 0, true),
             Err(QueueError::NestedIndirect { head: 0 })
         ));
         // A loop inside the table.
-        put(
-            &m,
-            table,
-            1,
-            Descriptor {
-                addr: 0x1000,
-                len: 1,
-                flags: W | N,
-                next: 1,
-            },
-        );
+        put(&m, table, 1, d(0x1000, 1, W | N, 1));
         assert!(matches!(
             DescriptorChain::walk(&m, 0, 4, 0, true),
             Err(QueueError::ChainTooLong { .. })
@@ -535,38 +354,10 @@ mod tests {
     #[test]
     fn the_chain_is_a_copy() {
         let m = mem();
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: 0x1000,
-                len: 16,
-                flags: W,
-                next: 0,
-            },
-        );
+        put(&m, 0, 0, d(0x1000, 16, W, 0));
         let c = DescriptorChain::walk(&m, 0, 4, 0, false).unwrap();
         // The guest rewrites the descriptor after the walk: the device does not see it.
-        put(
-            &m,
-            0,
-            0,
-            Descriptor {
-                addr: 0xffff_0000,
-                len: 0xffff,
-                flags: W,
-                next: 0,
-            },
-        );
-        assert_eq!(
-            c.writable()[0],
-            Descriptor {
-                addr: 0x1000,
-                len: 16,
-                flags: W,
-                next: 0
-            }
-        );
+        put(&m, 0, 0, d(0xffff_0000, 0xffff, W, 0));
+        assert_eq!(c.writable()[0], d(0x1000, 16, W, 0));
     }
 }

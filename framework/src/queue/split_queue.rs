@@ -257,20 +257,10 @@ impl SplitQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::payload::MemoryRegionDesc;
     use crate::queue::Descriptor;
 
     fn mem() -> MemoryTable {
-        let fd = nix::sys::memfd::memfd_create("t", nix::sys::memfd::MFdFlags::empty()).unwrap();
-        let f = std::fs::File::from(fd);
-        f.set_len(0x10000).unwrap();
-        let d = MemoryRegionDesc {
-            guest_phys_addr: 0,
-            memory_size: 0x10000,
-            userspace_addr: 0,
-            mmap_offset: 0,
-        };
-        MemoryTable::from_regions(&[d], vec![f]).unwrap()
+        crate::memory::test_table(0x10000)
     }
 
     const A: RingAddrs = RingAddrs {
