@@ -22,23 +22,31 @@ pub struct FdRegistry<'a> {
     pub(crate) registry: &'a Registry,
 }
 
+/// Device tokens must stay below this.
+pub const MAX_DEVICE_TOKEN: usize = 1 << 20;
+
 impl FdRegistry<'_> {
-    /// Wakes the worker with `token` when `fd` is readable.
-    pub fn register_readable(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
-        self.registry.register(
-            &mut SourceFd(&fd),
-            Token(DEVICE_TOKEN_BASE + token),
-            Interest::READABLE,
-        )
+    fn token(token: usize) -> io::Result<Token> {
+        if token < MAX_DEVICE_TOKEN {
+            Ok(Token(DEVICE_TOKEN_BASE + token))
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("device token {token} too large"),
+            ))
+        }
     }
 
-    /// Wakes the worker with `token` when `fd` is writable.
+    /// Wakes the worker with `token` (below [`MAX_DEVICE_TOKEN`]) when `fd` is readable.
+    pub fn register_readable(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
+        self.registry
+            .register(&mut SourceFd(&fd), Self::token(token)?, Interest::READABLE)
+    }
+
+    /// Wakes the worker with `token` (below [`MAX_DEVICE_TOKEN`]) when `fd` is writable.
     pub fn register_writable(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
-        self.registry.register(
-            &mut SourceFd(&fd),
-            Token(DEVICE_TOKEN_BASE + token),
-            Interest::WRITABLE,
-        )
+        self.registry
+            .register(&mut SourceFd(&fd), Self::token(token)?, Interest::WRITABLE)
     }
 
     /// Stops watching `fd`.

@@ -40,7 +40,7 @@ pub(crate) mod queue_handle;
 
 pub use device_error::DeviceError;
 pub use device_info::DeviceInfo;
-pub use fd_registry::FdRegistry;
+pub use fd_registry::{FdRegistry, MAX_DEVICE_TOKEN};
 pub use queue_handle::{Queue, Queues};
 
 use std::io;

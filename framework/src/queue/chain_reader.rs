@@ -6,6 +6,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use vm_memory::VolatileSlice;
 
 use super::Descriptor;
+
+/// The most iovecs one `readv`/`writev` takes on Linux.
+pub(crate) const IOV_MAX: usize = 1024;
 use crate::memory::MemoryTable;
 
 /// Reads a chain's device-readable buffers in order, as `io::Read`, or hands them to a
@@ -115,7 +118,10 @@ impl<'a> ChainReader<'a> {
     pub fn write_to_fd(&mut self, fd: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
         let saved = (self.at, self.consumed);
         let mut slices = Vec::with_capacity(self.descs.len());
-        let want = self.take_slices(max, |s| slices.push(s))?;
+        self.take_slices(max, |s| slices.push(s))?;
+        // One writev takes at most IOV_MAX slices; the caller loops for the rest.
+        slices.truncate(IOV_MAX);
+        let want: usize = slices.iter().map(|s| s.len()).sum();
         let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
         let iovs: Vec<nix::libc::iovec> = guards
             .iter()

@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use vm_memory::VolatileSlice;
 
+use super::chain_reader::IOV_MAX;
 use super::Descriptor;
 use crate::memory::MemoryTable;
 
@@ -106,7 +107,10 @@ impl<'a> ChainWriter<'a> {
     /// guest memory; advances by what was read.
     pub fn read_from_fd(&mut self, fd: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
         let mut slices = Vec::with_capacity(self.descs.len());
-        let want = self.next_slices(max, |s| slices.push(s))?;
+        self.next_slices(max, |s| slices.push(s))?;
+        // One readv takes at most IOV_MAX slices; the caller loops for the rest.
+        slices.truncate(IOV_MAX);
+        let want: usize = slices.iter().map(|s| s.len()).sum();
         if want == 0 {
             return Ok(0);
         }
@@ -145,5 +149,35 @@ impl io::Write for ChainWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn more_buffers_than_iov_max_are_filled_in_several_calls() {
+        let mem = crate::memory::test_table(0x10000);
+        let descs: Vec<Descriptor> = (0..1500u64)
+            .map(|i| Descriptor {
+                addr: 0x100 + 4 * i,
+                len: 4,
+                flags: Descriptor::F_WRITE,
+                next: 0,
+            })
+            .collect();
+        let (r, mut w) = std::io::pipe().unwrap();
+        w.write_all(&[0xab; 6000]).unwrap();
+        let mut writer = ChainWriter::new(&mem, &descs);
+        let first = writer.read_from_fd(r.as_fd(), 6000).unwrap();
+        assert_eq!(first, 4 * IOV_MAX);
+        let second = writer.read_from_fd(r.as_fd(), 6000).unwrap();
+        assert_eq!(first + second, 6000);
+        let mut back = vec![0u8; 6000];
+        mem.read(0x100, &mut back).unwrap();
+        assert!(back.iter().all(|&b| b == 0xab));
     }
 }
