@@ -17,7 +17,7 @@ use vhost_user_sync_rng::RngDevice;
 
 /// Serves a virtio-rng device over vhost-user, with entropy from the host.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     #[command(flatten)]
     listen: common::ListenArgs,

@@ -414,6 +414,26 @@ impl<D: Device> Session<D> {
                 self.log_fd = fds.pop();
                 Ok(Reply::Done)
             }
+            R::NET_SET_MTU => {
+                self.need(req, P::MTU, "MTU")?;
+                let mtu = decode_u64(name, body)?;
+                if !(68..=65535).contains(&mtu) {
+                    return Err(RequestError::BadValue {
+                        request: name,
+                        what: "mtu",
+                        value: mtu,
+                    });
+                }
+                self.device.set_mtu(mtu as u16)?;
+                Ok(Reply::Done)
+            }
+            R::SEND_RARP => {
+                self.need(req, P::RARP, "RARP")?;
+                let mac = decode_u64(name, body)?.to_ne_bytes();
+                self.device
+                    .send_rarp([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])?;
+                Ok(Reply::Done)
+            }
             R::GET_PROTOCOL_FEATURES => u64_reply(self.offered_protocol.bits()),
             R::SET_PROTOCOL_FEATURES => {
                 let bits = decode_u64(name, body)?;

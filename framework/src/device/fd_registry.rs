@@ -49,6 +49,15 @@ impl FdRegistry<'_> {
             .register(&mut SourceFd(&fd), Self::token(token)?, Interest::WRITABLE)
     }
 
+    /// Wakes the worker with `token` when `fd` becomes readable or writable.
+    pub fn register_readable_writable(&mut self, fd: RawFd, token: usize) -> io::Result<()> {
+        self.registry.register(
+            &mut SourceFd(&fd),
+            Self::token(token)?,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+
     /// Stops watching `fd`.
     pub fn deregister(&mut self, fd: RawFd) -> io::Result<()> {
         self.registry.deregister(&mut SourceFd(&fd))

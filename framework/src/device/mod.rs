@@ -97,6 +97,22 @@ pub trait Device: Send + 'static {
     /// The frontend reset the device (RESET_DEVICE / RESET_OWNER): forget negotiated
     /// state. Workers are rebuilt afterwards.
     fn reset(&mut self) {}
+
+    /// NET_SET_MTU (with the MTU protocol feature). The default refuses.
+    fn set_mtu(&mut self, mtu: u16) -> Result<(), DeviceError> {
+        Err(DeviceError::Other(format!(
+            "NET_SET_MTU {mtu} not supported by this device"
+        )))
+    }
+
+    /// SEND_RARP (with the RARP protocol feature): announce `mac` after migration. The
+    /// default refuses.
+    fn send_rarp(&mut self, mac: [u8; 6]) -> Result<(), DeviceError> {
+        let _ = mac;
+        Err(DeviceError::Other(
+            "SEND_RARP not supported by this device".into(),
+        ))
+    }
 }
 
 /// The data path of a device: runs on a worker thread and owns its state there, so

@@ -116,31 +116,48 @@ impl<'a> ChainReader<'a> {
     /// Writes up to `max` bytes of the chain to `fd` with one `writev(2)` straight from
     /// guest memory; advances by what the fd took.
     pub fn write_to_fd(&mut self, fd: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        self.write_to_fd_with_prefix(fd, &[], max)
+    }
+
+    /// Like [`Self::write_to_fd`], with `prefix` (bytes the device owns, such as a header
+    /// it copied and checked) written first in the same `writev(2)`. Returns the bytes
+    /// written including the prefix; the reader advances by the chain bytes taken.
+    pub fn write_to_fd_with_prefix(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        prefix: &[u8],
+        max: usize,
+    ) -> io::Result<usize> {
         let saved = (self.at, self.consumed);
         let mut slices = Vec::with_capacity(self.descs.len());
         self.take_slices(max, |s| slices.push(s))?;
-        // One writev takes at most IOV_MAX slices; the caller loops for the rest.
-        slices.truncate(IOV_MAX);
+        // One writev takes at most IOV_MAX iovecs; the caller loops for the rest.
+        slices.truncate(IOV_MAX - 1);
         let want: usize = slices.iter().map(|s| s.len()).sum();
         let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
-        let iovs: Vec<nix::libc::iovec> = guards
-            .iter()
-            .map(|g| nix::libc::iovec {
-                iov_base: g.as_ptr() as *mut _,
-                iov_len: g.len(),
-            })
-            .collect();
-        // SAFETY: every iovec points into a live mapping of guest memory (the guards and
-        // the borrowed table keep it mapped for the call) of exactly `iov_len` bytes;
-        // writev only reads from them. The count is bounded by the descriptor count.
+        let mut iovs: Vec<nix::libc::iovec> = Vec::with_capacity(guards.len() + 1);
+        if !prefix.is_empty() {
+            iovs.push(nix::libc::iovec {
+                iov_base: prefix.as_ptr() as *mut _,
+                iov_len: prefix.len(),
+            });
+        }
+        iovs.extend(guards.iter().map(|g| nix::libc::iovec {
+            iov_base: g.as_ptr() as *mut _,
+            iov_len: g.len(),
+        }));
+        // SAFETY: every iovec points at memory that stays valid for the call: `prefix`
+        // is borrowed, and the guest slices are in a live mapping kept by the guards and
+        // the borrowed table, each exactly `iov_len` bytes. writev only reads them. The
+        // count is at most IOV_MAX.
         let n = unsafe { nix::libc::writev(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32) };
-        // Rewind, then advance by what was really written.
+        // Rewind, then advance by what was really taken from the chain.
         (self.at, self.consumed) = saved;
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let n = (n as usize).min(want);
-        self.skip(n)?;
+        let n = n as usize;
+        self.skip(n.saturating_sub(prefix.len()).min(want))?;
         Ok(n)
     }
 }

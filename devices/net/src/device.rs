@@ -1,0 +1,263 @@
+//! The device: queue layout, features, config space and the host backend.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use vhost_user_sync::device::{Device, DeviceError, DeviceInfo};
+use vhost_user_sync::protocol::ProtocolFeatures;
+
+use crate::features::*;
+use crate::persistence::NetState;
+use crate::tap::Tap;
+use crate::worker::{NetWorker, PairIo};
+use crate::NetMetrics;
+
+/// Virtio device id of a network device.
+pub const VIRTIO_ID_NET: u32 = 1;
+/// VIRTIO_NET_S_LINK_UP.
+pub const STATUS_LINK_UP: u16 = 1;
+/// Bytes of config space served: mac, status, max_virtqueue_pairs, mtu.
+pub const CONFIG_SIZE: u32 = 12;
+
+/// Where frames go and come from.
+#[derive(Debug)]
+pub enum NetBackend {
+    /// A tap device, one queue per queue pair.
+    Tap(Vec<Tap>),
+    /// Nothing: TX frames are checked and counted, RX frames of `frame_len` bytes are
+    /// generated whenever the guest offers buffers.
+    Null {
+        /// Bytes per generated frame (without the virtio header).
+        frame_len: usize,
+    },
+}
+
+impl NetBackend {
+    fn try_clone(&self) -> io::Result<NetBackend> {
+        Ok(match self {
+            NetBackend::Tap(t) => {
+                NetBackend::Tap(t.iter().map(Tap::try_clone).collect::<io::Result<_>>()?)
+            }
+            NetBackend::Null { frame_len } => NetBackend::Null {
+                frame_len: *frame_len,
+            },
+        })
+    }
+}
+
+/// Settings of a net device.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// MAC address offered to the guest.
+    pub mac: [u8; 6],
+    /// MTU offered (VIRTIO_NET_F_MTU), if any.
+    pub mtu: Option<u16>,
+    /// Queue pairs (MQ when more than one).
+    pub queue_pairs: u16,
+    /// Run each queue pair on its own worker thread.
+    pub worker_per_pair: bool,
+    /// Largest queue size accepted.
+    pub max_queue_size: u16,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+            mtu: None,
+            queue_pairs: 1,
+            worker_per_pair: false,
+            max_queue_size: 1024,
+        }
+    }
+}
+
+/// A virtio-net device.
+///
+/// # Example
+/// ```
+/// use vhost_user_sync::device::Device;
+/// use vhost_user_sync_net::{NetBackend, NetConfig, NetDevice};
+/// let dev = NetDevice::new(NetConfig::default(), &NetBackend::Null { frame_len: 60 }, Default::default()).unwrap();
+/// assert_eq!(dev.info().num_queues, 3); // rx, tx, ctrl
+/// ```
+#[derive(Debug)]
+pub struct NetDevice {
+    config: NetConfig,
+    backend: NetBackend,
+    acked: Arc<AtomicU64>,
+    state: Arc<Mutex<NetState>>,
+    metrics: Arc<NetMetrics>,
+}
+
+impl NetDevice {
+    /// A device for one connection, sharing `backend`'s taps (they outlive connections).
+    pub fn new(
+        config: NetConfig,
+        backend: &NetBackend,
+        metrics: Arc<NetMetrics>,
+    ) -> io::Result<Self> {
+        if let NetBackend::Tap(taps) = backend {
+            if taps.len() != usize::from(config.queue_pairs) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "one tap queue per queue pair",
+                ));
+            }
+        }
+        let state = NetState {
+            mac: config.mac,
+            status: STATUS_LINK_UP,
+        };
+        Ok(NetDevice {
+            backend: backend.try_clone()?,
+            config,
+            acked: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
+            metrics,
+        })
+    }
+
+    fn ctrl_queue(&self) -> u16 {
+        2 * self.config.queue_pairs
+    }
+
+    fn config_bytes(&self) -> [u8; CONFIG_SIZE as usize] {
+        let st = *self.state.lock();
+        let mut c = [0u8; CONFIG_SIZE as usize];
+        c[..6].copy_from_slice(&st.mac);
+        c[6..8].copy_from_slice(&st.status.to_le_bytes());
+        c[8..10].copy_from_slice(&self.config.queue_pairs.to_le_bytes());
+        c[10..12].copy_from_slice(&self.config.mtu.unwrap_or(0).to_le_bytes());
+        c
+    }
+}
+
+impl Device for NetDevice {
+    type Worker = NetWorker;
+
+    fn info(&self) -> DeviceInfo {
+        let mut features = MAC
+            | STATUS
+            | MRG_RXBUF
+            | CSUM
+            | GUEST_CSUM
+            | HOST_TSO4
+            | HOST_TSO6
+            | HOST_ECN
+            | GUEST_TSO4
+            | GUEST_TSO6
+            | GUEST_ECN
+            | CTRL_VQ
+            | CTRL_RX
+            | CTRL_MAC_ADDR
+            | MQ;
+        if self.config.mtu.is_some() {
+            features |= MTU;
+        }
+        DeviceInfo::new("net", VIRTIO_ID_NET, self.ctrl_queue() + 1)
+            .with_features(features)
+            .with_config_size(CONFIG_SIZE)
+            .with_max_queue_size(self.config.max_queue_size)
+            .with_protocol_features(ProtocolFeatures::MTU | ProtocolFeatures::RARP)
+    }
+
+    fn read_config(&self, offset: u32, data: &mut [u8]) {
+        let c = self.config_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = c.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), DeviceError> {
+        // Only the MAC is writable (legacy drivers without CTRL_MAC_ADDR).
+        let end = offset as usize + data.len();
+        if end > 6 {
+            return Err(DeviceError::ReadOnlyConfig { offset });
+        }
+        self.state.lock().mac[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn set_features(&mut self, features: u64) {
+        self.acked.store(features, Ordering::Release);
+        if let NetBackend::Tap(taps) = &self.backend {
+            if let Some(Err(e)) = taps.first().map(|t| t.set_offload_for(features)) {
+                log::warn!("net: tap offloads: {e}");
+            }
+        }
+    }
+
+    fn worker_count(&self) -> usize {
+        if self.config.worker_per_pair {
+            usize::from(self.config.queue_pairs)
+        } else {
+            1
+        }
+    }
+
+    fn queue_worker(&self, queue: u16) -> usize {
+        if queue >= self.ctrl_queue() || !self.config.worker_per_pair {
+            0
+        } else {
+            usize::from(queue / 2)
+        }
+    }
+
+    fn create_worker(&mut self, index: usize) -> io::Result<NetWorker> {
+        let pairs: Vec<u16> = if self.config.worker_per_pair {
+            vec![index as u16]
+        } else {
+            (0..self.config.queue_pairs).collect()
+        };
+        let ios = pairs
+            .into_iter()
+            .map(|p| {
+                let tap = match &self.backend {
+                    NetBackend::Tap(t) => Some(t[usize::from(p)].try_clone()?),
+                    NetBackend::Null { .. } => None,
+                };
+                Ok(PairIo { pair: p, tap })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let frame_len = match self.backend {
+            NetBackend::Null { frame_len } => frame_len,
+            NetBackend::Tap(_) => 0,
+        };
+        Ok(NetWorker::new(
+            ios,
+            (index == 0).then_some(self.ctrl_queue()),
+            self.config.queue_pairs,
+            frame_len,
+            self.acked.clone(),
+            self.state.clone(),
+            self.metrics.clone(),
+        ))
+    }
+
+    fn set_mtu(&mut self, mtu: u16) -> Result<(), DeviceError> {
+        log::info!("net: frontend set MTU {mtu}");
+        self.config.mtu = Some(mtu);
+        Ok(())
+    }
+
+    fn send_rarp(&mut self, mac: [u8; 6]) -> Result<(), DeviceError> {
+        if let NetBackend::Tap(taps) = &self.backend {
+            if let Some(tap) = taps.first() {
+                let frame = crate::worker::rarp_frame(mac);
+                nix::unistd::write(tap.file(), &frame).map_err(io::Error::from)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.acked.store(0, Ordering::Release);
+        *self.state.lock() = NetState {
+            mac: self.config.mac,
+            status: STATUS_LINK_UP,
+        };
+    }
+}

@@ -1,0 +1,332 @@
+//! Queue and tap events: TX chains go to the tap in one `writev` straight from guest
+//! memory, tap frames land in guest buffers with one `readv`, control commands are
+//! answered.
+
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use vhost_user_sync::device::{DeviceError, FdRegistry, Queue, QueueWorker, Queues};
+use vhost_user_sync::queue::{ChainWriter, Descriptor, DescriptorChain};
+
+use crate::features::MRG_RXBUF;
+use crate::persistence::NetState;
+use crate::request::{ctrl, CtrlCommand, NetError, NetHdr, MAX_FRAME, NET_HDR_LEN};
+use crate::tap::Tap;
+use crate::NetMetrics;
+
+/// The queue pair a worker runs, and its tap queue (none for the null backend).
+#[derive(Debug)]
+pub struct PairIo {
+    /// Pair number (RX queue 2n, TX queue 2n+1).
+    pub pair: u16,
+    /// The tap queue of this pair.
+    pub tap: Option<Tap>,
+}
+
+/// The data path of a net device on one worker.
+#[derive(Debug)]
+pub struct NetWorker {
+    pairs: Vec<PairIo>,
+    ctrl_queue: Option<u16>,
+    max_pairs: u16,
+    null_frame: Vec<u8>,
+    acked: Arc<AtomicU64>,
+    state: Arc<Mutex<NetState>>,
+    metrics: Arc<NetMetrics>,
+}
+
+enum TxOutcome {
+    Sent,
+    TapFull,
+}
+
+impl NetWorker {
+    /// A worker for `pairs`, answering the control queue if `ctrl_queue` is set.
+    pub fn new(
+        pairs: Vec<PairIo>,
+        ctrl_queue: Option<u16>,
+        max_pairs: u16,
+        null_frame_len: usize,
+        acked: Arc<AtomicU64>,
+        state: Arc<Mutex<NetState>>,
+        metrics: Arc<NetMetrics>,
+    ) -> Self {
+        let mac = state.lock().mac;
+        NetWorker {
+            pairs,
+            ctrl_queue,
+            max_pairs,
+            null_frame: null_frame(mac, null_frame_len),
+            acked,
+            state,
+            metrics,
+        }
+    }
+
+    fn pair_slot(&self, pair: u16) -> Option<usize> {
+        self.pairs.iter().position(|p| p.pair == pair)
+    }
+
+    fn tx(&mut self, q: &mut Queue<'_>, slot: usize) {
+        let features = self.acked.load(Ordering::Acquire);
+        while let Some(chain) = q.pop() {
+            match tx_one(q, &chain, self.pairs[slot].tap.as_ref(), features) {
+                Ok(TxOutcome::Sent) => {
+                    self.metrics.tx_packets.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.tx_bytes.fetch_add(
+                        u64::from(chain.readable_len()) - NET_HDR_LEN as u64,
+                        Ordering::Relaxed,
+                    );
+                    q.add_used(&chain, 0);
+                }
+                Ok(TxOutcome::TapFull) => {
+                    // The tap's writable event resumes TX.
+                    q.undo_pop(1);
+                    return;
+                }
+                Err(TxError::Malformed(e)) => {
+                    self.metrics.malformed(&self.metrics.tx_malformed, &e);
+                    q.add_used(&chain, 0);
+                }
+                Err(TxError::Io(e)) => {
+                    log::warn!("net: tap write failed: {e}");
+                    q.add_used(&chain, 0);
+                }
+            }
+        }
+    }
+
+    fn rx(&mut self, q: &mut Queue<'_>, slot: usize) {
+        let Some(tap) = &self.pairs[slot].tap else {
+            return self.rx_null(q);
+        };
+        let mrg = self.acked.load(Ordering::Acquire) & MRG_RXBUF != 0;
+        loop {
+            let mut chains: Vec<DescriptorChain> = Vec::new();
+            let mut room = 0usize;
+            while room < MAX_FRAME + NET_HDR_LEN {
+                let Some(c) = q.pop() else { break };
+                if c.writable()
+                    .first()
+                    .is_none_or(|d| (d.len as usize) < NET_HDR_LEN)
+                {
+                    let e = NetError::HeaderTooShort {
+                        len: c.writable().first().map_or(0, |d| d.len as usize),
+                    };
+                    self.metrics.malformed(&self.metrics.rx_malformed, &e);
+                    q.add_used(&c, 0);
+                    continue;
+                }
+                room += c.writable_len() as usize;
+                chains.push(c);
+                if !mrg {
+                    break;
+                }
+            }
+            if chains.is_empty() {
+                // No buffers: the frame stays in the tap until the next RX kick.
+                return;
+            }
+            let descs: Vec<Descriptor> = chains
+                .iter()
+                .flat_map(|c| c.writable().iter().copied())
+                .collect();
+            let n = match ChainWriter::new(q.mem(), &descs).read_from_fd(tap.file().as_fd(), room) {
+                Ok(n) => n,
+                Err(e) => {
+                    q.undo_pop(chains.len() as u16);
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        log::warn!("net: tap read failed: {e}");
+                    }
+                    return;
+                }
+            };
+            let mut left = n;
+            let mut used = 0usize;
+            for c in &chains {
+                if left == 0 {
+                    break;
+                }
+                left -= left.min(c.writable_len() as usize);
+                used += 1;
+            }
+            if mrg {
+                let at = chains[0].writable()[0].addr + 10;
+                if let Err(e) = q.mem().write(at, &(used as u16).to_le_bytes()) {
+                    log::warn!("net: rx header: {e}");
+                }
+            }
+            let mut left = n;
+            for c in &chains[..used] {
+                let take = left.min(c.writable_len() as usize);
+                q.add_used(c, take as u32);
+                left -= take;
+            }
+            q.undo_pop((chains.len() - used) as u16);
+            self.metrics.rx_packets.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .rx_bytes
+                .fetch_add(n.saturating_sub(NET_HDR_LEN) as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn rx_null(&mut self, q: &mut Queue<'_>) {
+        while let Some(c) = q.pop() {
+            if c.writable()
+                .first()
+                .is_none_or(|d| (d.len as usize) < NET_HDR_LEN)
+            {
+                self.metrics.malformed(
+                    &self.metrics.rx_malformed,
+                    &NetError::HeaderTooShort { len: 0 },
+                );
+                q.add_used(&c, 0);
+                continue;
+            }
+            let mut w = c.writer(q.mem());
+            let hdr = NetHdr {
+                num_buffers: 1,
+                ..NetHdr::default()
+            }
+            .to_bytes();
+            let _ = w.write_all(&hdr);
+            let n = w.write(&self.null_frame).unwrap_or(0);
+            let len = w.written() as u32;
+            q.add_used(&c, len);
+            self.metrics.rx_packets.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn control(&mut self, q: &mut Queue<'_>) {
+        while let Some(c) = q.pop() {
+            let status = match self.control_one(q, &c) {
+                Ok(()) => ctrl::OK,
+                Err(e) => {
+                    self.metrics.ctrl_errors.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("net: {e}");
+                    ctrl::ERR
+                }
+            };
+            let mut w = c.writer(q.mem());
+            let n = w.write(&[status]).unwrap_or(0);
+            q.add_used(&c, n as u32);
+        }
+    }
+
+    fn control_one(&mut self, q: &Queue<'_>, c: &DescriptorChain) -> Result<(), NetError> {
+        if c.readable_len() as usize > 64 * 1024 || c.writable_len() == 0 {
+            return Err(NetError::BadControl(
+                "request too large or no room for the ack",
+            ));
+        }
+        let mut req = vec![0u8; c.readable_len() as usize];
+        c.reader(q.mem())
+            .read_exact_bytes(&mut req)
+            .map_err(|_| NetError::BadControl("unreadable"))?;
+        match CtrlCommand::parse(&req)? {
+            CtrlCommand::QueuePairs(n) if n >= 1 && n <= self.max_pairs => Ok(()),
+            CtrlCommand::QueuePairs(_) => Err(NetError::BadControl("queue pairs out of range")),
+            CtrlCommand::MacAddr(mac) => {
+                self.state.lock().mac = mac;
+                Ok(())
+            }
+            CtrlCommand::RxMode { .. }
+            | CtrlCommand::MacTable { .. }
+            | CtrlCommand::AnnounceAck => Ok(()),
+        }
+    }
+}
+
+enum TxError {
+    Malformed(NetError),
+    Io(io::Error),
+}
+
+fn tx_one(
+    q: &Queue<'_>,
+    chain: &DescriptorChain,
+    tap: Option<&Tap>,
+    features: u64,
+) -> Result<TxOutcome, TxError> {
+    let first = chain.readable().first().map_or(0, |d| d.len as usize);
+    if first < NET_HDR_LEN {
+        return Err(TxError::Malformed(NetError::HeaderTooShort { len: first }));
+    }
+    let mut r = chain.reader(q.mem());
+    let mut raw = [0u8; NET_HDR_LEN];
+    r.read_exact_bytes(&mut raw).map_err(TxError::Io)?;
+    let frame_len = chain.readable_len() as usize - NET_HDR_LEN;
+    // The header is checked as copied; the copy (not guest memory) goes to the tap.
+    NetHdr::from_bytes(&raw)
+        .validate(frame_len, features)
+        .map_err(TxError::Malformed)?;
+    let Some(tap) = tap else {
+        return Ok(TxOutcome::Sent);
+    };
+    match r.write_to_fd_with_prefix(tap.file().as_fd(), &raw, frame_len) {
+        Ok(_) => Ok(TxOutcome::Sent),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(TxOutcome::TapFull),
+        Err(e) => Err(TxError::Io(e)),
+    }
+}
+
+impl QueueWorker for NetWorker {
+    fn process_queue(&mut self, q: &mut Queue<'_>) -> Result<(), DeviceError> {
+        let index = q.index();
+        if Some(index) == self.ctrl_queue {
+            self.control(q);
+        } else if let Some(slot) = self.pair_slot(index / 2) {
+            if index % 2 == 0 {
+                self.rx(q, slot);
+            } else {
+                self.tx(q, slot);
+            }
+        }
+        Ok(())
+    }
+
+    fn register_fds(&mut self, registry: &mut FdRegistry<'_>) -> io::Result<()> {
+        for (slot, p) in self.pairs.iter().enumerate() {
+            if let Some(tap) = &p.tap {
+                registry.register_readable_writable(tap.file().as_raw_fd(), slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(&mut self, token: usize, queues: &mut Queues<'_>) -> Result<(), DeviceError> {
+        let Some(pair) = self.pairs.get(token).map(|p| p.pair) else {
+            return Ok(());
+        };
+        queues.with_queue(2 * pair + 1, |q| self.tx(q, token));
+        queues.with_queue(2 * pair, |q| self.rx(q, token));
+        Ok(())
+    }
+}
+
+fn null_frame(mac: [u8; 6], len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len.max(14)];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes()); // local experimental ethertype
+    f
+}
+
+/// A RARP announcement for `mac`, with a zero virtio header in front (tap format).
+pub fn rarp_frame(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0u8; NET_HDR_LEN];
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&0x8035u16.to_be_bytes()); // RARP
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 3]); // ethernet/IPv4, reverse request
+    for _ in 0..2 {
+        f.extend_from_slice(&mac);
+        f.extend_from_slice(&[0; 4]);
+    }
+    f.resize(NET_HDR_LEN + 60, 0);
+    f
+}
