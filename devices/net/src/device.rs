@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use vhost_user_sync::backend::BackendChannel;
 use vhost_user_sync::device::{Device, DeviceError, DeviceInfo};
 use vhost_user_sync::protocol::ProtocolFeatures;
 
@@ -89,6 +90,7 @@ pub struct NetDevice {
     backend: NetBackend,
     acked: Arc<AtomicU64>,
     state: Arc<Mutex<NetState>>,
+    channel: Arc<Mutex<Option<BackendChannel>>>,
     metrics: Arc<NetMetrics>,
 }
 
@@ -116,6 +118,7 @@ impl NetDevice {
             config,
             acked: Arc::default(),
             state: Arc::new(Mutex::new(state)),
+            channel: Arc::default(),
             metrics,
         })
     }
@@ -226,6 +229,21 @@ impl Device for NetDevice {
             NetBackend::Null { frame_len } => frame_len,
             NetBackend::Tap(_) => 0,
         };
+        // Worker 0 also watches the tap's link state.
+        let link = match (&self.backend, index) {
+            (NetBackend::Tap(t), 0) => match crate::link::LinkWatch::new(t[0].name()) {
+                Ok(w) => {
+                    let up = w.is_up();
+                    self.state.lock().status = if up { STATUS_LINK_UP } else { 0 };
+                    Some(w)
+                }
+                Err(e) => {
+                    log::warn!("net: cannot watch the link state of {}: {e}", t[0].name());
+                    None
+                }
+            },
+            _ => None,
+        };
         Ok(NetWorker::new(
             ios,
             (index == 0).then_some(self.ctrl_queue()),
@@ -234,7 +252,12 @@ impl Device for NetDevice {
             self.acked.clone(),
             self.state.clone(),
             self.metrics.clone(),
-        ))
+        )
+        .with_link_watch(link, self.channel.clone()))
+    }
+
+    fn set_backend_channel(&mut self, channel: BackendChannel) {
+        *self.channel.lock() = Some(channel);
     }
 
     fn set_mtu(&mut self, mtu: u16) -> Result<(), DeviceError> {

@@ -7,6 +7,7 @@
 
 pub mod device;
 pub mod features;
+pub mod link;
 pub mod metrics;
 pub mod persistence;
 pub mod request;

@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use vhost_user_sync::backend::BackendChannel;
 use vhost_user_sync::device::{DeviceError, FdRegistry, Queue, QueueWorker, Queues};
 use vhost_user_sync::queue::{ChainWriter, Descriptor, DescriptorChain};
 
-use crate::features::MRG_RXBUF;
+use crate::device::STATUS_LINK_UP;
+use crate::features::{MRG_RXBUF, STATUS};
+use crate::link::LinkWatch;
 use crate::persistence::NetState;
 use crate::request::{ctrl, CtrlCommand, NetError, NetHdr, MAX_FRAME, NET_HDR_LEN};
 use crate::tap::Tap;
@@ -36,7 +39,12 @@ pub struct NetWorker {
     acked: Arc<AtomicU64>,
     state: Arc<Mutex<NetState>>,
     metrics: Arc<NetMetrics>,
+    link: Option<LinkWatch>,
+    channel: Arc<Mutex<Option<BackendChannel>>>,
 }
+
+/// Device fd token of the link watch (pair taps use their slot number).
+const LINK_TOKEN: usize = 1 << 19;
 
 enum TxOutcome {
     Sent,
@@ -63,6 +71,36 @@ impl NetWorker {
             acked,
             state,
             metrics,
+            link: None,
+            channel: Arc::default(),
+        }
+    }
+
+    /// Also watches the tap's link state, telling the frontend of changes on `channel`.
+    pub fn with_link_watch(
+        mut self,
+        link: Option<LinkWatch>,
+        channel: Arc<Mutex<Option<BackendChannel>>>,
+    ) -> Self {
+        self.link = link;
+        self.channel = channel;
+        self
+    }
+
+    fn link_event(&mut self) {
+        let Some(up) = self.link.as_mut().and_then(LinkWatch::poll_change) else {
+            return;
+        };
+        log::info!("net: link {}", if up { "up" } else { "down" });
+        self.state.lock().status = if up { STATUS_LINK_UP } else { 0 };
+        if self.acked.load(Ordering::Acquire) & STATUS == 0 {
+            return;
+        }
+        let channel = self.channel.lock().clone();
+        match channel.map(|c| c.config_changed()) {
+            Some(Err(e)) => log::warn!("net: CONFIG_CHANGE_MSG failed: {e}"),
+            Some(Ok(_)) => {}
+            None => log::info!("net: no backend channel to announce the link change on"),
         }
     }
 
@@ -295,10 +333,17 @@ impl QueueWorker for NetWorker {
                 registry.register_readable_writable(tap.file().as_raw_fd(), slot)?;
             }
         }
+        if let Some(w) = &self.link {
+            registry.register_readable(w.fd(), LINK_TOKEN)?;
+        }
         Ok(())
     }
 
     fn handle_event(&mut self, token: usize, queues: &mut Queues<'_>) -> Result<(), DeviceError> {
+        if token == LINK_TOKEN {
+            self.link_event();
+            return Ok(());
+        }
         let Some(pair) = self.pairs.get(token).map(|p| p.pair) else {
             return Ok(());
         };

@@ -127,15 +127,22 @@ impl<D: Device> Session<D> {
     pub(crate) fn failure_reply(&self, req: R, body: &[u8]) -> Vec<u8> {
         match req {
             R::GET_CONFIG => {
-                let offset = body
-                    .get(..4)
-                    .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                ConfigAccess {
-                    offset,
-                    flags: 0,
-                    payload: Vec::new(),
-                }
-                .encode()
+                // The full reply length with a size field of 0: frontends read as many
+                // bytes as they asked for, then see the failure.
+                let word = |at: usize| {
+                    body.get(at..at + 4)
+                        .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                };
+                let wanted = body
+                    .len()
+                    .saturating_sub(ConfigAccess::HEADER_SIZE)
+                    .min(ConfigAccess::MAX_SIZE);
+                let mut reply = Vec::with_capacity(ConfigAccess::HEADER_SIZE + wanted);
+                reply.extend_from_slice(&word(0).to_ne_bytes());
+                reply.extend_from_slice(&0u32.to_ne_bytes());
+                reply.extend_from_slice(&word(8).to_ne_bytes());
+                reply.resize(ConfigAccess::HEADER_SIZE + wanted, 0);
+                reply
             }
             R::GET_VRING_BASE => {
                 let index = body

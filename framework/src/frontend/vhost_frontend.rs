@@ -276,6 +276,13 @@ impl Frontend {
         }
         .encode();
         let reply = self.request(R::GET_CONFIG, &body, &[])?.unwrap_or_default();
+        // A size field of 0 is the backend's failure reply.
+        if size != 0 && reply.get(4..8).is_some_and(|b| b == [0; 4]) {
+            return Err(FrontendError::Nack {
+                request: "GET_CONFIG",
+                value: 0,
+            });
+        }
         let c =
             ConfigAccess::decode("GET_CONFIG", &reply).map_err(|e| FrontendError::BadReply {
                 request: "GET_CONFIG",
