@@ -14,6 +14,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     command -v cpio >/dev/null || need+=(cpio)
     command -v modinfo >/dev/null || need+=(kmod)
     command -v ip >/dev/null || need+=(iproute2)
+    # DPDK testpmd and the PMDs it loads as plug-ins (tests/dpdk_net.rs).
+    command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
+    for pmd in librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23; do
+        dpkg -s "$pmd" >/dev/null 2>&1 || need+=("$pmd")
+    done
     if [ ${#need[@]} -gt 0 ]; then
         echo "run-all: installing ${need[*]}"
         export DEBIAN_FRONTEND=noninteractive
