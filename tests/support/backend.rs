@@ -82,21 +82,48 @@ impl BackendProcess {
     /// Starts example `name` listening on a fresh socket path, with `args` added, and
     /// waits until it logs that it listens.
     pub fn start(name: &str, args: &[&str]) -> Self {
+        Self::start_with(&[], None, name, args)
+    }
+
+    /// Like [`BackendProcess::start`], inside network namespace `netns` (run through
+    /// `ip netns exec`, which executes the program in its own place: the child is the
+    /// backend itself, so signals and kills reach it).
+    pub fn start_in_netns(netns: &str, name: &str, args: &[&str]) -> Self {
+        Self::start_with(&["ip", "netns", "exec", netns], None, name, args)
+    }
+
+    /// Starts example `name` as the last argument of the command `prefix` (the
+    /// program itself when `prefix` is empty), with `RUST_LOG` set to `rust_log`
+    /// (default: the test's own `RUST_LOG`, else `info`); see
+    /// [`BackendProcess::start`].
+    pub fn start_with(prefix: &[&str], rust_log: Option<&str>, name: &str, args: &[&str]) -> Self {
         let dir = TempDir::new(name);
         let socket = dir.path().join("dev.sock");
-        let mut child = Command::new(example_path(name))
+        let program = example_path(name);
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&program);
+                c
+            }
+            None => Command::new(&program),
+        };
+        let mut child = cmd
             .arg("--socket-path")
             .arg(&socket)
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                rust_log.map_or_else(
+                    || std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                    str::to_string,
+                ),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("cannot start {prefix:?} {}: {e}", program.display()));
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -126,6 +153,26 @@ impl BackendProcess {
             match self.log.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
+                Err(e) => panic!("backend never logged {needle:?}: {e}"),
+            }
+        }
+    }
+
+    /// The log lines up to and including the next one containing `needle`;
+    /// panics after `timeout`.
+    pub fn log_until(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    lines.push(line);
+                    if done {
+                        return lines;
+                    }
+                }
                 Err(e) => panic!("backend never logged {needle:?}: {e}"),
             }
         }

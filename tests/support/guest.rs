@@ -24,6 +24,12 @@
 //! }
 //! ```
 //!
+//! With [`GuestConfig::reboot`] the guest runs its tests, resets itself with
+//! `reboot -f` and runs them again in a second boot within the same QEMU
+//! process; [`GuestConfig::console`] hands the console's lines to the test as
+//! they arrive, for host-side peers that have to wait for the guest (the
+//! `VHU-READY` lines).
+//!
 //! The module uses only `std`. The guest image (kernel + initramfs) is built
 //! by `tests/guest/build-guest.sh` on first use in a process; see that script
 //! for the host packages it installs and where it puts its output.
@@ -38,7 +44,8 @@
 //!   QEMU 7.2 under TCG crashes with vhost-user-net and MSI-X, INTx works)
 //! * `VHU_GUEST_KEEP=1`: keep the serial log and QEMU stderr files of each run
 //! * `CI` (any value but empty, `0` or `false`) or `VHU_REQUIRE_GUEST=1`:
-//!   [`require_guest`] panics instead of skipping when no guest can be booted
+//!   [`require_guest`] (and [`skip_or_fail`], for other missing host
+//!   facilities) panics instead of skipping when no guest can be booted
 //! * `VHU_SKIP_APT=1`: passed on to build-guest.sh (never apt-get install)
 
 #![allow(dead_code)]
@@ -46,11 +53,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Lock file serialising guest runs across threads and test processes: QEMU
@@ -72,8 +79,9 @@ pub struct GuestConfig {
     pub net_socket: Option<PathBuf>,
     /// vhost-user-blk-pci (one queue) served from here.
     pub blk_socket: Option<PathBuf>,
-    /// Guest tests, run in order (`info`, `rng`, `reload_rng`, `ping`, `blk`;
-    /// see `tests/guest/init`). Empty means `info`.
+    /// Guest tests, run in order (`info`, `rng`, `reload_rng`, `ping`,
+    /// `tcp_tx`, `tcp_rx`, `reload_net`, `blk`; see `tests/guest/init`).
+    /// Empty means `info`.
     pub tests: Vec<String>,
     /// Appended to the kernel command line, e.g. `vhu.ip=10.77.0.2/24`.
     pub extra_cmdline: String,
@@ -83,6 +91,15 @@ pub struct GuestConfig {
     pub mem_mib: u32,
     /// Appended to the QEMU command line as they are.
     pub extra_qemu_args: Vec<String>,
+    /// Run the tests, reset the guest from inside (`reboot -f`) and run them
+    /// again in the same QEMU process (`vhu.reboot=1`, see `tests/guest/init`);
+    /// QEMU then runs without `-no-reboot`.
+    pub reboot: bool,
+    /// Receives every console line (without its line end) while QEMU runs, so
+    /// that the host side of a test can follow the guest. The sender is never
+    /// cloned: once the run has returned and the configuration is dropped, the
+    /// receiver sees the channel disconnected.
+    pub console: Option<mpsc::Sender<String>>,
 }
 
 impl Default for GuestConfig {
@@ -96,6 +113,8 @@ impl Default for GuestConfig {
             timeout: Duration::from_secs(120),
             mem_mib: 256,
             extra_qemu_args: Vec::new(),
+            reboot: false,
+            console: None,
         }
     }
 }
@@ -134,11 +153,13 @@ impl GuestResult {
     }
 }
 
-/// Everything one guest boot produced.
+/// Everything one guest run produced (two boots with [`GuestConfig::reboot`]).
 #[derive(Clone, Debug)]
 pub struct GuestRun {
     /// The tests that were requested, in order.
     pub tests: Vec<String>,
+    /// The run was in reboot mode: every result carries `boot=1` or `boot=2`.
+    pub reboot: bool,
     pub results: Vec<GuestResult>,
     /// The guest printed `VHU-FINAL PASS`.
     pub final_pass: bool,
@@ -162,6 +183,15 @@ impl GuestRun {
         self.results.iter().rev().find(|r| r.test == test)
     }
 
+    /// The last result reported for `test` in boot `boot` (1 or 2) of a reboot run.
+    pub fn result_in_boot(&self, test: &str, boot: u32) -> Option<&GuestResult> {
+        let boot = boot.to_string();
+        self.results
+            .iter()
+            .rev()
+            .find(|r| r.test == test && r.field("boot") == Some(boot.as_str()))
+    }
+
     /// `test` reported PASS.
     pub fn passed(&self, test: &str) -> bool {
         self.result(test).is_some_and(|r| r.pass)
@@ -178,7 +208,8 @@ impl GuestRun {
     }
 
     /// Panics with the report unless QEMU exited by itself, the guest printed
-    /// `VHU-FINAL PASS`, and every requested test reported PASS.
+    /// `VHU-FINAL PASS`, and every requested test reported PASS (in both boots
+    /// of a reboot run).
     pub fn assert_pass(&self) {
         let mut problems = Vec::new();
         if self.timed_out {
@@ -188,6 +219,16 @@ impl GuestRun {
             problems.push("no VHU-FINAL PASS".to_string());
         }
         for t in &self.tests {
+            if self.reboot {
+                for boot in 1..=2 {
+                    match self.result_in_boot(t, boot) {
+                        Some(r) if r.pass => {}
+                        Some(_) => problems.push(format!("{t} FAIL in boot {boot}")),
+                        None => problems.push(format!("{t}: no result in boot {boot}")),
+                    }
+                }
+                continue;
+            }
             match self.result(t) {
                 Some(r) if r.pass => {}
                 Some(_) => problems.push(format!("{t} FAIL")),
@@ -288,19 +329,28 @@ pub fn guest_available() -> Result<GuestImage, String> {
 pub fn require_guest() -> Option<GuestImage> {
     match guest_available() {
         Ok(image) => Some(image),
-        Err(why) if guest_required() => {
-            panic!("a QEMU guest is required here (CI) but not available: {why}")
-        }
         Err(why) => {
-            // Written to the real stderr, past the test harness's output
-            // capture, so that a skip is always visible.
-            let _ = writeln!(std::io::stderr(), "SKIP: QEMU guest not available: {why}");
+            skip_or_fail(&format!("QEMU guest not available: {why}"));
             None
         }
     }
 }
 
-fn guest_required() -> bool {
+/// For a whole-stack test that cannot run here because of `why`: panics where
+/// guest tests are required (see [`guest_required`]), prints a SKIP line
+/// otherwise. The caller returns after it.
+pub fn skip_or_fail(why: &str) {
+    if guest_required() {
+        panic!("this test must run here (CI or VHU_REQUIRE_GUEST=1) but cannot: {why}");
+    }
+    // Written to the real stderr, past the test harness's output capture, so
+    // that a skip is always visible.
+    let _ = writeln!(std::io::stderr(), "SKIP: {why}");
+}
+
+/// Whole-stack tests must run, not skip: `CI` is set (to anything but empty,
+/// `0` or `false`) or `VHU_REQUIRE_GUEST=1`.
+pub fn guest_required() -> bool {
     let ci = std::env::var("CI").unwrap_or_default();
     let ci = !ci.is_empty() && ci != "0" && !ci.eq_ignore_ascii_case("false");
     ci || std::env::var("VHU_REQUIRE_GUEST").is_ok_and(|v| v == "1")
@@ -465,6 +515,50 @@ fn take_guest_lock() -> File {
 
 static RUN_COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Follows the serial log while QEMU writes it: complete lines as they arrive.
+struct ConsoleTail {
+    file: Option<File>,
+    pending: Vec<u8>,
+}
+
+impl ConsoleTail {
+    fn new(path: &Path) -> Self {
+        ConsoleTail {
+            file: File::open(path).ok(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// The lines completed since the last call, without their line ends.
+    fn new_lines(&mut self) -> Vec<String> {
+        if let Some(f) = &mut self.file {
+            // reads on from where the last call stopped
+            let _ = f.read_to_end(&mut self.pending);
+        }
+        let Some(end) = self.pending.iter().rposition(|&b| b == b'\n') else {
+            return Vec::new();
+        };
+        let done: Vec<u8> = self.pending.drain(..=end).collect();
+        String::from_utf8_lossy(&done)
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .collect()
+    }
+
+    /// The text after the last line end so far.
+    fn partial_line(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.pending)
+    }
+
+    /// The text after the last line end, if any, as a last line.
+    fn take_partial_line(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.pending);
+        let rest = String::from_utf8_lossy(&rest);
+        let rest = rest.trim_end_matches('\r');
+        (!rest.is_empty()).then(|| rest.to_string())
+    }
+}
+
 impl GuestImage {
     /// The QEMU arguments for `cfg`, with the console going to `serial_log`.
     pub fn qemu_args(&self, cfg: &GuestConfig, serial_log: &Path) -> Vec<String> {
@@ -474,6 +568,9 @@ impl GuestImage {
             cfg.tests.join(",")
         };
         let mut cmdline = format!("console=ttyS0 panic=-1 quiet loglevel=4 vhu.tests={tests}");
+        if cfg.reboot {
+            cmdline.push_str(" vhu.reboot=1");
+        }
         if !cfg.extra_cmdline.trim().is_empty() {
             cmdline.push(' ');
             cmdline.push_str(cfg.extra_cmdline.trim());
@@ -481,11 +578,12 @@ impl GuestImage {
         let accel = std::env::var("VHU_ACCEL").unwrap_or_else(|_| "tcg".to_string());
         let cpu = if accel == "kvm" { "host" } else { "max" };
         let mem = cfg.mem_mib;
-        let mut args: Vec<String> = vec![
-            "-nodefaults".into(),
-            "-display".into(),
-            "none".into(),
-            "-no-reboot".into(),
+        let mut args: Vec<String> = vec!["-nodefaults".into(), "-display".into(), "none".into()];
+        if !cfg.reboot {
+            // a reset (or a kernel panic, with panic=-1) ends QEMU
+            args.push("-no-reboot".into());
+        }
+        args.extend([
             "-monitor".into(),
             "none".into(),
             "-accel".into(),
@@ -510,7 +608,7 @@ impl GuestImage {
             cmdline,
             "-serial".into(),
             format!("file:{}", utf8(serial_log)),
-        ];
+        ]);
 
         if let Some(sock) = &cfg.rng_socket {
             args.extend([
@@ -597,6 +695,7 @@ impl GuestImage {
         let mut final_seen_at: Option<Instant> = None;
         let mut last_log_check = started;
         let mut timed_out = false;
+        let mut tail = ConsoleTail::new(&serial_log);
         let exit_status = loop {
             let child = qemu.0.as_mut().expect("QEMU child");
             match child.try_wait() {
@@ -605,18 +704,22 @@ impl GuestImage {
                 Err(_) => break None,
             }
             let now = Instant::now();
-            // After the verdict the guest powers off at once; a QEMU that
-            // does not exit then is stuck (e.g. stopping a vhost device).
-            if final_seen_at.is_none()
-                && now.duration_since(last_log_check) >= Duration::from_millis(250)
-            {
+            if now.duration_since(last_log_check) >= Duration::from_millis(100) {
                 last_log_check = now;
-                if fs::read(&serial_log)
-                    .is_ok_and(|b| String::from_utf8_lossy(&b).contains("VHU-FINAL "))
-                {
-                    final_seen_at = Some(now);
+                for line in tail.new_lines() {
+                    if line.contains("VHU-FINAL ") {
+                        final_seen_at.get_or_insert(now);
+                    }
+                    if let Some(tx) = &cfg.console {
+                        let _ = tx.send(line);
+                    }
+                }
+                if tail.partial_line().contains("VHU-FINAL ") {
+                    final_seen_at.get_or_insert(now);
                 }
             }
+            // After the verdict the guest powers off at once; a QEMU that
+            // does not exit then is stuck (e.g. stopping a vhost device).
             let stuck = final_seen_at.is_some_and(|t| now.duration_since(t) > EXIT_GRACE);
             if now >= deadline || stuck {
                 timed_out = true;
@@ -628,6 +731,11 @@ impl GuestImage {
         // reaped already, or killed here if try_wait() failed
         drop(qemu);
         let elapsed = started.elapsed();
+        if let Some(tx) = &cfg.console {
+            for line in tail.new_lines().into_iter().chain(tail.take_partial_line()) {
+                let _ = tx.send(line);
+            }
+        }
 
         let console =
             String::from_utf8_lossy(&fs::read(&serial_log).unwrap_or_default()).into_owned();
@@ -641,6 +749,7 @@ impl GuestImage {
 
         let (results, final_verdict) = parse_console(&console);
         GuestRun {
+            reboot: cfg.reboot,
             tests: if cfg.tests.is_empty() {
                 vec!["info".to_string()]
             } else {

@@ -371,10 +371,14 @@ impl<W: QueueWorker> WorkerState<W> {
             mem: &self.mem,
             log: self.log.as_deref(),
             name: &self.name,
+            refilled: Vec::new(),
         };
         let mut queues = Queues { inner: &mut access };
         if let Err(e) = self.worker.handle_event(token, &mut queues) {
             warn!("{}: device event {token}: {e}", self.name);
+        }
+        for index in std::mem::take(&mut access.refilled) {
+            self.kicked(index);
         }
     }
 }
@@ -402,6 +406,7 @@ fn process<W: QueueWorker>(
                 call: q.call.as_deref(),
                 error: &mut q.error,
                 log,
+                ran_dry: false,
             };
             worker.process_queue(&mut queue)
         };
@@ -442,6 +447,9 @@ struct QueueSet<'a> {
     mem: &'a MemoryTable,
     log: Option<&'a DirtyLog>,
     name: &'a str,
+    /// Queues that ran dry in the device event and have chains again: processed as if
+    /// kicked once the event is handled.
+    refilled: Vec<u16>,
 }
 
 impl QueueAccess for QueueSet<'_> {
@@ -452,7 +460,7 @@ impl QueueAccess for QueueSet<'_> {
         if !q.enabled || q.error.is_some() {
             return;
         }
-        {
+        let ran_dry = {
             let mut queue = Queue {
                 index,
                 ring: &mut q.ring,
@@ -460,8 +468,23 @@ impl QueueAccess for QueueSet<'_> {
                 call: q.call.as_deref(),
                 error: &mut q.error,
                 log: self.log,
+                ran_dry: false,
             };
             f(&mut queue);
+            queue.ran_dry
+        };
+        // Chains taken here, outside `process`, leave the point at which the guest
+        // kicks behind (with EVENT_IDX, avail_event stays where the last `process` put
+        // it): once the device has emptied the ring, the guest would refill it without
+        // a kick, and a device waiting for buffers would wait until its next event.
+        // Move that point up to what was taken; chains that came in the meantime came
+        // without a kick, so they are processed as if kicked.
+        if ran_dry && q.error.is_none() {
+            match q.ring.enable_notification(self.mem) {
+                Ok(true) if !self.refilled.contains(&index) => self.refilled.push(index),
+                Ok(_) => {}
+                Err(e) => q.error = Some(e),
+            }
         }
         signal_if_needed(
             index,

@@ -32,6 +32,8 @@ pub struct Queue<'a> {
     pub(crate) call: Option<&'a File>,
     pub(crate) error: &'a mut Option<QueueError>,
     pub(crate) log: Option<&'a DirtyLog>,
+    /// `pop` found the ring empty.
+    pub(crate) ran_dry: bool,
 }
 
 impl<'a> Queue<'a> {
@@ -52,6 +54,10 @@ impl<'a> Queue<'a> {
             return None;
         }
         match self.ring.pop(self.mem) {
+            Ok(None) => {
+                self.ran_dry = true;
+                None
+            }
             Ok(c) => c,
             Err(e) => {
                 *self.error = Some(e);
