@@ -27,7 +27,7 @@ use crate::memory::MemoryTable;
 #[derive(Debug, Clone)]
 pub struct DescriptorChain {
     head: u16,
-    descs: Vec<Descriptor>,
+    descs: ChainDescs,
     first_writable: usize,
     readable_len: u32,
     writable_len: u32,
@@ -56,7 +56,7 @@ impl DescriptorChain {
     ) -> Result<Self, QueueError> {
         let mut chain = DescriptorChain {
             head,
-            descs: Vec::with_capacity(4),
+            descs: ChainDescs::default(),
             first_writable: 0,
             readable_len: 0,
             writable_len: 0,
@@ -79,7 +79,7 @@ impl DescriptorChain {
             }
             let desc = read_desc(mem, table, index)?;
             if desc.is_indirect() {
-                if !indirect_allowed || desc.has_next() || !chain.descs.is_empty() {
+                if !indirect_allowed || desc.has_next() || !chain.descs.as_slice().is_empty() {
                     return Err(QueueError::IndirectNotAllowed { flags: desc.flags });
                 }
                 chain.walk_indirect(mem, &desc)?;
@@ -136,7 +136,7 @@ impl DescriptorChain {
         if desc.is_write() {
             self.writable_len = self.writable_len.checked_add(desc.len).ok_or(overflow)?;
         } else {
-            if self.writable_len > 0 || self.first_writable < self.descs.len() {
+            if self.writable_len > 0 || self.first_writable < self.descs.as_slice().len() {
                 return Err(QueueError::ReadableAfterWritable { head: self.head });
             }
             self.readable_len = self.readable_len.checked_add(desc.len).ok_or(overflow)?;
@@ -148,7 +148,7 @@ impl DescriptorChain {
 
     /// Checks that every buffer lies in `mem`.
     fn check_buffers(&self, mem: &MemoryTable) -> Result<(), QueueError> {
-        for d in &self.descs {
+        for d in self.descs.as_slice() {
             mem.check_range(d.addr, d.len.into())?;
         }
         Ok(())
@@ -161,17 +161,17 @@ impl DescriptorChain {
 
     /// All buffers, readable first.
     pub fn descriptors(&self) -> &[Descriptor] {
-        &self.descs
+        self.descs.as_slice()
     }
 
     /// The device-readable buffers.
     pub fn readable(&self) -> &[Descriptor] {
-        &self.descs[..self.first_writable]
+        &self.descs.as_slice()[..self.first_writable]
     }
 
     /// The device-writable buffers.
     pub fn writable(&self) -> &[Descriptor] {
-        &self.descs[self.first_writable..]
+        &self.descs.as_slice()[self.first_writable..]
     }
 
     /// Total bytes the device may read.
@@ -192,6 +192,39 @@ impl DescriptorChain {
     /// An `io::Write` over the writable buffers.
     pub fn writer<'a>(&'a self, mem: &'a MemoryTable) -> ChainWriter<'a> {
         ChainWriter::new(mem, self.writable())
+    }
+}
+
+/// A chain's descriptors: the first few inline (most chains have one to three), more
+/// on the heap, so popping a common chain allocates nothing.
+#[derive(Debug, Clone, Default)]
+struct ChainDescs {
+    inline: [Descriptor; INLINE_DESCS],
+    len: usize,
+    spill: Vec<Descriptor>,
+}
+
+const INLINE_DESCS: usize = 4;
+
+impl ChainDescs {
+    fn push(&mut self, d: Descriptor) {
+        if self.spill.is_empty() && self.len < INLINE_DESCS {
+            self.inline[self.len] = d;
+            self.len += 1;
+        } else {
+            if self.spill.is_empty() {
+                self.spill.extend_from_slice(&self.inline[..self.len]);
+            }
+            self.spill.push(d);
+        }
+    }
+
+    fn as_slice(&self) -> &[Descriptor] {
+        if self.spill.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
     }
 }
 

@@ -46,7 +46,11 @@ pub struct SplitQueue {
     size: u16,
     addrs: RingAddrs,
     next_avail: u16,
+    /// The guest's avail index as last read: entries up to it are known to be there.
+    avail_seen: u16,
     next_used: u16,
+    /// The used index the guest can see: used entries are published in batches.
+    used_published: u16,
     event_idx: bool,
     indirect: bool,
     signalled_used: Option<u16>,
@@ -77,7 +81,9 @@ impl SplitQueue {
             size,
             addrs,
             next_avail: base,
+            avail_seen: base,
             next_used: 0,
+            used_published: 0,
             event_idx,
             indirect,
             signalled_used: None,
@@ -89,6 +95,7 @@ impl SplitQueue {
         // Nothing used yet since this start: no interrupt is owed.
         Ok(SplitQueue {
             next_used,
+            used_published: next_used,
             signalled_used: Some(next_used),
             ..q
         })
@@ -149,7 +156,12 @@ impl SplitQueue {
     /// error means the ring itself is broken (index overrun, bad head, unmapped ring).
     pub fn pop(&mut self, mem: &MemoryTable) -> Result<Option<DescriptorChain>, QueueError> {
         loop {
-            let avail = self.avail_idx(mem)?;
+            // The shared avail index is read only when the entries seen are used up:
+            // one cache-line transfer per batch, not per chain.
+            if self.avail_seen == self.next_avail {
+                self.avail_seen = self.avail_idx(mem)?;
+            }
+            let avail = self.avail_seen;
             let pending = avail.wrapping_sub(self.next_avail);
             if pending == 0 {
                 return Ok(None);
@@ -190,7 +202,23 @@ impl SplitQueue {
         self.next_avail = self.next_avail.wrapping_sub(count);
     }
 
-    /// Publishes a used entry: chain `head` with `len` bytes written by the device.
+    /// Makes the used entries added so far visible to the guest (one release store of
+    /// the used index). Called before any notification decision.
+    pub fn publish_used(&mut self, mem: &MemoryTable) -> Result<(), QueueError> {
+        if self.used_published == self.next_used {
+            return Ok(());
+        }
+        mem.store::<u16>(self.addrs.used + 2, self.next_used, Ordering::Release)?;
+        self.used_published = self.next_used;
+        if let Some((log, used_gpa)) = &self.used_log {
+            log.mark(used_gpa.wrapping_add(2), 2);
+        }
+        Ok(())
+    }
+
+    /// Adds a used entry: chain `head` with `len` bytes written by the device. The guest
+    /// sees it at the next [`Self::publish_used`] (the framework publishes after every
+    /// batch and before every notification decision).
     pub fn add_used(&mut self, mem: &MemoryTable, head: u16, len: u32) -> Result<(), QueueError> {
         if head >= self.size {
             return Err(QueueError::BadUsedHead {
@@ -203,10 +231,13 @@ impl SplitQueue {
         mem.store::<u32>(elem, u32::from(head), Ordering::Relaxed)?;
         mem.store::<u32>(elem + 4, len, Ordering::Relaxed)?;
         self.next_used = self.next_used.wrapping_add(1);
-        mem.store::<u16>(self.addrs.used + 2, self.next_used, Ordering::Release)?;
         if let Some((log, used_gpa)) = &self.used_log {
             log.mark(used_gpa.wrapping_add(4 + 8 * slot), 8);
-            log.mark(used_gpa.wrapping_add(2), 2);
+        }
+        // Entries are published in batches; publish well before a ring's worth is
+        // pending so the guest keeps getting buffers back under sustained load.
+        if self.next_used.wrapping_sub(self.used_published) >= (self.size / 2).max(1) {
+            self.publish_used(mem)?;
         }
         Ok(())
     }
@@ -223,6 +254,7 @@ impl SplitQueue {
     /// Asks the guest to kick for the next entry; returns whether entries arrived in the
     /// meantime (the caller must then process again, or a kick is lost).
     pub fn enable_notification(&mut self, mem: &MemoryTable) -> Result<bool, QueueError> {
+        self.publish_used(mem)?;
         if self.event_idx {
             let avail_event = self.addrs.used + 4 + 8 * u64::from(self.size);
             mem.store::<u16>(avail_event, self.next_avail, Ordering::Relaxed)?;
@@ -236,6 +268,7 @@ impl SplitQueue {
     /// Whether the guest wants an interrupt for the entries used since the last one
     /// (used_event with EVENT_IDX, NO_INTERRUPT without). Records the signal.
     pub fn needs_notification(&mut self, mem: &MemoryTable) -> Result<bool, QueueError> {
+        self.publish_used(mem)?;
         fence(Ordering::SeqCst);
         let new = self.next_used;
         let need = if self.event_idx {
@@ -293,6 +326,9 @@ mod tests {
         offer(&m, 0, 0, 1);
         let c = q.pop(&m).unwrap().unwrap();
         q.add_used(&m, c.head(), 8).unwrap();
+        // Used entries become visible in batches.
+        assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 0);
+        q.publish_used(&m).unwrap();
         assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 1);
         assert_eq!(m.load::<u32>(A.used + 8, Ordering::Acquire).unwrap(), 8);
         assert_eq!(q.next_avail(), 1);
@@ -334,6 +370,7 @@ mod tests {
         offer(&m, 0, 0, 1);
         assert!(q.pop(&m).unwrap().is_none());
         assert_eq!(q.invalid_chains(), 1);
+        q.publish_used(&m).unwrap();
         assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 1);
         assert_eq!(m.load::<u32>(A.used + 8, Ordering::Acquire).unwrap(), 0);
     }
@@ -392,6 +429,18 @@ mod tests {
         q.add_used(&m, 0, 0).unwrap();
         assert!(!q.needs_notification(&m).unwrap());
         m.store::<u16>(A.avail, 0, Ordering::Release).unwrap();
+        assert!(q.needs_notification(&m).unwrap());
+    }
+
+    #[test]
+    fn used_entries_are_published_by_half_a_ring_at_the_latest() {
+        let m = mem();
+        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        for i in 1..=4u16 {
+            q.add_used(&m, 0, 0).unwrap();
+            let seen = m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap();
+            assert_eq!(seen, if i < 4 { 0 } else { 4 });
+        }
         assert!(q.needs_notification(&m).unwrap());
     }
 }
