@@ -182,11 +182,21 @@ impl MemoryTable {
 
     /// Whether `[gpa, gpa + len)` is entirely mapped (possibly across regions).
     pub fn check_range(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
+        // Fast path: the whole range in one region.
+        if let Some(r) = self.region_for(gpa) {
+            if gpa.checked_add(len).is_some_and(|end| end <= r.gpa_end()) {
+                return Ok(());
+            }
+        }
         self.for_each_slice(gpa, len, |_| Ok(()))
     }
 
     /// Copies guest memory at `gpa` into `buf` (across regions if needed).
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        if let Ok(s) = self.slice(gpa, buf.len()) {
+            s.copy_to(buf);
+            return Ok(());
+        }
         let mut done = 0;
         self.for_each_slice(gpa, buf.len() as u64, |s| {
             let n = s.len();
@@ -198,6 +208,10 @@ impl MemoryTable {
 
     /// Copies `buf` into guest memory at `gpa` (across regions if needed).
     pub fn write(&self, gpa: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        if let Ok(s) = self.slice(gpa, buf.len()) {
+            s.copy_from(buf);
+            return Ok(());
+        }
         let mut done = 0;
         self.for_each_slice(gpa, buf.len() as u64, |s| {
             let n = s.len();
