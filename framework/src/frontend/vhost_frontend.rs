@@ -204,6 +204,14 @@ impl Frontend {
         }
     }
 
+    /// SET_BACKEND_REQ_FD: gives the backend `channel` (one end of a connected unix
+    /// socket pair) for its own requests, such as CONFIG_CHANGE_MSG.
+    pub fn set_backend_req_fd(&mut self, channel: &std::os::unix::net::UnixStream) -> Result<()> {
+        let file = File::from(std::os::fd::OwnedFd::from(channel.try_clone()?));
+        self.request(R::SET_BACKEND_REQ_FD, &[], &[&file])
+            .map(|_| ())
+    }
+
     /// SET_VRING_NUM.
     pub fn set_vring_num(&mut self, index: u32, num: u32) -> Result<()> {
         self.request(R::SET_VRING_NUM, &VringState { index, num }.encode(), &[])

@@ -1,0 +1,164 @@
+//! `net_backend` with a real tap in a private network namespace, driven by our frontend:
+//! frames through every queue pair of a multi-queue tap, and link changes reaching the
+//! frontend as CONFIG_CHANGE_MSG.
+
+#[path = "support/backend.rs"]
+mod backend;
+#[path = "support/netns.rs"]
+mod netns;
+
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use backend::BackendProcess;
+use netns::NetNs;
+use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
+use vhost_user_sync::message::{read_message, write_message};
+use vhost_user_sync::protocol::{BackendRequest, HeaderFlags};
+use vhost_user_sync::sys::unix::SocketPlatformConnection;
+use vhost_user_sync_net::request::{NetHdr, NET_HDR_LEN};
+
+const T: Duration = Duration::from_secs(10);
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+/// A namespace with net_backend serving tap `vhutap0` (10.77.0.1/24, up), or `None`
+/// (skipped) where namespaces cannot be made; under CI that fails instead.
+fn tap_backend(args: &[&str]) -> Option<(NetNs, BackendProcess)> {
+    if let Some(why) = netns::unavailable() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "net tap tests cannot run: {why}"
+        );
+        eprintln!("SKIP: {why}");
+        return None;
+    }
+    let ns = NetNs::create();
+    let mut all = vec!["--tap", "vhutap0"];
+    all.extend_from_slice(args);
+    let be = BackendProcess::start_in_netns(ns.name(), "net_backend", &all);
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "vhutap0"]);
+    ns.ip(&["link", "set", "vhutap0", "up"]);
+    Some((ns, be))
+}
+
+fn arp_request() -> Vec<u8> {
+    let mut f = NetHdr::default().to_bytes().to_vec();
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[10, 77, 0, 2]);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&[10, 77, 0, 1]);
+    f.resize(NET_HDR_LEN + 60, 0);
+    f
+}
+
+fn is_arp_reply_from_host(frame: &[u8]) -> bool {
+    frame.len() >= 42
+        && frame[12..14] == [0x08, 0x06]
+        && frame[20..22] == [0, 2]
+        && frame[28..32] == [10, 77, 0, 1]
+}
+
+#[test]
+fn every_queue_pair_of_a_multiqueue_tap_carries_frames() {
+    let Some((_ns, be)) = tap_backend(&["--queues", "2"]) else {
+        return;
+    };
+    let mem = FrontendMemory::new(&[(0, 8 << 20)]).unwrap();
+    let mut fe = Frontend::connect(&be.socket).unwrap();
+    fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    fe.set_mem_table(&mem).unwrap();
+    let mut queues: Vec<DriverQueue> = (0..5)
+        .map(|i| DriverQueue::new(&mem, i, 64).unwrap())
+        .collect();
+    for q in &mut queues {
+        q.attach(&mut fe, &mem).unwrap();
+    }
+    // RX buffers on both RX queues (0 and 2): the tap spreads frames by flow.
+    let mut bufs = Vec::new();
+    for rx in [0usize, 2] {
+        for _ in 0..16 {
+            let b = mem.alloc(2048, 64).unwrap();
+            queues[rx].add(mem.table(), &[(b, 2048, true)]).unwrap();
+            bufs.push((rx, b));
+        }
+        queues[rx].kick(mem.table()).unwrap();
+    }
+    // One ARP request through each TX queue (1 and 3); each gets its reply.
+    let req = arp_request();
+    for tx in [1usize, 3] {
+        let f = mem.alloc(req.len() as u64, 8).unwrap();
+        mem.table().write(f, &req).unwrap();
+        queues[tx]
+            .add(mem.table(), &[(f, req.len() as u32, false)])
+            .unwrap();
+        queues[tx].kick(mem.table()).unwrap();
+        queues[tx].wait_used(mem.table(), T).unwrap();
+    }
+    let mut replies = 0;
+    let deadline = std::time::Instant::now() + T;
+    while replies < 2 && std::time::Instant::now() < deadline {
+        for rx in [0usize, 2] {
+            while let Some(used) = queues[rx].pop_used(mem.table()).unwrap() {
+                let gpa = bufs
+                    .iter()
+                    .filter(|(q, _)| *q == rx)
+                    .nth(usize::from(used.id))
+                    .unwrap()
+                    .1;
+                let mut frame = vec![0u8; used.len as usize];
+                mem.table().read(gpa, &mut frame).unwrap();
+                if is_arp_reply_from_host(&frame[NET_HDR_LEN..]) {
+                    replies += 1;
+                }
+            }
+        }
+        if replies < 2 {
+            queues[0].wait_call(Duration::from_millis(100)).unwrap();
+        }
+    }
+    assert_eq!(
+        replies, 2,
+        "one ARP reply per request, through the tap's queues"
+    );
+}
+
+#[test]
+fn link_changes_reach_the_frontend_as_config_change() {
+    let Some((ns, be)) = tap_backend(&[]) else {
+        return;
+    };
+    let mut fe = Frontend::connect(&be.socket).unwrap();
+    fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    fe.set_backend_req_fd(&theirs).unwrap();
+    drop(theirs);
+    let channel = SocketPlatformConnection::new(ours).unwrap();
+    let status = |fe: &mut Frontend| {
+        let c = fe.get_config(6, 2).unwrap();
+        u16::from_le_bytes([c[0], c[1]])
+    };
+    assert_eq!(status(&mut fe), 1, "link up");
+    for (state, want) in [("down", 0), ("up", 1)] {
+        ns.ip(&["link", "set", "vhutap0", state]);
+        let msg = read_message(&channel, true).unwrap().unwrap();
+        assert_eq!(
+            msg.header.request,
+            BackendRequest::CONFIG_CHANGE_MSG.number()
+        );
+        if msg.header.flags.need_reply() {
+            write_message(
+                &channel,
+                msg.header.request,
+                HeaderFlags::REPLY_FLAGS,
+                &0u64.to_ne_bytes(),
+                &[],
+            )
+            .unwrap();
+        }
+        assert_eq!(status(&mut fe), want, "link {state}");
+    }
+    be.wait_log("net: link up", T);
+}
