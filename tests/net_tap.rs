@@ -162,3 +162,51 @@ fn link_changes_reach_the_frontend_as_config_change() {
     }
     be.wait_log("net: link up", T);
 }
+
+#[test]
+fn an_unprivileged_owner_opens_its_persistent_tap() {
+    if let Some(why) = netns::unavailable() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "net tap tests cannot run: {why}"
+        );
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let ns = NetNs::create();
+    ns.ip(&[
+        "tuntap", "add", "dev", "vhutap1", "mode", "tap", "user", "65534", "vnet_hdr",
+    ]);
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "vhutap1"]);
+    let be =
+        BackendProcess::start_in_netns_as(ns.name(), NOBODY, "net_backend", &["--tap", "vhutap1"]);
+    ns.ip(&["link", "set", "vhutap1", "up"]);
+    let mem = FrontendMemory::new(&[(0, 4 << 20)]).unwrap();
+    let mut fe = Frontend::connect(&be.socket).unwrap();
+    fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    fe.set_mem_table(&mem).unwrap();
+    let mut rx = DriverQueue::new(&mem, 0, 64).unwrap();
+    let mut tx = DriverQueue::new(&mem, 1, 64).unwrap();
+    rx.attach(&mut fe, &mem).unwrap();
+    tx.attach(&mut fe, &mem).unwrap();
+    let buf = mem.alloc(2048, 64).unwrap();
+    rx.add(mem.table(), &[(buf, 2048, true)]).unwrap();
+    rx.kick(mem.table()).unwrap();
+    let req = arp_request();
+    let f = mem.alloc(req.len() as u64, 8).unwrap();
+    mem.table().write(f, &req).unwrap();
+    tx.add(mem.table(), &[(f, req.len() as u32, false)])
+        .unwrap();
+    tx.kick(mem.table()).unwrap();
+    let used = rx.wait_used(mem.table(), T).unwrap();
+    let mut frame = vec![0u8; used.len as usize];
+    mem.table().read(buf, &mut frame).unwrap();
+    assert!(is_arp_reply_from_host(&frame[NET_HDR_LEN..]));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", be.pid())).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uid_line}"
+    );
+}

@@ -92,12 +92,39 @@ impl BackendProcess {
         Self::start_with(&["ip", "netns", "exec", netns], None, name, args)
     }
 
+    /// Like [`Self::start_in_netns`], with the program running as user and group `id`
+    /// (an unprivileged backend). Its socket directory is made writable for it.
+    pub fn start_in_netns_as(netns: &str, id: u32, name: &str, args: &[&str]) -> Self {
+        let id = id.to_string();
+        let prefix = [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "setpriv",
+            "--reuid",
+            &id,
+            "--regid",
+            &id,
+            "--clear-groups",
+        ];
+        Self::start_with(&prefix, None, name, args)
+    }
+
     /// Starts example `name` as the last argument of the command `prefix` (the
     /// program itself when `prefix` is empty), with `RUST_LOG` set to `rust_log`
     /// (default: the test's own `RUST_LOG`, else `info`); see
     /// [`BackendProcess::start`].
     pub fn start_with(prefix: &[&str], rust_log: Option<&str>, name: &str, args: &[&str]) -> Self {
         let dir = TempDir::new(name);
+        if prefix.contains(&"setpriv") {
+            // A backend running as another user creates its socket here.
+            std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o777),
+            )
+            .unwrap();
+        }
         let socket = dir.path().join("dev.sock");
         let program = example_path(name);
         let mut cmd = match prefix.split_first() {
