@@ -142,7 +142,10 @@ impl Device for NetDevice {
     type Worker = NetWorker;
 
     fn info(&self) -> DeviceInfo {
-        let mut features = MAC
+        // IN_ORDER: every queue of this device returns chains in the order it took
+        // them (TX and control one by one, RX undoes what it does not fill).
+        let mut features = vhost_user_sync::protocol::virtio::IN_ORDER
+            | MAC
             | STATUS
             | MRG_RXBUF
             | CSUM
