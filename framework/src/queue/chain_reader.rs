@@ -3,8 +3,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use vm_memory::VolatileSlice;
-
+use super::chain_cursor::ChainCursor;
 use super::Descriptor;
 
 /// The most iovecs one `readv`/`writev` takes on Linux.
@@ -36,9 +35,7 @@ use crate::memory::MemoryTable;
 #[derive(Debug)]
 pub struct ChainReader<'a> {
     mem: &'a MemoryTable,
-    descs: &'a [Descriptor],
-    /// Index of the current descriptor and the offset in it.
-    at: (usize, u32),
+    cursor: ChainCursor<'a>,
     consumed: usize,
 }
 
@@ -47,21 +44,14 @@ impl<'a> ChainReader<'a> {
     pub fn new(mem: &'a MemoryTable, descs: &'a [Descriptor]) -> Self {
         ChainReader {
             mem,
-            descs,
-            at: (0, 0),
+            cursor: ChainCursor::new(descs),
             consumed: 0,
         }
     }
 
     /// Bytes left to read.
     pub fn remaining(&self) -> usize {
-        let (i, off) = self.at;
-        self.descs
-            .iter()
-            .skip(i)
-            .map(|d| d.len as usize)
-            .sum::<usize>()
-            - off as usize
+        self.cursor.remaining()
     }
 
     /// Bytes read so far.
@@ -69,40 +59,11 @@ impl<'a> ChainReader<'a> {
         self.consumed
     }
 
-    /// Visits the next up to `max` bytes as guest memory slices, then advances past them.
-    fn take_slices(
-        &mut self,
-        max: usize,
-        mut f: impl FnMut(VolatileSlice<'a>),
-    ) -> io::Result<usize> {
-        let mut done = 0;
-        while done < max {
-            let Some(d) = self.descs.get(self.at.0) else {
-                break;
-            };
-            let left = (d.len - self.at.1) as usize;
-            if left == 0 {
-                self.at = (self.at.0 + 1, 0);
-                continue;
-            }
-            let n = left.min(max - done);
-            let addr = d.addr + u64::from(self.at.1);
-            self.mem
-                .for_each_slice(addr, n as u64, |s| {
-                    f(s);
-                    Ok(())
-                })
-                .map_err(io::Error::other)?;
-            done += n;
-            self.at.1 += n as u32;
-        }
-        self.consumed += done;
-        Ok(done)
-    }
-
     /// Skips `n` bytes (for example a header already parsed by the caller).
     pub fn skip(&mut self, n: usize) -> io::Result<usize> {
-        self.take_slices(n, |_| {})
+        let moved = self.cursor.advance(n);
+        self.consumed += moved;
+        Ok(moved)
     }
 
     /// Copies exactly `buf.len()` bytes or fails with `UnexpectedEof`.
@@ -128,9 +89,8 @@ impl<'a> ChainReader<'a> {
         prefix: &[u8],
         max: usize,
     ) -> io::Result<usize> {
-        let saved = (self.at, self.consumed);
-        let mut slices = Vec::with_capacity(self.descs.len());
-        self.take_slices(max, |s| slices.push(s))?;
+        let mut slices = Vec::new();
+        self.cursor.visit(self.mem, max, |s| slices.push(s))?;
         // One writev takes at most IOV_MAX iovecs; the caller loops for the rest.
         slices.truncate(IOV_MAX - 1);
         let want: usize = slices.iter().map(|s| s.len()).sum();
@@ -151,12 +111,11 @@ impl<'a> ChainReader<'a> {
         // the borrowed table, each exactly `iov_len` bytes. writev only reads them. The
         // count is at most IOV_MAX.
         let n = unsafe { nix::libc::writev(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32) };
-        // Rewind, then advance by what was really taken from the chain.
-        (self.at, self.consumed) = saved;
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
+        // Advance by what was really taken from the chain.
         self.skip(n.saturating_sub(prefix.len()).min(want))?;
         Ok(n)
     }
@@ -165,10 +124,11 @@ impl<'a> ChainReader<'a> {
 impl io::Read for ChainReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut done = 0;
-        self.take_slices(buf.len(), |s| {
+        let n = self.cursor.visit(self.mem, buf.len(), |s| {
             let n = s.len();
             s.copy_to(&mut buf[done..done + n]);
             done += n;
-        })
+        })?;
+        self.skip(n)
     }
 }

@@ -3,8 +3,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use vm_memory::VolatileSlice;
-
+use super::chain_cursor::ChainCursor;
 use super::chain_reader::IOV_MAX;
 use super::Descriptor;
 use crate::memory::MemoryTable;
@@ -30,8 +29,7 @@ use crate::memory::MemoryTable;
 #[derive(Debug)]
 pub struct ChainWriter<'a> {
     mem: &'a MemoryTable,
-    descs: &'a [Descriptor],
-    at: (usize, u32),
+    cursor: ChainCursor<'a>,
     written: usize,
 }
 
@@ -40,21 +38,14 @@ impl<'a> ChainWriter<'a> {
     pub fn new(mem: &'a MemoryTable, descs: &'a [Descriptor]) -> Self {
         ChainWriter {
             mem,
-            descs,
-            at: (0, 0),
+            cursor: ChainCursor::new(descs),
             written: 0,
         }
     }
 
     /// Bytes of room left.
     pub fn available(&self) -> usize {
-        let (i, off) = self.at;
-        self.descs
-            .iter()
-            .skip(i)
-            .map(|d| d.len as usize)
-            .sum::<usize>()
-            - off as usize
+        self.cursor.remaining()
     }
 
     /// Bytes written so far.
@@ -62,52 +53,15 @@ impl<'a> ChainWriter<'a> {
         self.written
     }
 
-    fn next_slices(&self, max: usize, mut f: impl FnMut(VolatileSlice<'a>)) -> io::Result<usize> {
-        let mut done = 0;
-        let (mut i, mut off) = self.at;
-        while done < max {
-            let Some(d) = self.descs.get(i) else { break };
-            let left = (d.len - off) as usize;
-            if left == 0 {
-                i += 1;
-                off = 0;
-                continue;
-            }
-            let n = left.min(max - done);
-            self.mem
-                .for_each_slice(d.addr + u64::from(off), n as u64, |s| {
-                    f(s);
-                    Ok(())
-                })
-                .map_err(io::Error::other)?;
-            done += n;
-            off += n as u32;
-        }
-        Ok(done)
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        self.written += n;
-        while n > 0 {
-            let Some(d) = self.descs.get(self.at.0) else {
-                return;
-            };
-            let left = (d.len - self.at.1) as usize;
-            let step = left.min(n);
-            n -= step;
-            if step == left {
-                self.at = (self.at.0 + 1, 0);
-            } else {
-                self.at.1 += step as u32;
-            }
-        }
+    fn advance(&mut self, n: usize) {
+        self.written += self.cursor.advance(n);
     }
 
     /// Fills up to `max` bytes of the chain from `fd` with one `readv(2)` straight into
     /// guest memory; advances by what was read.
     pub fn read_from_fd(&mut self, fd: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
-        let mut slices = Vec::with_capacity(self.descs.len());
-        self.next_slices(max, |s| slices.push(s))?;
+        let mut slices = Vec::new();
+        self.cursor.visit(self.mem, max, |s| slices.push(s))?;
         // One readv takes at most IOV_MAX slices; the caller loops for the rest.
         slices.truncate(IOV_MAX);
         let want: usize = slices.iter().map(|s| s.len()).sum();
@@ -138,7 +92,7 @@ impl<'a> ChainWriter<'a> {
 impl io::Write for ChainWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut done = 0;
-        let n = self.next_slices(buf.len(), |s| {
+        let n = self.cursor.visit(self.mem, buf.len(), |s| {
             let n = s.len();
             s.copy_from(&buf[done..done + n]);
             done += n;

@@ -2,6 +2,7 @@
 //! buffers, publishing used entries and deciding when to notify.
 
 mod chain;
+mod chain_cursor;
 mod chain_reader;
 mod chain_writer;
 mod descriptor;
