@@ -60,6 +60,56 @@ impl<'a> ChainCursor<'a> {
         Ok(done)
     }
 
+    /// Calls `op` with iovecs over the guest memory of the next up to `max` bytes, at
+    /// most `room` of them (the rest is left for a later call), without moving. Returns
+    /// how many chain bytes the iovecs cover and what `op` returned. `for_write` asks for
+    /// pointers the kernel may write through (a read into guest memory).
+    pub(crate) fn with_iovecs<R>(
+        &self,
+        mem: &'a MemoryTable,
+        max: usize,
+        room: usize,
+        for_write: bool,
+        op: impl FnOnce(&[nix::libc::iovec]) -> R,
+    ) -> io::Result<(usize, R)> {
+        let mut slices = Vec::new();
+        self.visit(mem, max, |s| slices.push(s))?;
+        slices.truncate(room);
+        let want: usize = slices.iter().map(|s| s.len()).sum();
+        let iovec = |ptr: *const u8, len: usize| nix::libc::iovec {
+            iov_base: ptr as *mut _,
+            iov_len: len,
+        };
+        // The guards keep each pointer valid while `op` runs (plain mmap regions need
+        // nothing more; the guard type is what vm-memory hands out for them).
+        let result = if for_write {
+            let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard_mut()).collect();
+            let iovs: Vec<_> = guards.iter().map(|g| iovec(g.as_ptr(), g.len())).collect();
+            op(&iovs)
+        } else {
+            let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
+            let iovs: Vec<_> = guards.iter().map(|g| iovec(g.as_ptr(), g.len())).collect();
+            op(&iovs)
+        };
+        Ok((want, result))
+    }
+
+    /// Whether every guest buffer piece of the next up to `max` bytes starts at a host
+    /// address and has a length that are multiples of `align` (what `O_DIRECT` needs).
+    pub(crate) fn is_aligned(
+        &self,
+        mem: &'a MemoryTable,
+        max: usize,
+        align: usize,
+    ) -> io::Result<bool> {
+        let mut aligned = true;
+        self.visit(mem, max, |s| {
+            let addr = s.ptr_guard().as_ptr() as usize;
+            aligned &= addr.is_multiple_of(align) && s.len().is_multiple_of(align);
+        })?;
+        Ok(aligned)
+    }
+
     /// Moves forward by up to `n` bytes; returns how far it moved.
     pub(crate) fn advance(&mut self, n: usize) -> usize {
         let mut left_to_move = n;

@@ -89,36 +89,80 @@ impl<'a> ChainReader<'a> {
         prefix: &[u8],
         max: usize,
     ) -> io::Result<usize> {
-        let mut slices = Vec::new();
-        self.cursor.visit(self.mem, max, |s| slices.push(s))?;
-        // One writev takes at most IOV_MAX iovecs; the caller loops for the rest.
-        slices.truncate(IOV_MAX - 1);
-        let want: usize = slices.iter().map(|s| s.len()).sum();
-        let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
-        let mut iovs: Vec<nix::libc::iovec> = Vec::with_capacity(guards.len() + 1);
-        if !prefix.is_empty() {
-            iovs.push(nix::libc::iovec {
-                iov_base: prefix.as_ptr() as *mut _,
-                iov_len: prefix.len(),
-            });
-        }
-        iovs.extend(guards.iter().map(|g| nix::libc::iovec {
-            iov_base: g.as_ptr() as *mut _,
-            iov_len: g.len(),
-        }));
-        // SAFETY: every iovec points at memory that stays valid for the call: `prefix`
-        // is borrowed, and the guest slices are in a live mapping kept by the guards and
-        // the borrowed table, each exactly `iov_len` bytes. writev only reads them. The
-        // count is at most IOV_MAX.
-        let n = unsafe { nix::libc::writev(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
+        let (want, n) = self
+            .cursor
+            .with_iovecs(self.mem, max, IOV_MAX - 1, false, |chain| {
+                let mut iovs = Vec::with_capacity(chain.len() + 1);
+                if !prefix.is_empty() {
+                    iovs.push(nix::libc::iovec {
+                        iov_base: prefix.as_ptr() as *mut _,
+                        iov_len: prefix.len(),
+                    });
+                }
+                iovs.extend_from_slice(chain);
+                // SAFETY: every iovec points at memory that stays valid for the call:
+                // `prefix` is borrowed, and the guest pieces are in a live mapping kept
+                // by the borrowed table, each exactly `iov_len` bytes. writev only reads
+                // them. The count is at most IOV_MAX.
+                byte_count(unsafe {
+                    nix::libc::writev(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32)
+                })
+            })?;
+        let n = n?;
         // Advance by what was really taken from the chain.
         self.skip(n.saturating_sub(prefix.len()).min(want))?;
         Ok(n)
     }
+
+    /// Writes up to `max` bytes of the chain to the file `fd` at byte `offset` with one
+    /// `pwritev(2)` straight from guest memory (a disk write); advances by what was
+    /// written. Callers loop until the request is done: one call takes at most IOV_MAX
+    /// buffer pieces, and the kernel may write less.
+    pub fn write_to_file_at(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        max: usize,
+    ) -> io::Result<usize> {
+        let offset = file_offset(offset)?;
+        let (want, n) = self
+            .cursor
+            .with_iovecs(self.mem, max, IOV_MAX, false, |iovs| {
+                if iovs.is_empty() {
+                    return Ok(0);
+                }
+                // SAFETY: the iovecs cover live guest memory kept mapped by the borrowed
+                // table, each exactly `iov_len` bytes, at most IOV_MAX of them; pwritev only
+                // reads them.
+                byte_count(unsafe {
+                    nix::libc::pwritev(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32, offset)
+                })
+            })?;
+        let n = n?.min(want);
+        self.skip(n)?;
+        Ok(n)
+    }
+
+    /// Whether the next up to `max` bytes lie in buffer pieces whose host addresses and
+    /// lengths are multiples of `align` (so they can go to an `O_DIRECT` file as they are).
+    pub fn is_aligned(&self, max: usize, align: usize) -> io::Result<bool> {
+        self.cursor.is_aligned(self.mem, max, align)
+    }
+}
+
+/// The result of a byte-count syscall, with errno read at once.
+pub(crate) fn byte_count(r: isize) -> io::Result<usize> {
+    usize::try_from(r).map_err(|_| io::Error::last_os_error())
+}
+
+/// A file offset as `off_t`, refusing ones past its range.
+pub(crate) fn file_offset(offset: u64) -> io::Result<nix::libc::off_t> {
+    nix::libc::off_t::try_from(offset).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("file offset {offset} too large"),
+        )
+    })
 }
 
 impl io::Read for ChainReader<'_> {

@@ -4,7 +4,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::chain_cursor::ChainCursor;
-use super::chain_reader::IOV_MAX;
+use super::chain_reader::{byte_count, file_offset, IOV_MAX};
 use super::Descriptor;
 use crate::memory::MemoryTable;
 
@@ -60,30 +60,55 @@ impl<'a> ChainWriter<'a> {
     /// Fills up to `max` bytes of the chain from `fd` with one `readv(2)` straight into
     /// guest memory; advances by what was read.
     pub fn read_from_fd(&mut self, fd: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
-        let mut slices = Vec::new();
-        self.cursor.visit(self.mem, max, |s| slices.push(s))?;
-        // One readv takes at most IOV_MAX slices; the caller loops for the rest.
-        slices.truncate(IOV_MAX);
-        let want: usize = slices.iter().map(|s| s.len()).sum();
-        if want == 0 {
-            return Ok(0);
-        }
-        let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard_mut()).collect();
-        let iovs: Vec<nix::libc::iovec> = guards
-            .iter()
-            .map(|g| nix::libc::iovec {
-                iov_base: g.as_ptr() as *mut _,
-                iov_len: g.len(),
-            })
-            .collect();
-        // SAFETY: every iovec covers exactly `iov_len` bytes of a live, writable mapping
-        // of guest memory (the guards and the borrowed table keep it mapped for the
-        // call); the kernel writes only inside them.
-        let n = unsafe { nix::libc::readv(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = (n as usize).min(want);
+        let (want, n) = self
+            .cursor
+            .with_iovecs(self.mem, max, IOV_MAX, true, |iovs| {
+                if iovs.is_empty() {
+                    return Ok(0);
+                }
+                // SAFETY: every iovec covers exactly `iov_len` bytes of a live, writable
+                // mapping of guest memory (the borrowed table keeps it mapped for the call);
+                // the kernel writes only inside them. At most IOV_MAX of them.
+                byte_count(unsafe {
+                    nix::libc::readv(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32)
+                })
+            })?;
+        self.finish(want, n)
+    }
+
+    /// Fills up to `max` bytes of the chain from the file `fd` at byte `offset` with one
+    /// `preadv(2)` straight into guest memory (a disk read); advances by what was read,
+    /// which is 0 at the end of the file. Callers loop until the request is done.
+    pub fn read_from_file_at(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        max: usize,
+    ) -> io::Result<usize> {
+        let offset = file_offset(offset)?;
+        let (want, n) = self
+            .cursor
+            .with_iovecs(self.mem, max, IOV_MAX, true, |iovs| {
+                if iovs.is_empty() {
+                    return Ok(0);
+                }
+                // SAFETY: as in `read_from_fd`: each iovec is exactly `iov_len` bytes of a
+                // live, writable guest mapping kept by the borrowed table; at most IOV_MAX.
+                byte_count(unsafe {
+                    nix::libc::preadv(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32, offset)
+                })
+            })?;
+        self.finish(want, n)
+    }
+
+    /// Whether the next up to `max` bytes of room lie in buffer pieces whose host
+    /// addresses and lengths are multiples of `align` (what an `O_DIRECT` read needs).
+    pub fn is_aligned(&self, max: usize, align: usize) -> io::Result<bool> {
+        self.cursor.is_aligned(self.mem, max, align)
+    }
+
+    fn finish(&mut self, want: usize, n: io::Result<usize>) -> io::Result<usize> {
+        let n = n?.min(want);
         self.advance(n);
         Ok(n)
     }

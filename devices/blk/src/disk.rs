@@ -1,0 +1,224 @@
+//! The host side: a raw image file or a block device, its size, and the operations the
+//! requests need beyond plain reads and writes (flush, discard, zeroing).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{fallocate, FallocateFlags};
+
+use crate::request::SECTOR_SIZE;
+
+/// How to open the image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// Open read-only (the guest sees a read-only disk).
+    pub read_only: bool,
+    /// Bypass the host page cache (`O_DIRECT`).
+    pub direct: bool,
+}
+
+/// An open disk image, shared by every connection and worker (reads and writes are
+/// positional, so no lock is needed).
+///
+/// # Example
+/// ```
+/// use vhost_user_sync_blk::{DiskImage, DiskOptions};
+/// let path = std::env::temp_dir().join(format!("disk-doc-{}.img", std::process::id()));
+/// std::fs::File::create(&path).unwrap().set_len(1 << 20).unwrap();
+/// let disk = DiskImage::open(&path, DiskOptions::default()).unwrap();
+/// assert_eq!(disk.capacity(), 2048); // sectors
+/// # std::fs::remove_file(&path).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct DiskImage {
+    file: File,
+    path: PathBuf,
+    options: DiskOptions,
+    block_device: bool,
+    /// Size in sectors, refreshed by [`Self::refresh_capacity`].
+    capacity: AtomicU64,
+    /// Alignment `O_DIRECT` needs of offsets and lengths (also the logical block size
+    /// offered to the guest).
+    block_size: u32,
+    /// Alignment `O_DIRECT` needs of memory buffers.
+    memory_align: u32,
+}
+
+nix::ioctl_read!(blk_get_size64, 0x12, 114, u64);
+nix::ioctl_read_bad!(blk_sector_size, 0x1268, nix::libc::c_int);
+
+impl DiskImage {
+    /// Opens the image at `path`.
+    pub fn open(path: impl AsRef<Path>, options: DiskOptions) -> io::Result<Self> {
+        let path = path.as_ref();
+        let mut open = OpenOptions::new();
+        open.read(true).write(!options.read_only);
+        if options.direct {
+            open.custom_flags(nix::libc::O_DIRECT);
+        }
+        let file = open.open(path).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+        })?;
+        let block_device = file.metadata()?.file_type().is_block_device();
+        let (block_size, memory_align) = if options.direct {
+            direct_alignment(&file, block_device)?
+        } else {
+            (SECTOR_SIZE as u32, 1)
+        };
+        let disk = DiskImage {
+            file,
+            path: path.to_path_buf(),
+            options,
+            block_device,
+            capacity: AtomicU64::new(0),
+            block_size,
+            memory_align,
+        };
+        disk.refresh_capacity()?;
+        Ok(disk)
+    }
+
+    /// The image's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file.
+    pub fn file(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// How it was opened.
+    pub fn options(&self) -> DiskOptions {
+        self.options
+    }
+
+    /// Size in 512-byte sectors (a partial last sector is not part of the disk).
+    pub fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Acquire)
+    }
+
+    /// Logical block size offered to the guest: 512, or what `O_DIRECT` needs.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Alignment of guest buffers that can go to the file as they are.
+    pub fn memory_align(&self) -> u32 {
+        self.memory_align
+    }
+
+    /// Reads the size again (after the image was resized); returns the new capacity.
+    pub fn refresh_capacity(&self) -> io::Result<u64> {
+        let bytes = if self.block_device {
+            let mut size = 0u64;
+            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at a
+            // live local; the fd is an open block device.
+            unsafe { blk_get_size64(self.file.as_raw_fd(), &mut size) }.map_err(io::Error::from)?;
+            size
+        } else {
+            self.file.metadata()?.len()
+        };
+        let sectors = bytes / SECTOR_SIZE;
+        self.capacity.store(sectors, Ordering::Release);
+        Ok(sectors)
+    }
+
+    /// Makes completed writes durable.
+    pub fn flush(&self) -> io::Result<()> {
+        nix::unistd::fdatasync(&self.file).map_err(io::Error::from)
+    }
+
+    /// Deallocates `len` bytes at `offset` (reads return zeroes afterwards). Files or
+    /// devices that cannot punch holes keep their data: discard is only a hint.
+    pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        match self.fallocate(
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Zeroes `len` bytes at `offset`; with `unmap` the range may be deallocated.
+    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        let flags = if unmap {
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE
+        } else {
+            FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE
+        };
+        match self.fallocate(flags, offset, len) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => {
+                self.write_zero_blocks(offset, len)
+            }
+            r => r,
+        }
+    }
+
+    fn fallocate(&self, flags: FallocateFlags, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(22))?;
+        let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(22))?;
+        fallocate(&self.file, flags, off, len).map_err(io::Error::from)
+    }
+
+    /// Zeroing by writing, where the file system cannot zero a range itself.
+    fn write_zero_blocks(&self, offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: usize = 1 << 16;
+        // An over-sized buffer gives an aligned window for O_DIRECT without unsafe code.
+        let align = self.memory_align as usize;
+        let buf = vec![0u8; CHUNK + align];
+        let start = buf.as_ptr().align_offset(align.max(1));
+        let zeroes = &buf[start..start + CHUNK];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(CHUNK as u64) as usize;
+            let written = nix::sys::uio::pwrite(&self.file, &zeroes[..n], (offset + done) as i64)
+                .map_err(io::Error::from)?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            done += written as u64;
+        }
+        Ok(())
+    }
+}
+
+/// (offset/length alignment, memory alignment) an `O_DIRECT` fd needs.
+fn direct_alignment(file: &File, block_device: bool) -> io::Result<(u32, u32)> {
+    if block_device {
+        let mut size: nix::libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int through the pointer, which points at a live
+        // local; the fd is an open block device.
+        unsafe { blk_sector_size(file.as_raw_fd(), &mut size) }.map_err(io::Error::from)?;
+        let size = u32::try_from(size).unwrap_or(512).max(512);
+        return Ok((size, size));
+    }
+    // SAFETY: statx only writes the `statx` struct, a zeroed local of the right type; the
+    // path is an empty C string and AT_EMPTY_PATH makes it describe the fd itself.
+    let mut stx: nix::libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: valid fd, valid NUL-terminated empty path, valid out pointer.
+    let r = unsafe {
+        nix::libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            nix::libc::AT_EMPTY_PATH,
+            nix::libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if r == 0 && stx.stx_mask & nix::libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align != 0 {
+        let offset = stx.stx_dio_offset_align.max(512);
+        return Ok((offset, stx.stx_dio_mem_align.max(1)));
+    }
+    // Kernels without STATX_DIOALIGN: the page size satisfies every file system.
+    Ok((4096, 4096))
+}

@@ -1,0 +1,18 @@
+//! virtio-blk over vhost-user: a raw image file (or a host block device) as the guest's
+//! disk, with requests going straight between guest memory and the file.
+//!
+//! The rooms of every device crate: [`device`] (what the frontend sees), [`worker`]
+//! (queue events), [`request`] (request headers and segments, validated), [`metrics`],
+//! [`persistence`]; plus [`disk`], the host side.
+
+pub mod device;
+pub mod disk;
+pub mod features;
+pub mod metrics;
+pub mod persistence;
+pub mod request;
+pub mod worker;
+
+pub use device::{BlkConfig, BlkDevice};
+pub use disk::{DiskImage, DiskOptions};
+pub use metrics::BlkMetrics;

@@ -1,0 +1,83 @@
+//! Counters, readable from any thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Request and error counters of a block device.
+///
+/// # Example
+/// ```
+/// let m = vhost_user_sync_blk::BlkMetrics::default();
+/// m.read_ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// assert_eq!(m.snapshot().read_ops, 1);
+/// ```
+#[derive(Debug, Default)]
+pub struct BlkMetrics {
+    /// Completed reads.
+    pub read_ops: AtomicU64,
+    /// Bytes read.
+    pub read_bytes: AtomicU64,
+    /// Completed writes.
+    pub write_ops: AtomicU64,
+    /// Bytes written.
+    pub write_bytes: AtomicU64,
+    /// Completed flushes.
+    pub flush_ops: AtomicU64,
+    /// Completed DISCARD and WRITE_ZEROES requests.
+    pub discard_ops: AtomicU64,
+    /// Requests refused as malformed or unsupported.
+    pub malformed: AtomicU64,
+    /// Requests that failed on the host (I/O errors).
+    pub io_errors: AtomicU64,
+    /// Requests through an aligned bounce buffer (`O_DIRECT` with unaligned guest
+    /// buffers).
+    pub bounced: AtomicU64,
+}
+
+/// A copy of the counters.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BlkCounters {
+    /// See [`BlkMetrics::read_ops`].
+    pub read_ops: u64,
+    /// See [`BlkMetrics::read_bytes`].
+    pub read_bytes: u64,
+    /// See [`BlkMetrics::write_ops`].
+    pub write_ops: u64,
+    /// See [`BlkMetrics::write_bytes`].
+    pub write_bytes: u64,
+    /// See [`BlkMetrics::flush_ops`].
+    pub flush_ops: u64,
+    /// See [`BlkMetrics::discard_ops`].
+    pub discard_ops: u64,
+    /// See [`BlkMetrics::malformed`].
+    pub malformed: u64,
+    /// See [`BlkMetrics::io_errors`].
+    pub io_errors: u64,
+    /// See [`BlkMetrics::bounced`].
+    pub bounced: u64,
+}
+
+impl BlkMetrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> BlkCounters {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        BlkCounters {
+            read_ops: g(&self.read_ops),
+            read_bytes: g(&self.read_bytes),
+            write_ops: g(&self.write_ops),
+            write_bytes: g(&self.write_bytes),
+            flush_ops: g(&self.flush_ops),
+            discard_ops: g(&self.discard_ops),
+            malformed: g(&self.malformed),
+            io_errors: g(&self.io_errors),
+            bounced: g(&self.bounced),
+        }
+    }
+
+    /// Counts a failed request in `counter`; logs the first few and then every 1000th.
+    pub fn failed(&self, counter: &AtomicU64, what: &dyn std::fmt::Display) {
+        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= 10 || n.is_multiple_of(1000) {
+            log::warn!("blk: request failed (#{n} of its kind): {what}");
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! Queue events: each request is parsed, checked and done straight between guest memory
+//! and the image (`preadv`/`pwritev` on the chain's buffers), then completed with its
+//! status byte. Worker 0 also watches the image for a resize.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use thiserror::Error;
+use vhost_user_sync::device::{DeviceError, FdRegistry, Queue, QueueWorker, Queues};
+use vhost_user_sync::memory::MemoryTable;
+use vhost_user_sync::queue::{ChainReader, ChainWriter, DescriptorChain};
+
+use crate::device::Shared;
+use crate::request::{
+    Limits, Request, RequestError, RequestHeader, Segment, Status, HEADER_SIZE, ID_BYTES,
+    SECTOR_SIZE, SEGMENT_SIZE,
+};
+
+/// Bytes moved per step when guest buffers must go through an aligned copy.
+const BOUNCE_SIZE: usize = 1 << 20;
+/// Device fd token of the resize watch.
+const RESIZE_TOKEN: usize = 0;
+
+/// Why a checked request failed on the host.
+#[derive(Debug, Error)]
+pub enum BlkError {
+    /// The request was malformed or unsupported.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The host refused the operation.
+    #[error("{op} of {len} bytes at byte {offset}: {source}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// Byte offset in the image.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// The error.
+        source: io::Error,
+    },
+    /// The image ended early (it shrank underneath the device).
+    #[error("{op} at byte {offset}: the image ended after {done} of {len} bytes")]
+    ShortTransfer {
+        /// What was done.
+        op: &'static str,
+        /// Byte offset in the image.
+        offset: u64,
+        /// Bytes moved.
+        done: u64,
+        /// Bytes asked for.
+        len: u64,
+    },
+    /// With `O_DIRECT`, the disk range is not in whole blocks.
+    #[error("{op} at byte {offset} of {len} bytes is not in whole {block}-byte blocks")]
+    Unaligned {
+        /// What was done.
+        op: &'static str,
+        /// Byte offset in the image.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
+        /// The block size `O_DIRECT` needs.
+        block: u32,
+    },
+}
+
+impl BlkError {
+    fn status(&self) -> Status {
+        match self {
+            BlkError::Request(e) => e.status(),
+            _ => Status::IoErr,
+        }
+    }
+}
+
+/// The data path of one worker of a block device.
+#[derive(Debug)]
+pub struct BlkWorker {
+    shared: Arc<Shared>,
+    /// An aligned copy area for `O_DIRECT` with unaligned guest buffers (made on first
+    /// use).
+    bounce: Vec<u8>,
+    resize: Option<ResizeWatch>,
+}
+
+#[derive(Debug)]
+struct ResizeWatch {
+    inotify: Inotify,
+    /// The capacity this connection's frontend was last told of.
+    announced: u64,
+}
+
+impl BlkWorker {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        BlkWorker {
+            shared,
+            bounce: Vec::new(),
+            resize: None,
+        }
+    }
+
+    /// Also watches the image file: when another program resizes it (and closes it),
+    /// the capacity is read again and the frontend is told (CONFIG_CHANGE_MSG).
+    pub(crate) fn with_resize_watch(mut self) -> io::Result<Self> {
+        let disk = &self.shared.disk;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        // The device's own writes raise only IN_MODIFY; a resize by another program ends
+        // with IN_CLOSE_WRITE (truncate, qemu-img resize) or IN_ATTRIB.
+        match inotify.add_watch(
+            disk.path(),
+            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ATTRIB,
+        ) {
+            Ok(_) => {
+                self.resize = Some(ResizeWatch {
+                    inotify,
+                    announced: disk.capacity(),
+                });
+            }
+            Err(e) => log::warn!(
+                "blk: cannot watch {} for resizes: {e}",
+                disk.path().display()
+            ),
+        }
+        Ok(self)
+    }
+
+    fn resize_event(&mut self) {
+        let Some(watch) = &mut self.resize else {
+            return;
+        };
+        while let Ok(events) = watch.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+        }
+        let disk = &self.shared.disk;
+        let capacity = match disk.refresh_capacity() {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!(
+                    "blk: cannot read the size of {}: {e}",
+                    disk.path().display()
+                );
+                return;
+            }
+        };
+        if capacity == watch.announced {
+            return;
+        }
+        log::info!(
+            "blk: {} resized: {} -> {capacity} sectors",
+            disk.path().display(),
+            watch.announced
+        );
+        watch.announced = capacity;
+        let channel = self.shared.channel.lock().clone();
+        match channel.map(|c| c.config_changed()) {
+            Some(Err(e)) => log::warn!("blk: CONFIG_CHANGE_MSG failed: {e}"),
+            Some(Ok(_)) => {}
+            None => log::info!("blk: no backend channel to announce the new size on"),
+        }
+    }
+
+    /// Does one request and writes its status; returns the used length.
+    fn complete(&mut self, chain: &DescriptorChain, mem: &MemoryTable, limits: &Limits) -> u32 {
+        let status = match self.run(chain, mem, limits) {
+            Ok(()) => Status::Ok,
+            Err(BlkError::Request(RequestError::NoStatus)) => {
+                let e = RequestError::NoStatus;
+                self.shared
+                    .metrics
+                    .failed(&self.shared.metrics.malformed, &e);
+                return 0;
+            }
+            Err(e) => {
+                let m = &self.shared.metrics;
+                let counter = match e {
+                    BlkError::Request(_) => &m.malformed,
+                    _ => &m.io_errors,
+                };
+                m.failed(counter, &format_args!("chain {}: {e}", chain.head()));
+                e.status()
+            }
+        };
+        write_status(chain, mem, status);
+        chain.writable_len()
+    }
+
+    fn run(
+        &mut self,
+        chain: &DescriptorChain,
+        mem: &MemoryTable,
+        limits: &Limits,
+    ) -> Result<(), BlkError> {
+        let mut reader = chain.reader(mem);
+        let mut raw = [0u8; HEADER_SIZE];
+        // A short header fails in `parse`, which checks the lengths.
+        if chain.readable_len() as usize >= HEADER_SIZE {
+            reader
+                .read_exact_bytes(&mut raw)
+                .map_err(|e| io_error("header read", 0, HEADER_SIZE as u64, e))?;
+        }
+        let header = RequestHeader::from_bytes(&raw);
+        let request = Request::parse(&header, chain.readable_len(), chain.writable_len(), limits)?;
+        let m = self.shared.metrics.clone();
+        match request {
+            Request::Read { sector, len } => {
+                self.read(chain.writer(mem), sector * SECTOR_SIZE, len as usize)?;
+                m.read_ops.fetch_add(1, Ordering::Relaxed);
+                m.read_bytes.fetch_add(len.into(), Ordering::Relaxed);
+            }
+            Request::Write { sector, len } => {
+                self.write(reader, sector * SECTOR_SIZE, len as usize)?;
+                if self.shared.writethrough() {
+                    self.flush()?;
+                }
+                m.write_ops.fetch_add(1, Ordering::Relaxed);
+                m.write_bytes.fetch_add(len.into(), Ordering::Relaxed);
+            }
+            Request::Flush => {
+                self.flush()?;
+                m.flush_ops.fetch_add(1, Ordering::Relaxed);
+            }
+            Request::GetId { len } => {
+                let n = ID_BYTES.min(len as usize);
+                chain
+                    .writer(mem)
+                    .write_all(&self.shared.id[..n])
+                    .map_err(|e| io_error("id write", 0, n as u64, e))?;
+            }
+            Request::Discard { count } | Request::WriteZeroes { count } => {
+                self.discard(header.kind, &mut reader, count, limits)?;
+                m.discard_ops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, mut dst: ChainWriter<'_>, offset: u64, len: usize) -> Result<(), BlkError> {
+        let disk = &self.shared.disk;
+        if disk.options().direct {
+            check_blocks("read", offset, len, disk.block_size())?;
+            let aligned = dst
+                .is_aligned(len, disk.memory_align() as usize)
+                .map_err(|e| io_error("read", offset, len as u64, e))?;
+            if !aligned {
+                return self.bounced_read(dst, offset, len);
+            }
+        }
+        let mut done = 0;
+        while done < len {
+            let at = offset + done as u64;
+            let n = dst
+                .read_from_file_at(disk.file(), at, len - done)
+                .map_err(|e| io_error("read", at, (len - done) as u64, e))?;
+            if n == 0 {
+                return Err(short("read", offset, done, len));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, mut src: ChainReader<'_>, offset: u64, len: usize) -> Result<(), BlkError> {
+        let disk = &self.shared.disk;
+        if disk.options().direct {
+            check_blocks("write", offset, len, disk.block_size())?;
+            let aligned = src
+                .is_aligned(len, disk.memory_align() as usize)
+                .map_err(|e| io_error("write", offset, len as u64, e))?;
+            if !aligned {
+                return self.bounced_write(src, offset, len);
+            }
+        }
+        let mut done = 0;
+        while done < len {
+            let at = offset + done as u64;
+            let n = src
+                .write_to_file_at(disk.file(), at, len - done)
+                .map_err(|e| io_error("write", at, (len - done) as u64, e))?;
+            if n == 0 {
+                return Err(short("write", offset, done, len));
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The aligned copy area: `BOUNCE_SIZE` bytes at an address `O_DIRECT` accepts.
+    fn bounce_window(&mut self) -> &mut [u8] {
+        let align = (self.shared.disk.memory_align() as usize).max(1);
+        if self.bounce.is_empty() {
+            self.bounce = vec![0u8; BOUNCE_SIZE + align];
+        }
+        let start = self.bounce.as_ptr().align_offset(align);
+        &mut self.bounce[start..start + BOUNCE_SIZE]
+    }
+
+    fn bounced_read(
+        &mut self,
+        mut dst: ChainWriter<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), BlkError> {
+        self.shared.metrics.bounced.fetch_add(1, Ordering::Relaxed);
+        let disk = self.shared.disk.clone();
+        let window = self.bounce_window();
+        let mut done = 0;
+        while done < len {
+            let step = (len - done).min(BOUNCE_SIZE);
+            let at = offset + done as u64;
+            let mut got = 0;
+            while got < step {
+                let n = nix::sys::uio::pread(
+                    disk.file(),
+                    &mut window[got..step],
+                    (at + got as u64) as i64,
+                )
+                .map_err(|e| io_error("read", at, step as u64, e.into()))?;
+                if n == 0 {
+                    return Err(short("read", offset, done + got, len));
+                }
+                got += n;
+            }
+            dst.write_all(&window[..step])
+                .map_err(|e| io_error("read copy", at, step as u64, e))?;
+            done += step;
+        }
+        Ok(())
+    }
+
+    fn bounced_write(
+        &mut self,
+        mut src: ChainReader<'_>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), BlkError> {
+        self.shared.metrics.bounced.fetch_add(1, Ordering::Relaxed);
+        let disk = self.shared.disk.clone();
+        let window = self.bounce_window();
+        let mut done = 0;
+        while done < len {
+            let step = (len - done).min(BOUNCE_SIZE);
+            let at = offset + done as u64;
+            src.read_exact(&mut window[..step])
+                .map_err(|e| io_error("write copy", at, step as u64, e))?;
+            let mut put = 0;
+            while put < step {
+                let n = nix::sys::uio::pwrite(
+                    disk.file(),
+                    &window[put..step],
+                    (at + put as u64) as i64,
+                )
+                .map_err(|e| io_error("write", at, step as u64, e.into()))?;
+                if n == 0 {
+                    return Err(short("write", offset, done + put, len));
+                }
+                put += n;
+            }
+            done += step;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), BlkError> {
+        self.shared
+            .disk
+            .flush()
+            .map_err(|e| io_error("flush", 0, 0, e))
+    }
+
+    fn discard(
+        &self,
+        kind: u32,
+        reader: &mut ChainReader<'_>,
+        count: u32,
+        limits: &Limits,
+    ) -> Result<(), BlkError> {
+        // Every segment is checked before any is done.
+        let mut segments = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let mut raw = [0u8; SEGMENT_SIZE];
+            reader
+                .read_exact_bytes(&mut raw)
+                .map_err(|e| io_error("segment read", 0, SEGMENT_SIZE as u64, e))?;
+            let segment = Segment::from_bytes(&raw);
+            segment.check(kind, limits)?;
+            segments.push(segment);
+        }
+        let disk = &self.shared.disk;
+        for s in segments {
+            let (offset, len) = s.byte_range();
+            let result = if kind == crate::request::kind::DISCARD {
+                disk.discard(offset, len)
+            } else {
+                disk.write_zeroes(offset, len, s.flags & crate::request::SEGMENT_UNMAP != 0)
+            };
+            result.map_err(|e| io_error("discard", offset, len, e))?;
+        }
+        if kind != crate::request::kind::DISCARD && self.shared.writethrough() {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn io_error(op: &'static str, offset: u64, len: u64, source: io::Error) -> BlkError {
+    BlkError::Io {
+        op,
+        offset,
+        len,
+        source,
+    }
+}
+
+fn short(op: &'static str, offset: u64, done: usize, len: usize) -> BlkError {
+    BlkError::ShortTransfer {
+        op,
+        offset,
+        done: done as u64,
+        len: len as u64,
+    }
+}
+
+fn check_blocks(op: &'static str, offset: u64, len: usize, block: u32) -> Result<(), BlkError> {
+    let b = u64::from(block);
+    if !offset.is_multiple_of(b) || !(len as u64).is_multiple_of(b) {
+        return Err(BlkError::Unaligned {
+            op,
+            offset,
+            len: len as u64,
+            block,
+        });
+    }
+    Ok(())
+}
+
+/// Writes the status into the last device-writable byte of the chain.
+fn write_status(chain: &DescriptorChain, mem: &MemoryTable, status: Status) {
+    let Some(last) = chain.writable().iter().rev().find(|d| d.len > 0) else {
+        return;
+    };
+    if let Err(e) = mem.write(last.addr + u64::from(last.len) - 1, &[status as u8]) {
+        log::warn!("blk: chain {}: status write failed: {e}", chain.head());
+    }
+}
+
+impl QueueWorker for BlkWorker {
+    fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError> {
+        let limits = self.shared.limits();
+        while let Some(chain) = queue.pop() {
+            let used = self.complete(&chain, queue.mem(), &limits);
+            queue.add_used(&chain, used);
+        }
+        Ok(())
+    }
+
+    fn register_fds(&mut self, registry: &mut FdRegistry<'_>) -> io::Result<()> {
+        if let Some(w) = &self.resize {
+            use std::os::fd::{AsFd, AsRawFd};
+            registry.register_readable(w.inotify.as_fd().as_raw_fd(), RESIZE_TOKEN)?;
+        }
+        Ok(())
+    }
+
+    fn handle_event(&mut self, token: usize, _queues: &mut Queues<'_>) -> Result<(), DeviceError> {
+        if token == RESIZE_TOKEN {
+            self.resize_event();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! vhost-user virtio-blk backend: a raw image file (or a host block device) as a guest
+//! disk.
+//!
+//! ```text
+//! truncate -s 1G /tmp/disk.img
+//! cargo run --release --example blk_backend -- --image /tmp/disk.img
+//! qemu-system-x86_64 ... \
+//!     -object memory-backend-memfd,id=mem,size=1G,share=on -machine q35,memory-backend=mem \
+//!     -chardev socket,id=blk0,path=/tmp/vhost-user-blk.sock \
+//!     -device vhost-user-blk-pci,chardev=blk0,num-queues=1
+//! ```
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use vhost_user_sync::backend::Shutdown;
+use vhost_user_sync_blk::{BlkConfig, BlkDevice, BlkMetrics, DiskImage, DiskOptions};
+
+const DEFAULT_SOCKET: &str = "/tmp/vhost-user-blk.sock";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Flush {
+    /// Writeback cache: writes complete in the host page cache, FLUSH makes them durable.
+    On,
+    /// Writethrough: every write is durable before it completes.
+    Off,
+}
+
+/// Serves a virtio-blk device over vhost-user from a raw image.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    listen: common::ListenArgs,
+    /// The raw image file or block device to serve.
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "print_capabilities"
+    )]
+    image: Option<String>,
+    /// Open the image with O_DIRECT (bypass the host page cache).
+    #[arg(long)]
+    direct: bool,
+    /// Serve the image read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Cache mode offered at start (the guest may switch it).
+    #[arg(long, value_enum, default_value = "on")]
+    flush: Flush,
+    /// Request queues.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    queues: u16,
+    /// Run each queue on its own thread.
+    #[arg(long)]
+    worker_per_queue: bool,
+    /// Device id returned by GET_ID (up to 20 bytes).
+    #[arg(long, default_value = "vhost-user-sync")]
+    serial: String,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    log::error!("{msg}");
+    std::process::exit(1);
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.listen.print_capabilities {
+        common::print_capabilities("blk", &["blk-file", "read-only"]);
+        return;
+    }
+    let shutdown = Shutdown::new();
+    common::init(&shutdown);
+    let Some(image) = &args.image else {
+        fail("--image is required");
+    };
+    let options = DiskOptions {
+        read_only: args.read_only,
+        direct: args.direct,
+    };
+    let disk = Arc::new(DiskImage::open(image, options).unwrap_or_else(|e| fail(e)));
+    log::info!(
+        "serving {image}: {} sectors, {}-byte blocks{}{}",
+        disk.capacity(),
+        disk.block_size(),
+        if args.read_only { ", read-only" } else { "" },
+        if args.direct { ", O_DIRECT" } else { "" }
+    );
+    let config = BlkConfig {
+        num_queues: args.queues,
+        worker_per_queue: args.worker_per_queue,
+        writeback: args.flush == Flush::On,
+        serial: args.serial.clone(),
+        ..BlkConfig::default()
+    };
+    let mut listener =
+        common::listener(&args.listen, DEFAULT_SOCKET, &shutdown).unwrap_or_else(|e| fail(e));
+    if let Some(p) = listener.path() {
+        log::info!("listening on {}", p.display());
+        log::info!(
+            "connect QEMU with: -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem \
+             -chardev socket,id=blk0,path={} -device vhost-user-blk-pci,chardev=blk0,num-queues={}",
+            p.display(),
+            args.queues
+        );
+    }
+    let metrics = Arc::new(BlkMetrics::default());
+    let result = listener.serve(|| BlkDevice::new(config.clone(), disk.clone(), metrics.clone()));
+    let c = metrics.snapshot();
+    log::info!(
+        "exiting: {} reads ({} bytes), {} writes ({} bytes), {} flushes, {} discards, \
+         {} malformed, {} I/O errors, {} bounced",
+        c.read_ops,
+        c.read_bytes,
+        c.write_ops,
+        c.write_bytes,
+        c.flush_ops,
+        c.discard_ops,
+        c.malformed,
+        c.io_errors,
+        c.bounced
+    );
+    if let Err(e) = result {
+        drop(listener);
+        fail(e);
+    }
+}
