@@ -76,7 +76,10 @@ fn guest_disk_survives_driver_reload_and_reboot() {
     for boot in 1..=2 {
         assert_eq!(field(&run, "info", boot, "virtio0.id"), "0x0002");
         assert_eq!(field(&run, "info", boot, "virtio0.driver"), "virtio_blk");
-        assert_eq!(field(&run, "blk", boot, "sectors"), (32 * MIB / 512).to_string());
+        assert_eq!(
+            field(&run, "blk", boot, "sectors"),
+            (32 * MIB / 512).to_string()
+        );
         // What the guest wrote before the reload read back the same after it.
         assert_eq!(
             field(&run, "reload_blk", boot, "kept"),
@@ -92,7 +95,10 @@ fn guest_disk_survives_driver_reload_and_reboot() {
 
     // One connection for both boots; the backend is still there.
     let log = be.log_until("frontend disconnected", T);
-    let connected = log.iter().filter(|l| l.contains("frontend connected")).count();
+    let connected = log
+        .iter()
+        .filter(|l| l.contains("frontend connected"))
+        .count();
     assert_eq!(connected, 1, "{log:#?}");
     let mut be = be;
     assert!(be.child.try_wait().unwrap().is_none(), "blk_backend exited");
