@@ -1,7 +1,7 @@
 //! `MemoryTable`: the set of regions a frontend shared, and translation into it.
 
 use std::fs::File;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use vm_memory::bytes::AtomicAccess;
@@ -37,7 +37,13 @@ pub const MAX_MEM_SLOTS: usize = 509;
 #[derive(Debug, Default, Clone)]
 pub struct MemoryTable {
     regions: Vec<Arc<GuestRegion>>,
+    /// Unique per set of regions (0: the empty table): host addresses taken from a table
+    /// stay valid while any table with the same id is alive.
+    id: u64,
 }
+
+/// Source of table ids; 0 is the empty table's.
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
 
 impl MemoryTable {
     /// An empty table (no guest memory yet).
@@ -76,7 +82,7 @@ impl MemoryTable {
         let mut regions = self.regions.clone();
         let at = regions.partition_point(|r| r.gpa() < gpa);
         regions.insert(at, region);
-        Ok(MemoryTable { regions })
+        Ok(MemoryTable::with_regions(regions))
     }
 
     /// A new table without the region matching gpa, size and uaddr (REM_MEM_REG).
@@ -97,7 +103,28 @@ impl MemoryTable {
             })?;
         let mut regions = self.regions.clone();
         regions.remove(pos);
-        Ok(MemoryTable { regions })
+        Ok(MemoryTable::with_regions(regions))
+    }
+
+    fn with_regions(regions: Vec<Arc<GuestRegion>>) -> Self {
+        MemoryTable {
+            regions,
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Identifies this set of regions: two tables with the same id map the same memory
+    /// at the same host addresses (a clone shares its regions), and ids are never reused.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The host address of `[gpa, gpa + len)` when it lies in one region. It stays valid
+    /// as long as a table with this table's [`Self::id`] is alive.
+    pub(crate) fn host_address(&self, gpa: u64, len: usize) -> Option<usize> {
+        let s = self.slice(gpa, len).ok()?;
+        let addr = s.ptr_guard().as_ptr() as usize;
+        Some(addr)
     }
 
     /// Number of regions.
@@ -212,6 +239,9 @@ impl MemoryTable {
             s.copy_from(buf);
             return Ok(());
         }
+        // Check the whole range before the first byte is copied: a write that runs into
+        // a gap fails without having changed the regions before the gap.
+        self.check_range(gpa, buf.len() as u64)?;
         let mut done = 0;
         self.for_each_slice(gpa, buf.len() as u64, |s| {
             let n = s.len();

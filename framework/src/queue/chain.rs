@@ -1,5 +1,6 @@
 //! `DescriptorChain`: a validated, copied chain of buffers.
 
+use super::ring_view::RingView;
 use super::{ChainReader, ChainWriter, Descriptor, QueueError};
 use crate::memory::MemoryTable;
 
@@ -42,7 +43,19 @@ impl DescriptorChain {
         head: u16,
         indirect_allowed: bool,
     ) -> Result<Self, QueueError> {
-        let chain = Self::walk_links(mem, table, size, head, indirect_allowed)?;
+        Self::walk_in(mem, table, None, size, head, indirect_allowed)
+    }
+
+    /// [`Self::walk`], reading the ring's own table through `view` when there is one.
+    pub(crate) fn walk_in(
+        mem: &MemoryTable,
+        table: u64,
+        view: Option<&RingView>,
+        size: u16,
+        head: u16,
+        indirect_allowed: bool,
+    ) -> Result<Self, QueueError> {
+        let chain = Self::walk_links(mem, table, view, size, head, indirect_allowed)?;
         chain.check_buffers(mem)?;
         Ok(chain)
     }
@@ -50,6 +63,7 @@ impl DescriptorChain {
     fn walk_links(
         mem: &MemoryTable,
         table: u64,
+        view: Option<&RingView>,
         size: u16,
         head: u16,
         indirect_allowed: bool,
@@ -77,7 +91,11 @@ impl DescriptorChain {
                     limit: size.into(),
                 });
             }
-            let desc = read_desc(mem, table, index)?;
+            let desc = match view {
+                // `index < size` was checked above.
+                Some(v) => Descriptor::from_bytes(&v.descriptor(index)),
+                None => read_desc(mem, table, index)?,
+            };
             if desc.is_indirect() {
                 if !indirect_allowed || desc.has_next() || !chain.descs.as_slice().is_empty() {
                     return Err(QueueError::IndirectNotAllowed { flags: desc.flags });

@@ -7,6 +7,7 @@ mod chain_reader;
 mod chain_writer;
 mod descriptor;
 mod queue_error;
+mod ring_view;
 mod split_queue;
 
 pub use chain::DescriptorChain;

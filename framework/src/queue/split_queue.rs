@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use log::warn;
 
+use super::ring_view::RingView;
 use super::{DescriptorChain, QueueError};
 use crate::memory::{DirtyLog, MemoryTable};
 
@@ -58,6 +59,10 @@ pub struct SplitQueue {
     /// Dirty log and the used ring's guest-physical address to log at (VHOST_VRING_F_LOG
     /// with VHOST_F_LOG_ALL acked).
     used_log: Option<(Arc<DirtyLog>, u64)>,
+    /// Host addresses of the ring parts in the table last used (when they fit).
+    view: Option<RingView>,
+    /// Id of the table `view` was worked out for.
+    view_table: Option<u64>,
 }
 
 impl SplitQueue {
@@ -89,6 +94,8 @@ impl SplitQueue {
             signalled_used: None,
             invalid_chains: 0,
             used_log: None,
+            view: None,
+            view_table: None,
         };
         q.check_rings(mem)?;
         let next_used = mem.load::<u16>(addrs.used + 2, Ordering::Acquire)?;
@@ -113,6 +120,17 @@ impl SplitQueue {
     /// Points the ring at new addresses (the same ring after a memory table change).
     pub fn set_addrs(&mut self, addrs: RingAddrs) {
         self.addrs = addrs;
+        self.view = None;
+        self.view_table = None;
+    }
+
+    /// The ring's host view for `mem`, worked out again when the table changed.
+    fn view(&mut self, mem: &MemoryTable) -> Option<RingView> {
+        if self.view_table != Some(mem.id()) {
+            self.view = RingView::new(mem, &self.addrs, self.size);
+            self.view_table = Some(mem.id());
+        }
+        self.view
     }
 
     /// Logs used-ring writes into `log` at guest-physical `used_gpa` (None: stop).
@@ -141,7 +159,10 @@ impl SplitQueue {
     }
 
     fn avail_idx(&self, mem: &MemoryTable) -> Result<u16, QueueError> {
-        Ok(mem.load::<u16>(self.addrs.avail + 2, Ordering::Acquire)?)
+        match self.view.filter(|v| v.table_id == mem.id()) {
+            Some(v) => Ok(v.avail_idx()),
+            None => Ok(mem.load::<u16>(self.addrs.avail + 2, Ordering::Acquire)?),
+        }
     }
 
     /// Whether the guest has made entries available that the device has not taken.
@@ -155,6 +176,7 @@ impl SplitQueue {
     /// outside memory) is logged, returned to the guest with length 0 and skipped. An
     /// error means the ring itself is broken (index overrun, bad head, unmapped ring).
     pub fn pop(&mut self, mem: &MemoryTable) -> Result<Option<DescriptorChain>, QueueError> {
+        let view = self.view(mem);
         loop {
             // The shared avail index is read only when the entries seen are used up:
             // one cache-line transfer per batch, not per chain.
@@ -174,8 +196,13 @@ impl SplitQueue {
                     size: self.size,
                 });
             }
-            let slot = u64::from(self.next_avail % self.size);
-            let head = mem.load::<u16>(self.addrs.avail + 4 + 2 * slot, Ordering::Acquire)?;
+            let head = match &view {
+                Some(v) => v.avail_entry(self.next_avail),
+                None => {
+                    let slot = u64::from(self.next_avail % self.size);
+                    mem.load::<u16>(self.addrs.avail + 4 + 2 * slot, Ordering::Acquire)?
+                }
+            };
             if head >= self.size {
                 return Err(QueueError::BadIndex {
                     index: head,
@@ -183,7 +210,15 @@ impl SplitQueue {
                 });
             }
             self.next_avail = self.next_avail.wrapping_add(1);
-            match DescriptorChain::walk(mem, self.addrs.desc, self.size, head, self.indirect) {
+            let walked = DescriptorChain::walk_in(
+                mem,
+                self.addrs.desc,
+                view.as_ref(),
+                self.size,
+                head,
+                self.indirect,
+            );
+            match walked {
                 Ok(chain) => return Ok(Some(chain)),
                 Err(e) => {
                     self.invalid_chains += 1;
@@ -208,7 +243,10 @@ impl SplitQueue {
         if self.used_published == self.next_used {
             return Ok(());
         }
-        mem.store::<u16>(self.addrs.used + 2, self.next_used, Ordering::Release)?;
+        match self.view(mem) {
+            Some(v) => v.set_used_idx(self.next_used),
+            None => mem.store::<u16>(self.addrs.used + 2, self.next_used, Ordering::Release)?,
+        }
         self.used_published = self.next_used;
         if let Some((log, used_gpa)) = &self.used_log {
             log.mark(used_gpa.wrapping_add(2), 2);
@@ -227,9 +265,14 @@ impl SplitQueue {
             });
         }
         let slot = u64::from(self.next_used % self.size);
-        let elem = self.addrs.used + 4 + 8 * slot;
-        mem.store::<u32>(elem, u32::from(head), Ordering::Relaxed)?;
-        mem.store::<u32>(elem + 4, len, Ordering::Relaxed)?;
+        match self.view(mem) {
+            Some(v) => v.set_used_elem(self.next_used, head, len),
+            None => {
+                let elem = self.addrs.used + 4 + 8 * slot;
+                mem.store::<u32>(elem, u32::from(head), Ordering::Relaxed)?;
+                mem.store::<u32>(elem + 4, len, Ordering::Relaxed)?;
+            }
+        }
         self.next_used = self.next_used.wrapping_add(1);
         if let Some((log, used_gpa)) = &self.used_log {
             log.mark(used_gpa.wrapping_add(4 + 8 * slot), 8);
@@ -246,7 +289,10 @@ impl SplitQueue {
     /// avail_event) while the device drains the ring.
     pub fn disable_notification(&mut self, mem: &MemoryTable) -> Result<(), QueueError> {
         if !self.event_idx {
-            mem.store::<u16>(self.addrs.used, USED_F_NO_NOTIFY, Ordering::Relaxed)?;
+            match self.view(mem) {
+                Some(v) => v.set_used_flags(USED_F_NO_NOTIFY),
+                None => mem.store::<u16>(self.addrs.used, USED_F_NO_NOTIFY, Ordering::Relaxed)?,
+            }
         }
         Ok(())
     }
@@ -255,11 +301,14 @@ impl SplitQueue {
     /// meantime (the caller must then process again, or a kick is lost).
     pub fn enable_notification(&mut self, mem: &MemoryTable) -> Result<bool, QueueError> {
         self.publish_used(mem)?;
-        if self.event_idx {
-            let avail_event = self.addrs.used + 4 + 8 * u64::from(self.size);
-            mem.store::<u16>(avail_event, self.next_avail, Ordering::Relaxed)?;
-        } else {
-            mem.store::<u16>(self.addrs.used, 0, Ordering::Relaxed)?;
+        match (self.view(mem), self.event_idx) {
+            (Some(v), true) => v.set_avail_event(self.next_avail),
+            (Some(v), false) => v.set_used_flags(0),
+            (None, true) => {
+                let avail_event = self.addrs.used + 4 + 8 * u64::from(self.size);
+                mem.store::<u16>(avail_event, self.next_avail, Ordering::Relaxed)?;
+            }
+            (None, false) => mem.store::<u16>(self.addrs.used, 0, Ordering::Relaxed)?,
         }
         fence(Ordering::SeqCst);
         self.has_available(mem)
@@ -271,13 +320,22 @@ impl SplitQueue {
         self.publish_used(mem)?;
         fence(Ordering::SeqCst);
         let new = self.next_used;
+        let view = self.view(mem);
         let need = if self.event_idx {
-            let used_event_at = self.addrs.avail + 4 + 2 * u64::from(self.size);
-            let used_event = mem.load::<u16>(used_event_at, Ordering::Acquire)?;
+            let used_event = match &view {
+                Some(v) => v.used_event(),
+                None => {
+                    let used_event_at = self.addrs.avail + 4 + 2 * u64::from(self.size);
+                    mem.load::<u16>(used_event_at, Ordering::Acquire)?
+                }
+            };
             let old = self.signalled_used.unwrap_or(new.wrapping_sub(1));
             new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old)
         } else {
-            let flags = mem.load::<u16>(self.addrs.avail, Ordering::Acquire)?;
+            let flags = match &view {
+                Some(v) => v.avail_flags(),
+                None => mem.load::<u16>(self.addrs.avail, Ordering::Acquire)?,
+            };
             flags & AVAIL_F_NO_INTERRUPT == 0 && self.signalled_used != Some(new)
         };
         if need {
@@ -333,6 +391,74 @@ mod tests {
         assert_eq!(m.load::<u32>(A.used + 8, Ordering::Acquire).unwrap(), 8);
         assert_eq!(q.next_avail(), 1);
         assert!(q.pop(&m).unwrap().is_none());
+    }
+
+    /// Two tables over the same guest-physical range, each with its own memfd.
+    fn split_table(boundary: u64) -> MemoryTable {
+        let region = |gpa: u64, size: u64| {
+            let fd =
+                nix::sys::memfd::memfd_create("t", nix::sys::memfd::MFdFlags::empty()).unwrap();
+            let f = std::fs::File::from(fd);
+            f.set_len(size).unwrap();
+            (
+                crate::protocol::payload::MemoryRegionDesc {
+                    guest_phys_addr: gpa,
+                    memory_size: size,
+                    userspace_addr: 0x1000_0000 + gpa,
+                    mmap_offset: 0,
+                },
+                f,
+            )
+        };
+        let (a, fa) = region(0, boundary);
+        let (b, fb) = region(boundary, 0x10000 - boundary);
+        MemoryTable::from_regions(&[a, b], vec![fa, fb]).unwrap()
+    }
+
+    fn one_round(m: &MemoryTable, q: &mut SplitQueue, idx: u16) {
+        offer(m, idx - 1, 0, idx);
+        let c = q.pop(m).unwrap().unwrap();
+        q.add_used(m, c.head(), 8).unwrap();
+        q.publish_used(m).unwrap();
+        assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), idx);
+    }
+
+    #[test]
+    fn a_ring_across_two_regions_and_a_new_table_are_both_followed() {
+        let d = Descriptor {
+            addr: 0x3000,
+            len: 8,
+            flags: Descriptor::F_WRITE,
+            next: 0,
+        };
+        // The used ring straddles the two regions: every access goes through the table.
+        let straddling = split_table(A.used + 0x20);
+        straddling.write(0, &d.to_bytes()).unwrap();
+        let mut q = SplitQueue::new(&straddling, 8, A, 0, false, false).unwrap();
+        one_round(&straddling, &mut q, 1);
+        // The same queue on a new table (other memfds, other host addresses): what it
+        // reads and writes is in the new memory, not in the old mapping.
+        let moved = mem();
+        moved.write(0, &d.to_bytes()).unwrap();
+        moved
+            .store::<u16>(A.used + 2, 1, Ordering::Release)
+            .unwrap();
+        one_round(&moved, &mut q, 2);
+        assert_eq!(
+            straddling
+                .load::<u16>(A.used + 2, Ordering::Acquire)
+                .unwrap(),
+            1,
+            "the old table is untouched"
+        );
+        // And back to a table where the ring lies in one region.
+        let whole = split_table(0x8000);
+        whole.write(0, &d.to_bytes()).unwrap();
+        whole
+            .store::<u16>(A.used + 2, 2, Ordering::Release)
+            .unwrap();
+        one_round(&whole, &mut q, 3);
+        assert_eq!(moved.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 2);
     }
 
     #[test]

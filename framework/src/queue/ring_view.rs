@@ -1,0 +1,116 @@
+//! `RingView`: host addresses of a split ring's three parts, for the per-packet field
+//! accesses that would otherwise each look up a region.
+
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+
+use super::RingAddrs;
+use crate::memory::MemoryTable;
+
+/// The ring parts of a queue of `size` entries as host addresses inside the mappings of
+/// the table with id `table_id`. Built only when each part lies whole in one region and
+/// is aligned as its fields need; then every access below stays inside a part.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RingView {
+    pub(crate) table_id: u64,
+    size: u16,
+    desc: usize,
+    avail: usize,
+    used: usize,
+}
+
+impl RingView {
+    /// The view of `addrs` in `mem`, or `None` when a part straddles regions or is
+    /// misaligned (accesses then go through the table).
+    pub(crate) fn new(mem: &MemoryTable, addrs: &RingAddrs, size: u16) -> Option<Self> {
+        let n = usize::from(size);
+        let desc = mem.host_address(addrs.desc, 16 * n)?;
+        let avail = mem.host_address(addrs.avail, 6 + 2 * n)?;
+        let used = mem.host_address(addrs.used, 6 + 8 * n)?;
+        if !avail.is_multiple_of(2) || !used.is_multiple_of(4) {
+            return None;
+        }
+        Some(RingView {
+            table_id: mem.id(),
+            size,
+            desc,
+            avail,
+            used,
+        })
+    }
+
+    // SAFETY (for the four accessors below): callers pass an address inside one ring
+    // part (the offsets used are within the lengths `new` checked), aligned for the
+    // type (the parts' alignment was checked and the offsets keep it). The mapping lives
+    // as long as a table with `table_id` does, and a queue uses a view only while it
+    // borrows such a table, so the atomic never outlives its memory (it is used for this
+    // one access). The guest touches these fields only with its own atomic or volatile
+    // accesses, as the virtio ring layout intends.
+    fn load_u16(addr: usize, order: Ordering) -> u16 {
+        // SAFETY: see above.
+        unsafe { AtomicU16::from_ptr(addr as *mut u16) }.load(order)
+    }
+
+    fn store_u16(addr: usize, value: u16, order: Ordering) {
+        // SAFETY: see above.
+        unsafe { AtomicU16::from_ptr(addr as *mut u16) }.store(value, order)
+    }
+
+    fn store_u32(addr: usize, value: u32) {
+        // SAFETY: see above (4-aligned: the used ring is, and elements sit at 4 + 8 * n).
+        unsafe { AtomicU32::from_ptr(addr as *mut u32) }.store(value, Ordering::Relaxed)
+    }
+
+    pub(crate) fn avail_flags(&self) -> u16 {
+        Self::load_u16(self.avail, Ordering::Acquire)
+    }
+
+    pub(crate) fn avail_idx(&self) -> u16 {
+        Self::load_u16(self.avail + 2, Ordering::Acquire)
+    }
+
+    /// The avail ring entry at `slot` (< size).
+    pub(crate) fn avail_entry(&self, slot: u16) -> u16 {
+        let slot = usize::from(slot % self.size);
+        Self::load_u16(self.avail + 4 + 2 * slot, Ordering::Acquire)
+    }
+
+    pub(crate) fn used_event(&self) -> u16 {
+        Self::load_u16(
+            self.avail + 4 + 2 * usize::from(self.size),
+            Ordering::Acquire,
+        )
+    }
+
+    pub(crate) fn set_used_flags(&self, flags: u16) {
+        Self::store_u16(self.used, flags, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_used_idx(&self, idx: u16) {
+        Self::store_u16(self.used + 2, idx, Ordering::Release);
+    }
+
+    /// Writes the used element at `slot` (< size).
+    pub(crate) fn set_used_elem(&self, slot: u16, head: u16, len: u32) {
+        let at = self.used + 4 + 8 * usize::from(slot % self.size);
+        Self::store_u32(at, u32::from(head));
+        Self::store_u32(at + 4, len);
+    }
+
+    pub(crate) fn set_avail_event(&self, idx: u16) {
+        Self::store_u16(
+            self.used + 4 + 8 * usize::from(self.size),
+            idx,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The raw descriptor `index` (< size) of the table.
+    pub(crate) fn descriptor(&self, index: u16) -> [u8; 16] {
+        let at = self.desc + 16 * usize::from(index % self.size);
+        // SAFETY: `at` is inside the descriptor table `new` checked (16 * size bytes),
+        // whose mapping lives while the borrowed table does; a volatile read of a byte
+        // array has no alignment needs and copies what the guest wrote, which is then
+        // validated as untrusted data.
+        unsafe { std::ptr::read_volatile(at as *const [u8; 16]) }
+    }
+}
