@@ -97,9 +97,15 @@ fn main() {
         serial: args.serial.clone(),
         ..BlkConfig::default()
     };
-    let mut listener =
-        common::listener(&args.listen, DEFAULT_SOCKET, &shutdown).unwrap_or_else(|e| fail(e));
-    if let Some(p) = listener.path() {
+    if args.listen.socket_count > 1 && !args.read_only {
+        log::warn!(
+            "{} devices share one writable image: the guests must coordinate",
+            args.listen.socket_count
+        );
+    }
+    let mut listeners =
+        common::listeners(&args.listen, DEFAULT_SOCKET, &shutdown).unwrap_or_else(|e| fail(e));
+    for p in listeners.iter().filter_map(|l| l.path()) {
         log::info!("listening on {}", p.display());
         log::info!(
             "connect QEMU with: -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem \
@@ -109,7 +115,9 @@ fn main() {
         );
     }
     let metrics = Arc::new(BlkMetrics::default());
-    let result = listener.serve(|| BlkDevice::new(config.clone(), disk.clone(), metrics.clone()));
+    let result = common::serve_all(&mut listeners, || {
+        BlkDevice::new(config.clone(), disk.clone(), metrics.clone())
+    });
     let c = metrics.snapshot();
     log::info!(
         "exiting: {} reads ({} bytes), {} writes ({} bytes), {} flushes, {} discards, \
@@ -125,7 +133,7 @@ fn main() {
         c.bounced
     );
     if let Err(e) = result {
-        drop(listener);
+        drop(listeners);
         fail(e);
     }
 }

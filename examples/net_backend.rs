@@ -113,9 +113,12 @@ fn main() {
         worker_per_pair: args.worker_per_pair,
         ..NetConfig::default()
     };
-    let mut listener =
-        common::listener(&args.listen, DEFAULT_SOCKET, &shutdown).unwrap_or_else(|e| fail(e));
-    if let Some(p) = listener.path() {
+    if kind == Backend::Tap && args.listen.socket_count > 1 {
+        fail("--socket-count needs --backend null (devices cannot share one tap)");
+    }
+    let mut listeners =
+        common::listeners(&args.listen, DEFAULT_SOCKET, &shutdown).unwrap_or_else(|e| fail(e));
+    for p in listeners.iter().filter_map(|l| l.path()) {
         log::info!("listening on {}", p.display());
         let mq = if args.queues > 1 {
             format!(",mq=on,vectors={}", 2 * args.queues + 2)
@@ -131,7 +134,7 @@ fn main() {
         );
     }
     let metrics = Arc::new(NetMetrics::default());
-    let result = listener.serve(|| {
+    let result = common::serve_all(&mut listeners, || {
         NetDevice::new(config.clone(), &backend, metrics.clone()).unwrap_or_else(|e| fail(e))
     });
     let c = metrics.snapshot();
@@ -145,7 +148,7 @@ fn main() {
         c.rx_malformed
     );
     if let Err(e) = result {
-        drop(listener);
+        drop(listeners);
         fail(e);
     }
 }

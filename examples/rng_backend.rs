@@ -34,20 +34,21 @@ fn main() {
     }
     let shutdown = Shutdown::new();
     common::init(&shutdown);
-    let mut listener = match common::listener(&args.listen, "/tmp/vhost-user-rng.sock", &shutdown) {
+    let mut listeners = match common::listeners(&args.listen, "/tmp/vhost-user-rng.sock", &shutdown)
+    {
         Ok(l) => l,
         Err(e) => {
             log::error!("{e}");
             std::process::exit(1);
         }
     };
-    if let Some(p) = listener.path() {
+    for p in listeners.iter().filter_map(|l| l.path()) {
         log::info!("listening on {}", p.display());
     }
     let source = args.source;
-    if let Err(e) = listener.serve(|| RngDevice::new(&source)) {
+    if let Err(e) = common::serve_all(&mut listeners, || RngDevice::new(&source)) {
         log::error!("{e}");
-        drop(listener);
+        drop(listeners);
         std::process::exit(1);
     }
     log::info!("exiting");

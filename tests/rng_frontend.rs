@@ -18,8 +18,12 @@ struct Setup {
 }
 
 fn setup(be: &BackendProcess, want: u64) -> Setup {
+    setup_at(&be.socket, want)
+}
+
+fn setup_at(socket: &std::path::Path, want: u64) -> Setup {
     let mem = FrontendMemory::new(&[(0, 1 << 20)]).unwrap();
-    let mut fe = Frontend::connect(&be.socket).unwrap();
+    let mut fe = Frontend::connect(socket).unwrap();
     fe.negotiate(want, u64::MAX).unwrap();
     fe.set_mem_table(&mem).unwrap();
     let mut q = DriverQueue::new(&mem, 0, 64).unwrap();
@@ -252,4 +256,22 @@ fn dirty_log_marks_buffers_and_used_ring_while_log_all_is_acked() {
     assert!(page(buf), "the written buffer's page is marked dirty");
     assert!(page(s.q.used_gpa()), "the used ring's page is marked dirty");
     assert!(!page(buf + 4096), "a page not written stays clean");
+}
+
+#[test]
+fn one_process_serves_a_device_per_socket_at_the_same_time() {
+    let be = BackendProcess::start("rng_backend", &["--socket-count", "3"]);
+    let path = |i: usize| std::path::PathBuf::from(format!("{}{i}", be.socket.display()));
+    let mut devices: Vec<Setup> = (0..3).map(|i| setup_at(&path(i), u64::MAX)).collect();
+    for d in &mut devices {
+        assert!(looks_random(&fill_one(d, 4096)));
+    }
+    // One frontend leaves; the others go on, and its socket takes a new frontend.
+    drop(devices.remove(1));
+    be.wait_log("frontend disconnected", T);
+    for d in &mut devices {
+        assert!(looks_random(&fill_one(d, 4096)));
+    }
+    let mut again = setup_at(&path(1), u64::MAX);
+    assert!(looks_random(&fill_one(&mut again, 4096)));
 }

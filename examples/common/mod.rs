@@ -20,6 +20,11 @@ pub struct ListenArgs {
     /// Connect to a frontend listening on --socket-path, reconnecting after it leaves.
     #[arg(long, requires = "socket_path")]
     pub client: bool,
+    /// Serve this many devices, one per socket: PATH0, PATH1, ... (each with its own
+    /// threads; one process for many guests).
+    #[arg(long, default_value_t = 1, value_name = "N", conflicts_with = "fd",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub socket_count: u16,
     /// Print the backend's capabilities as JSON and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -41,6 +46,67 @@ pub fn print_capabilities(device_type: &str, features: &[&str]) {
         .collect::<Vec<_>>()
         .join(", ");
     println!("{{\"type\": \"{device_type}\", \"features\": [{list}]}}");
+}
+
+/// Opens the listeners the arguments ask for: one, or `--socket-count` of them at
+/// `PATH0`, `PATH1`, ...
+pub fn listeners(
+    args: &ListenArgs,
+    default_path: &str,
+    shutdown: &Shutdown,
+) -> Result<Vec<VhostUserListener>, String> {
+    if args.socket_count == 1 {
+        return Ok(vec![listener(args, default_path, shutdown)?]);
+    }
+    let base = args.socket_path.as_deref().unwrap_or(default_path);
+    (0..args.socket_count)
+        .map(|i| {
+            let path = format!("{base}{i}");
+            let l = if args.client {
+                VhostUserListener::client(&path, Duration::from_secs(1))
+            } else {
+                VhostUserListener::new(&path, None).map_err(|e| format!("{path}: {e}"))?
+            };
+            Ok(l.with_shutdown(shutdown.clone()))
+        })
+        .collect()
+}
+
+/// Serves every listener on a thread of its own, each connection with a fresh device
+/// from `make`; returns when all of them have stopped (on a signal), with the first
+/// error.
+pub fn serve_all<D, F>(listeners: &mut [VhostUserListener], make: F) -> Result<(), String>
+where
+    D: vhost_user_sync::device::Device,
+    F: Fn() -> D + Sync,
+{
+    if let [one] = listeners {
+        return one.serve(&make).map_err(|e| e.to_string());
+    }
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = listeners
+            .iter_mut()
+            .map(|l| {
+                let make = &make;
+                std::thread::Builder::new()
+                    .name("listener".into())
+                    .spawn_scoped(scope, move || l.serve(make).map_err(|e| e.to_string()))
+            })
+            .collect();
+        let mut first = Ok(());
+        for t in threads {
+            let r = match t {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err("a listener thread panicked".to_string())),
+                Err(e) => Err(format!("cannot start a listener thread: {e}")),
+            };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
 }
 
 /// Opens the listener the arguments ask for, with `default_path` when none is given.
