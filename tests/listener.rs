@@ -224,3 +224,105 @@ fn a_panic_in_a_control_hook_closes_only_its_connection() {
     shutdown.trigger();
     t.join().unwrap();
 }
+
+#[test]
+fn socket_mode_is_configurable() {
+    let dir = TempDir::new("listener");
+    let path = dir.path().join("m.sock");
+    let l = VhostUserListener::with_mode(path.to_str().unwrap(), 0o660, None).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    drop(l);
+    assert!(!path.exists());
+}
+
+#[test]
+fn only_a_stale_socket_is_replaced() {
+    let dir = TempDir::new("listener");
+    // A FIFO and a directory at the path are left alone.
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    assert!(VhostUserListener::new(fifo.to_str().unwrap(), None).is_err());
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    assert!(VhostUserListener::new(sub.to_str().unwrap(), None).is_err());
+    assert!(sub.is_dir());
+}
+
+#[test]
+fn nothing_follows_a_symlink_planted_at_the_path() {
+    let dir = TempDir::new("listener");
+    // A dangling symlink: nothing is created at its target.
+    let target = dir.path().join("elsewhere.sock");
+    let link = dir.path().join("dangling");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(VhostUserListener::new(link.to_str().unwrap(), None).is_err());
+    assert!(std::fs::symlink_metadata(&target).is_err());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // A symlink to a (stale) socket: neither the link nor the socket is replaced.
+    let real = dir.path().join("real.sock");
+    drop(UnixListener::bind(&real).unwrap());
+    let to_socket = dir.path().join("to-socket");
+    std::os::unix::fs::symlink(&real, &to_socket).unwrap();
+    assert!(VhostUserListener::new(to_socket.to_str().unwrap(), None).is_err());
+    assert!(std::fs::symlink_metadata(&to_socket)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::symlink_metadata(&real)
+        .unwrap()
+        .file_type()
+        .is_socket());
+}
+
+#[test]
+fn dropping_the_listener_removes_only_its_socket() {
+    let dir = TempDir::new("listener");
+    let path = dir.path().join("s.sock");
+    let l = VhostUserListener::new(path.to_str().unwrap(), None).unwrap();
+    // Someone replaced the socket file with a regular file: it is not removed.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"not ours").unwrap();
+    drop(l);
+    assert_eq!(std::fs::read(&path).unwrap(), b"not ours");
+}
+
+#[test]
+fn backend_programs_refuse_a_path_that_is_not_a_socket() {
+    let dir = TempDir::new("listener");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"keep me").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    for program in ["rng_backend", "net_backend"] {
+        for path in [&file, &link] {
+            let out = std::process::Command::new(backend::example_path(program))
+                .arg("--socket-path")
+                .arg(path)
+                .args(if program == "net_backend" {
+                    &["--backend", "null"][..]
+                } else {
+                    &[][..]
+                })
+                .output()
+                .unwrap();
+            assert!(
+                !out.status.success(),
+                "{program} accepted {}",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}

@@ -1,0 +1,99 @@
+//! A backend process serving several devices at once, one listener per thread (as
+//! architecture.md describes): rng, net (null) and `panicky`, a device with a bug. It
+//! is this test binary itself, started again with `VHU_HOSTILE_HOST=DIR`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use vhost_user_sync::device::{Device, DeviceError, DeviceInfo, Queue, QueueWorker};
+use vhost_user_sync::VhostUserListener;
+use vhost_user_sync_net::{NetBackend, NetConfig, NetDevice, NetMetrics};
+use vhost_user_sync_rng::RngDevice;
+
+use crate::backend::TempDir;
+use crate::hostile::{Kind, Proc};
+
+/// The environment variable that turns this binary into the host.
+pub const HOST_ENV: &str = "VHU_HOSTILE_HOST";
+
+/// The running host process.
+pub struct Host {
+    pub proc: Proc,
+    /// Where its sockets are: `rng.sock`, `net.sock`, `panicky.sock`.
+    pub dir: PathBuf,
+}
+
+impl Host {
+    pub fn socket(&self, kind: Kind) -> PathBuf {
+        self.dir.join(format!("{}.sock", kind.device_name()))
+    }
+}
+
+/// Starts the host and waits until its three listeners are up.
+pub fn start() -> Host {
+    let dir = TempDir::new("hostile-host");
+    let path = dir.path().to_path_buf();
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.env(HOST_ENV, &path);
+    let proc = Proc::spawn("host", cmd, dir, 3);
+    Host { proc, dir: path }
+}
+
+/// A device whose worker panics on the first chain it takes: a bug in device code.
+struct Panicky;
+struct PanickyWorker;
+
+impl Device for Panicky {
+    type Worker = PanickyWorker;
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo::new("panicky", 4, 1)
+    }
+    fn create_worker(&mut self, _: usize) -> std::io::Result<PanickyWorker> {
+        Ok(PanickyWorker)
+    }
+}
+
+impl QueueWorker for PanickyWorker {
+    fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError> {
+        if queue.pop().is_some() {
+            panic!("deliberate device bug");
+        }
+        Ok(())
+    }
+}
+
+fn listen(dir: &Path, name: &str) -> VhostUserListener {
+    let path = dir.join(format!("{name}.sock"));
+    let l = VhostUserListener::new(&path.to_string_lossy(), None)
+        .unwrap_or_else(|e| panic!("listen {}: {e}", path.display()));
+    log::info!("listening on {}", path.display());
+    l
+}
+
+/// The host's main: serves until killed.
+pub fn run(dir: PathBuf) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut rng = listen(&dir, "rng");
+    let mut net = listen(&dir, "net");
+    let mut panicky = listen(&dir, "panicky");
+    let metrics = Arc::new(NetMetrics::default());
+    let threads = vec![
+        std::thread::spawn(move || {
+            let _ = rng.serve(|| RngDevice::new("/dev/urandom"));
+        }),
+        std::thread::spawn(move || {
+            let backend = NetBackend::Null { frame_len: 60 };
+            let _ = net.serve(|| {
+                NetDevice::new(NetConfig::default(), &backend, metrics.clone())
+                    .expect("null net device")
+            });
+        }),
+        std::thread::spawn(move || {
+            let _ = panicky.serve(|| Panicky);
+        }),
+    ];
+    for t in threads {
+        let _ = t.join();
+    }
+}
