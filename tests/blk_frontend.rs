@@ -70,8 +70,12 @@ struct Blk {
 }
 
 fn connect(disk: &Disk, want: u64, queues: u16) -> Blk {
+    connect_at(&disk.be.socket, want, queues)
+}
+
+fn connect_at(socket: &std::path::Path, want: u64, queues: u16) -> Blk {
     let mem = FrontendMemory::new(&[(0, 16 << 20)]).unwrap();
-    let mut fe = Frontend::connect(&disk.be.socket).unwrap();
+    let mut fe = Frontend::connect(socket).unwrap();
     fe.negotiate(want, u64::MAX).unwrap();
     fe.set_mem_table(&mem).unwrap();
     let queues = (0..queues)
@@ -502,18 +506,25 @@ fn every_queue_serves_requests_with_a_worker_each() {
 }
 
 #[test]
-fn a_resized_image_is_announced_and_served() {
-    let disk = start(&[]);
-    let mut b = connect(&disk, u64::MAX, 1);
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    b.fe.set_backend_req_fd(&theirs).unwrap();
-    drop(theirs);
-    let channel = SocketPlatformConnection::new(ours).unwrap();
+fn a_resized_image_is_announced_to_every_device_on_it() {
+    // Two devices (two sockets of one process) serve the same image.
+    let disk = start(&["--socket-count", "2", "--read-only"]);
+    let path = |i: usize| std::path::PathBuf::from(format!("{}{i}", disk.be.socket.display()));
+    let mut devices: Vec<(Blk, SocketPlatformConnection)> = (0..2)
+        .map(|i| {
+            let mut b = connect_at(&path(i), u64::MAX, 1);
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            b.fe.set_backend_req_fd(&theirs).unwrap();
+            (b, SocketPlatformConnection::new(ours).unwrap())
+        })
+        .collect();
     let capacity =
         |fe: &mut Frontend| u64::from_le_bytes(fe.get_config(0, 8).unwrap().try_into().unwrap());
-    assert_eq!(capacity(&mut b.fe), CAPACITY);
-    // Past the end: refused.
-    assert_eq!(b.read(CAPACITY, 512).status(), IOERR);
+    for (b, _) in &mut devices {
+        assert_eq!(capacity(&mut b.fe), CAPACITY);
+        // Past the end: refused.
+        assert_eq!(b.read(CAPACITY, 512).status(), IOERR);
+    }
     // Another program grows the image.
     std::fs::OpenOptions::new()
         .write(true)
@@ -521,23 +532,25 @@ fn a_resized_image_is_announced_and_served() {
         .unwrap()
         .set_len(2 * IMAGE_SIZE)
         .unwrap();
-    let msg = read_message(&channel, true).unwrap().unwrap();
-    assert_eq!(
-        msg.header.request,
-        BackendRequest::CONFIG_CHANGE_MSG.number()
-    );
-    if msg.header.flags.need_reply() {
-        write_message(
-            &channel,
+    for (b, channel) in &mut devices {
+        let msg = read_message(channel, true).unwrap().unwrap();
+        assert_eq!(
             msg.header.request,
-            HeaderFlags::REPLY_FLAGS,
-            &0u64.to_ne_bytes(),
-            &[],
-        )
-        .unwrap();
+            BackendRequest::CONFIG_CHANGE_MSG.number()
+        );
+        if msg.header.flags.need_reply() {
+            write_message(
+                channel,
+                msg.header.request,
+                HeaderFlags::REPLY_FLAGS,
+                &0u64.to_ne_bytes(),
+                &[],
+            )
+            .unwrap();
+        }
+        assert_eq!(capacity(&mut b.fe), 2 * CAPACITY);
+        let r = b.read(CAPACITY, 512);
+        assert_eq!((r.status(), r.data()), (OK, &[0u8; 512][..]));
     }
-    assert_eq!(capacity(&mut b.fe), 2 * CAPACITY);
-    let r = b.read(CAPACITY, 512);
-    assert_eq!((r.status(), r.data()), (OK, &[0u8; 512][..]));
     disk.be.wait_log("resized", T);
 }

@@ -7,8 +7,13 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use nix::sys::eventfd::EventFd;
+use parking_lot::Mutex;
 
 use nix::fcntl::{fallocate, FallocateFlags};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::request::SECTOR_SIZE;
 
@@ -46,6 +51,10 @@ pub struct DiskImage {
     block_size: u32,
     /// Alignment `O_DIRECT` needs of memory buffers.
     memory_align: u32,
+    /// Readable when another program may have resized the image.
+    resize_watch: Option<Inotify>,
+    /// Eventfds of the devices serving this image, written after a resize.
+    resize_subscribers: Mutex<Vec<Weak<EventFd>>>,
 }
 
 nix::ioctl_read!(blk_get_size64, 0x12, 114, u64);
@@ -77,6 +86,8 @@ impl DiskImage {
             capacity: AtomicU64::new(0),
             block_size,
             memory_align,
+            resize_watch: resize_watch(path),
+            resize_subscribers: Mutex::new(Vec::new()),
         };
         disk.refresh_capacity()?;
         Ok(disk)
@@ -110,6 +121,46 @@ impl DiskImage {
     /// Alignment of guest buffers that can go to the file as they are.
     pub fn memory_align(&self) -> u32 {
         self.memory_align
+    }
+
+    /// An fd that becomes readable when another program may have resized the image
+    /// (it closed the file after writing, or changed its attributes; the device's own
+    /// writes raise neither). One per image, shared by every connection; call
+    /// [`Self::drain_resize_events`] and then [`Self::refresh_capacity`] when it is.
+    pub fn resize_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.resize_watch.as_ref().map(|w| w.as_fd())
+    }
+
+    /// Empties the resize watch (any worker may do it; the others then find nothing,
+    /// which is why the news goes on through [`Self::subscribe_resizes`]).
+    pub fn drain_resize_events(&self) {
+        if let Some(w) = &self.resize_watch {
+            while matches!(w.read_events(), Ok(events) if !events.is_empty()) {}
+        }
+    }
+
+    /// Has `kick` written whenever the capacity was read again after a possible resize,
+    /// for as long as the caller keeps it alive.
+    pub fn subscribe_resizes(&self, kick: &Arc<EventFd>) {
+        let mut subs = self.resize_subscribers.lock();
+        subs.retain(|w| w.strong_count() > 0);
+        subs.push(Arc::downgrade(kick));
+    }
+
+    /// Reads the capacity again and tells every subscriber; returns the capacity.
+    pub fn resize_check(&self) -> io::Result<u64> {
+        self.drain_resize_events();
+        let capacity = self.refresh_capacity()?;
+        let subs: Vec<Arc<EventFd>> = {
+            let mut subs = self.resize_subscribers.lock();
+            subs.retain(|w| w.strong_count() > 0);
+            subs.iter().filter_map(Weak::upgrade).collect()
+        };
+        for kick in subs {
+            // Never blocks: a full counter already means "look again".
+            let _ = kick.write(1);
+        }
+        Ok(capacity)
     }
 
     /// Reads the size again (after the image was resized); returns the new capacity.
@@ -189,6 +240,26 @@ impl DiskImage {
             done += written as u64;
         }
         Ok(())
+    }
+}
+
+/// An inotify watch on the image file, or `None` (logged) when there can be none.
+fn resize_watch(path: &Path) -> Option<Inotify> {
+    let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).and_then(|w| {
+        // A resize by another program ends with IN_CLOSE_WRITE (truncate, qemu-img
+        // resize) or IN_ATTRIB.
+        w.add_watch(
+            path,
+            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ATTRIB,
+        )?;
+        Ok(w)
+    });
+    match watch {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::warn!("cannot watch {} for resizes: {e}", path.display());
+            None
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use thiserror::Error;
 use vhost_user_sync::device::{DeviceError, FdRegistry, Queue, QueueWorker, Queues};
 use vhost_user_sync::memory::MemoryTable;
@@ -20,8 +20,10 @@ use crate::request::{
 
 /// Bytes moved per step when guest buffers must go through an aligned copy.
 const BOUNCE_SIZE: usize = 1 << 20;
-/// Device fd token of the resize watch.
-const RESIZE_TOKEN: usize = 0;
+/// Device fd token of the image's resize watch.
+const RESIZE_WATCH_TOKEN: usize = 0;
+/// Device fd token of this connection's resize news.
+const RESIZE_KICK_TOKEN: usize = 1;
 
 /// Why a checked request failed on the host.
 #[derive(Debug, Error)]
@@ -88,9 +90,10 @@ pub struct BlkWorker {
 
 #[derive(Debug)]
 struct ResizeWatch {
-    inotify: Inotify,
     /// The capacity this connection's frontend was last told of.
     announced: u64,
+    /// Written by whichever worker read the capacity again.
+    kick: Arc<EventFd>,
 }
 
 impl BlkWorker {
@@ -102,51 +105,39 @@ impl BlkWorker {
         }
     }
 
-    /// Also watches the image file: when another program resizes it (and closes it),
-    /// the capacity is read again and the frontend is told (CONFIG_CHANGE_MSG).
+    /// Also follows the image's size: when another program resizes it, the capacity is
+    /// read again and this connection's frontend is told (CONFIG_CHANGE_MSG).
     pub(crate) fn with_resize_watch(mut self) -> io::Result<Self> {
-        let disk = &self.shared.disk;
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        // The device's own writes raise only IN_MODIFY; a resize by another program ends
-        // with IN_CLOSE_WRITE (truncate, qemu-img resize) or IN_ATTRIB.
-        match inotify.add_watch(
-            disk.path(),
-            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ATTRIB,
-        ) {
-            Ok(_) => {
-                self.resize = Some(ResizeWatch {
-                    inotify,
-                    announced: disk.capacity(),
-                });
-            }
-            Err(e) => log::warn!(
-                "blk: cannot watch {} for resizes: {e}",
-                disk.path().display()
-            ),
-        }
+        let kick = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+        )?);
+        self.shared.disk.subscribe_resizes(&kick);
+        self.resize = Some(ResizeWatch {
+            announced: self.shared.disk.capacity(),
+            kick,
+        });
         Ok(self)
     }
 
-    fn resize_event(&mut self) {
+    /// The image's watch fired here (every connection's worker 0 watches it, and only
+    /// one finds the events): read the size and tell every connection.
+    fn resize_watch_event(&mut self) {
+        if let Err(e) = self.shared.disk.resize_check() {
+            log::warn!(
+                "blk: cannot read the size of {}: {e}",
+                self.shared.disk.path().display()
+            );
+        }
+    }
+
+    /// The capacity was read again: announce it if this frontend has not seen it.
+    fn resize_kick_event(&mut self) {
         let Some(watch) = &mut self.resize else {
             return;
         };
-        while let Ok(events) = watch.inotify.read_events() {
-            if events.is_empty() {
-                break;
-            }
-        }
+        let _ = watch.kick.read();
         let disk = &self.shared.disk;
-        let capacity = match disk.refresh_capacity() {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!(
-                    "blk: cannot read the size of {}: {e}",
-                    disk.path().display()
-                );
-                return;
-            }
-        };
+        let capacity = disk.capacity();
         if capacity == watch.announced {
             return;
         }
@@ -459,16 +450,21 @@ impl QueueWorker for BlkWorker {
     }
 
     fn register_fds(&mut self, registry: &mut FdRegistry<'_>) -> io::Result<()> {
+        use std::os::fd::{AsFd, AsRawFd};
         if let Some(w) = &self.resize {
-            use std::os::fd::{AsFd, AsRawFd};
-            registry.register_readable(w.inotify.as_fd().as_raw_fd(), RESIZE_TOKEN)?;
+            registry.register_readable(w.kick.as_fd().as_raw_fd(), RESIZE_KICK_TOKEN)?;
+            if let Some(fd) = self.shared.disk.resize_fd() {
+                registry.register_readable(fd.as_raw_fd(), RESIZE_WATCH_TOKEN)?;
+            }
         }
         Ok(())
     }
 
     fn handle_event(&mut self, token: usize, _queues: &mut Queues<'_>) -> Result<(), DeviceError> {
-        if token == RESIZE_TOKEN {
-            self.resize_event();
+        match token {
+            RESIZE_WATCH_TOKEN => self.resize_watch_event(),
+            RESIZE_KICK_TOKEN => self.resize_kick_event(),
+            _ => {}
         }
         Ok(())
     }
