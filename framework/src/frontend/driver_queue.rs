@@ -38,6 +38,8 @@ pub struct DriverQueue {
     /// Descriptors per outstanding head (to free them when used).
     chain_len: Vec<u16>,
     avail_idx: u16,
+    /// The avail index at the previous notification decision (EVENT_IDX's "old").
+    kick_checked: u16,
     last_used: u16,
     event_idx: bool,
     kick: File,
@@ -71,6 +73,7 @@ impl DriverQueue {
             free: (0..size).rev().collect(),
             chain_len: vec![0; size.into()],
             avail_idx: 0,
+            kick_checked: 0,
             last_used: 0,
             event_idx: false,
             kick: new_eventfd()?,
@@ -234,12 +237,14 @@ impl DriverQueue {
         let want = if self.event_idx {
             let event =
                 mem.load::<u16>(self.used + 4 + 8 * u64::from(self.size), Ordering::Acquire)?;
-            // We kick for everything published since our last kick; be conservative
-            // and kick when the event index is anywhere in what we published.
-            self.avail_idx.wrapping_sub(event).wrapping_sub(1) < self.size
+            // Kick when avail_event lies in what was published since the previous
+            // decision (the spec's vring_need_event).
+            let (new, old) = (self.avail_idx, self.kick_checked);
+            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
         } else {
             mem.load::<u16>(self.used, Ordering::Acquire)? & 1 == 0
         };
+        self.kick_checked = self.avail_idx;
         if want {
             self.kick_now()?;
         }
