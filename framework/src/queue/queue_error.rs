@@ -77,6 +77,15 @@ pub enum QueueError {
         /// The chain's head.
         head: u16,
     },
+    /// One pop refused a whole ring's worth of chains and more kept coming (the avail
+    /// index moves under the device, as when the used ring overlays the avail ring).
+    #[error(
+        "a ring's worth ({size}) of invalid chains in one pop and the avail index still moves"
+    )]
+    RefusedRingful {
+        /// Queue size.
+        size: u16,
+    },
     /// A used entry for a head that is outside the ring.
     #[error("used entry for head {head} in a ring of {size}")]
     BadUsedHead {

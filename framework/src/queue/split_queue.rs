@@ -177,6 +177,11 @@ impl SplitQueue {
     /// error means the ring itself is broken (index overrun, bad head, unmapped ring).
     pub fn pop(&mut self, mem: &MemoryTable) -> Result<Option<DescriptorChain>, QueueError> {
         let view = self.view(mem);
+        // Chains refused in this call. More than a ring's worth means the avail index
+        // keeps moving while the device only refuses (for example a used ring laid over
+        // the avail ring: each used-index store offers new entries), and without a bound
+        // this call would never return.
+        let mut refused: u16 = 0;
         loop {
             // The shared avail index is read only when the entries seen are used up:
             // one cache-line transfer per batch, not per chain.
@@ -187,6 +192,9 @@ impl SplitQueue {
             let pending = avail.wrapping_sub(self.next_avail);
             if pending == 0 {
                 return Ok(None);
+            }
+            if refused == self.size {
+                return Err(QueueError::RefusedRingful { size: self.size });
             }
             if pending > self.size {
                 return Err(QueueError::AvailOverrun {
@@ -226,6 +234,7 @@ impl SplitQueue {
                         warn!("dropping invalid chain (#{}): {e}", self.invalid_chains);
                     }
                     self.add_used(mem, head, 0)?;
+                    refused += 1;
                 }
             }
         }
@@ -499,6 +508,31 @@ mod tests {
         q.publish_used(&m).unwrap();
         assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 1);
         assert_eq!(m.load::<u32>(A.used + 8, Ordering::Acquire).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_used_ring_over_the_avail_ring_cannot_keep_pop_refusing() {
+        let m = mem();
+        // Descriptor 0 (every head here) is outside memory: each chain is refused.
+        m.write(
+            0,
+            &Descriptor {
+                addr: 0xffff_0000,
+                len: 8,
+                flags: 0,
+                next: 0,
+            }
+            .to_bytes(),
+        )
+        .unwrap();
+        // The used index is the avail index: publishing used entries offers more.
+        let a = RingAddrs { used: A.avail, ..A };
+        m.store::<u16>(A.avail + 2, 4, Ordering::Release).unwrap();
+        let mut q = SplitQueue::new(&m, 8, a, 0, false, false).unwrap();
+        assert!(matches!(
+            q.pop(&m),
+            Err(QueueError::RefusedRingful { size: 8 })
+        ));
     }
 
     #[test]

@@ -1,0 +1,828 @@
+//! The fuzz targets of `fuzz/` as ordinary tests.
+//!
+//! Each target's body (`fuzz/targets/<name>.rs`) is compiled here too and run over
+//! (a) every saved input in `fuzz/regressions/<name>/` (crash inputs and seeds), and
+//! (b) a deterministic pseudo-random pass: a fixed-seed xorshift generator builds
+//! structurally valid inputs (well-formed headers, payloads, chains, rings) and then
+//! mutates a few bytes, so the run reaches deep into each parser. The targets assert
+//! their own invariants; a failure names the input in hex.
+//!
+//! `cargo test --test fuzz_targets -- --ignored write_seeds` writes a starting corpus
+//! for the fuzzers into `fuzz/corpus/<name>/`.
+
+#[path = "../fuzz/targets/blk_request.rs"]
+mod blk_request;
+#[path = "../fuzz/targets/chain_walk.rs"]
+mod chain_walk;
+#[path = "../fuzz/targets/memory_table.rs"]
+mod memory_table;
+#[path = "../fuzz/targets/messages.rs"]
+mod messages;
+#[path = "../fuzz/targets/net_hdr.rs"]
+mod net_hdr;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+
+use vhost_user_sync::protocol::payload::{
+    ConfigAccess, DeviceStateTransfer, InflightInfo, LogBase, MemoryRegionDesc, MemoryTableDesc,
+    RingFd, SingleRegion, VringAddr, VringState,
+};
+use vhost_user_sync::protocol::{FrontendRequest, Header, HeaderFlags, MAX_PAYLOAD_SIZE};
+use vhost_user_sync::queue::Descriptor;
+
+/// One fuzz target: its name, body and input generator.
+struct Target {
+    name: &'static str,
+    run: fn(&[u8]),
+    generate: fn(&mut Rng) -> Vec<u8>,
+    /// Inputs in the pseudo-random pass.
+    count: usize,
+}
+
+const TARGETS: &[Target] = &[
+    Target {
+        name: "messages",
+        run: messages::run,
+        generate: gen_messages,
+        count: 20000,
+    },
+    Target {
+        name: "memory_table",
+        run: memory_table::run,
+        generate: gen_memory_table,
+        count: 1500,
+    },
+    Target {
+        name: "chain_walk",
+        run: chain_walk::run,
+        generate: gen_chain_walk,
+        count: 3000,
+    },
+    Target {
+        name: "net_hdr",
+        run: net_hdr::run,
+        generate: gen_net_hdr,
+        count: 20000,
+    },
+    Target {
+        name: "blk_request",
+        run: blk_request::run,
+        generate: gen_blk_request,
+        count: 20000,
+    },
+];
+
+const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// xorshift64*: small, fast, and the same sequence on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn new(stream: u64) -> Self {
+        Rng(SEED ^ stream.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// True with probability `n` in 256.
+    fn chance(&mut self, n: u64) -> bool {
+        self.below(256) < n
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Flips, overwrites, cuts or extends a few bytes (sometimes none).
+fn mutate(rng: &mut Rng, data: &mut Vec<u8>) {
+    let edits = rng.pick(&[0, 0, 1, 1, 2, 4]);
+    for _ in 0..edits {
+        if data.is_empty() {
+            data.push(rng.next() as u8);
+            continue;
+        }
+        let at = rng.below(data.len() as u64) as usize;
+        match rng.below(6) {
+            0 => data[at] ^= 1 << rng.below(8),
+            1 => data[at] = rng.pick(&[0, 1, 0x7f, 0x80, 0xff]),
+            2 => data[at] = rng.next() as u8,
+            3 => data.truncate(at),
+            4 => data.insert(at, rng.next() as u8),
+            _ => {
+                let n = rng.below(8) as usize;
+                data.extend(rng.bytes(n));
+            }
+        }
+    }
+}
+
+fn regression_inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions")
+        .join(target);
+    let mut out: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .map(|p| {
+                    let data = std::fs::read(&p).unwrap();
+                    (p, data)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn run_one(target: &Target, what: &str, data: &[u8]) {
+    let result = catch_unwind(AssertUnwindSafe(|| (target.run)(data)));
+    if result.is_err() {
+        let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+        panic!("{} failed on {what}: {hex}", target.name);
+    }
+}
+
+fn check_target(name: &str) {
+    let target = TARGETS.iter().find(|t| t.name == name).unwrap();
+    for (path, data) in regression_inputs(name) {
+        run_one(target, &path.display().to_string(), &data);
+    }
+    let mut rng = Rng::new(name.len() as u64 * 7919 + name.as_bytes()[0] as u64);
+    for i in 0..target.count {
+        let data = (target.generate)(&mut rng);
+        run_one(target, &format!("generated input #{i}"), &data);
+    }
+}
+
+#[test]
+fn messages_target() {
+    check_target("messages");
+}
+
+#[test]
+fn memory_table_target() {
+    check_target("memory_table");
+}
+
+#[test]
+fn chain_walk_target() {
+    check_target("chain_walk");
+}
+
+#[test]
+fn net_hdr_target() {
+    check_target("net_hdr");
+}
+
+#[test]
+fn blk_request_target() {
+    check_target("blk_request");
+}
+
+#[test]
+fn every_target_has_a_regression_directory() {
+    for t in TARGETS {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/regressions")
+            .join(t.name);
+        assert!(dir.is_dir(), "{} missing", dir.display());
+    }
+}
+
+/// Writes generated inputs as a starting corpus for `cargo fuzz run`.
+#[test]
+#[ignore]
+fn write_seeds() {
+    for t in TARGETS {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(t.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut rng = Rng::new(0x5eed);
+        for i in 0..64 {
+            std::fs::write(dir.join(format!("seed-{i:02}")), (t.generate)(&mut rng)).unwrap();
+        }
+    }
+}
+
+// ---- messages -------------------------------------------------------------------
+
+fn region_desc(rng: &mut Rng) -> MemoryRegionDesc {
+    let mut d = MemoryRegionDesc {
+        guest_phys_addr: rng.below(1 << 20) << 12,
+        memory_size: (rng.below(1 << 16) + 1) << 12,
+        userspace_addr: 0x7f00_0000_0000 + (rng.below(1 << 20) << 12),
+        mmap_offset: rng.below(4) << 12,
+    };
+    if rng.chance(32) {
+        // Overflowing or empty fields.
+        match rng.below(4) {
+            0 => d.memory_size = 0,
+            1 => d.guest_phys_addr = u64::MAX - rng.below(0x1000),
+            2 => d.userspace_addr = u64::MAX - rng.below(0x1000),
+            _ => d.mmap_offset = u64::MAX - rng.below(0x1000),
+        }
+    }
+    d
+}
+
+/// A request number and a body that fits it.
+fn message_body(rng: &mut Rng) -> (u32, Vec<u8>) {
+    let u64_body = |rng: &mut Rng| rng.next().to_ne_bytes().to_vec();
+    match rng.below(12) {
+        0 => (
+            rng.pick(&[2, 16, 19, 20, 39]),
+            if rng.chance(128) {
+                rng.pick(&[0u64, 1, 0x1_0000_0000, u64::MAX])
+                    .to_ne_bytes()
+                    .to_vec()
+            } else {
+                u64_body(rng)
+            },
+        ),
+        1 => (
+            rng.pick(&[8, 10, 11, 18, 23, 35]),
+            VringState {
+                index: rng.below(4) as u32,
+                num: rng.next() as u32,
+            }
+            .encode(),
+        ),
+        2 => {
+            let align = |rng: &mut Rng, a: u64| {
+                let v = rng.below(1 << 32);
+                if rng.chance(224) {
+                    v & !(a - 1)
+                } else {
+                    v
+                }
+            };
+            let addr = VringAddr {
+                index: rng.below(4) as u32,
+                flags: if rng.chance(224) {
+                    rng.below(2) as u32
+                } else {
+                    rng.next() as u32
+                },
+                desc: align(rng, 16),
+                used: align(rng, 4),
+                avail: align(rng, 2),
+                log: rng.next(),
+            };
+            (9, addr.encode())
+        }
+        3 => (
+            rng.pick(&[12, 13, 14]),
+            RingFd {
+                index: rng.next() as u8,
+                no_fd: rng.chance(128),
+            }
+            .encode(),
+        ),
+        4 => (
+            6,
+            LogBase {
+                mmap_size: rng.pick(&[0, 1, 0x1000, u64::MAX]),
+                mmap_offset: rng.pick(&[0, 0x1000, u64::MAX]),
+            }
+            .encode(),
+        ),
+        5 => (
+            rng.pick(&[31, 32]),
+            InflightInfo {
+                mmap_size: rng.pick(&[0, 0x2000, u64::MAX]),
+                mmap_offset: rng.pick(&[0, 1, u64::MAX]),
+                num_queues: rng.below(4) as u16,
+                queue_size: rng.pick(&[0, 256, 1024]),
+            }
+            .encode(),
+        ),
+        6 => (
+            42,
+            DeviceStateTransfer {
+                direction: rng.below(3) as u32,
+                phase: if rng.chance(224) { 0 } else { 1 },
+            }
+            .encode(),
+        ),
+        7 => {
+            let len = rng.below(ConfigAccess::MAX_SIZE as u64 + 1) as usize;
+            let c = ConfigAccess {
+                offset: rng.below(ConfigAccess::MAX_SIZE as u64 + 1 - len as u64) as u32,
+                flags: rng.below(2) as u32,
+                payload: rng.bytes(len),
+            };
+            (rng.pick(&[24, 25]), c.encode())
+        }
+        8 => (rng.pick(&[37, 38]), SingleRegion(region_desc(rng)).encode()),
+        9 => {
+            let n = rng.below(8) + 1;
+            let t = MemoryTableDesc {
+                regions: (0..n).map(|_| region_desc(rng)).collect(),
+            };
+            (5, t.encode())
+        }
+        10 => {
+            // Any request, any body size.
+            let len = rng.below(u64::from(MAX_PAYLOAD_SIZE) + 16) as usize;
+            (rng.below(48) as u32, rng.bytes(len))
+        }
+        _ => {
+            let req = FrontendRequest::ALL[rng.below(FrontendRequest::ALL.len() as u64) as usize];
+            (req.number(), Vec::new())
+        }
+    }
+}
+
+fn header_bytes(rng: &mut Rng, request: u32, size: u32) -> [u8; 12] {
+    let mut flags = HeaderFlags::REQUEST;
+    if rng.chance(64) {
+        flags = flags.with_need_reply();
+    }
+    let mut raw = Header {
+        request,
+        flags,
+        size,
+    }
+    .encode();
+    if rng.chance(16) {
+        raw[4] = rng.pick(&[0, 2, 3, 5, 0x11]);
+    }
+    raw
+}
+
+fn gen_messages(rng: &mut Rng) -> Vec<u8> {
+    let mut out;
+    if rng.chance(160) {
+        let (request, body) = message_body(rng);
+        // The fd count comes from the size word in this mode.
+        let size = rng.below(16) as u32;
+        out = vec![rng.below(128) as u8 * 2];
+        out.extend_from_slice(&header_bytes(rng, request, size));
+        out.extend_from_slice(&body);
+    } else {
+        out = vec![rng.below(128) as u8 * 2 + 1];
+        for _ in 0..rng.below(4) + 1 {
+            let (request, body) = message_body(rng);
+            let mut size = body.len() as u32;
+            if rng.chance(16) {
+                size = rng.pick(&[MAX_PAYLOAD_SIZE + 1, u32::MAX, size + 1]);
+            }
+            out.extend_from_slice(&header_bytes(rng, request, size));
+            out.extend_from_slice(&body);
+        }
+    }
+    mutate(rng, &mut out);
+    out
+}
+
+// ---- memory_table ---------------------------------------------------------------
+
+fn gen_region(rng: &mut Rng, out: &mut Vec<u8>) {
+    // tag: bit 7 raw size, bits 2-3 gpa kind, bit 6 raw uaddr, bit 5 raw offset.
+    let mut tag = (rng.below(4) as u8) << 2;
+    for (bit, odds) in [(0x80u8, 8u64), (0x40, 8), (0x20, 8)] {
+        if rng.chance(odds) {
+            tag |= bit;
+        }
+    }
+    out.push(tag);
+    if tag & 0x80 != 0 {
+        out.extend_from_slice(&rng.next().to_le_bytes());
+    } else {
+        let any = rng.below(0x4000) as u16;
+        let size = rng.pick(&[0x0fffu16, 0x1fff, 0x7fff, any]);
+        out.extend_from_slice(&size.to_le_bytes());
+    }
+    match (tag >> 2) & 3 {
+        0 => out.extend_from_slice(&(rng.below(0x400) as u16).to_le_bytes()),
+        1 | 2 => out.extend_from_slice(&[rng.next() as u8, rng.pick(&[0, 0, 0, 1, 0xff])]),
+        _ => out.extend_from_slice(&rng.next().to_le_bytes()),
+    }
+    if tag & 0x40 != 0 {
+        out.extend_from_slice(&rng.next().to_le_bytes());
+    } else {
+        out.extend_from_slice(&(rng.below(0x100) as u16).to_le_bytes());
+    }
+    if tag & 0x20 != 0 {
+        out.extend_from_slice(&rng.next().to_le_bytes());
+    } else {
+        let any = rng.below(0x2000) as u16;
+        let off = rng.pick(&[0u16, 0x1000, any]);
+        out.extend_from_slice(&off.to_le_bytes());
+    }
+    // File length delta: usually exact, sometimes short.
+    out.push(rng.pick(&[0, 0, 0, 1, 0xff]));
+}
+
+fn gen_address(rng: &mut Rng, out: &mut Vec<u8>) {
+    let tag = rng.below(8) as u8;
+    out.push(tag);
+    if tag & 3 == 0 {
+        if tag & 4 != 0 {
+            out.extend_from_slice(&rng.next().to_le_bytes());
+        } else {
+            out.extend_from_slice(&(rng.below(0x40_0000) as u32).to_le_bytes());
+        }
+    } else {
+        // Region index and delta.
+        out.push(rng.next() as u8);
+        out.push(rng.pick(&[0, 0, 1, 2, 4, 0xff, 0xfe, 0xfc]));
+    }
+}
+
+fn gen_len(rng: &mut Rng, out: &mut Vec<u8>) {
+    match rng.below(8) {
+        0..=3 => out.push((rng.below(64) as u8) << 2),
+        4..=6 => {
+            out.push(1);
+            out.extend_from_slice(&(rng.below(0x3000) as u16).to_le_bytes());
+        }
+        _ => {
+            out.push(3);
+            out.extend_from_slice(&rng.next().to_le_bytes());
+        }
+    }
+}
+
+fn gen_memory_table(rng: &mut Rng) -> Vec<u8> {
+    let mut out = vec![rng.below(4) as u8];
+    for _ in 0..out[0] {
+        gen_region(rng, &mut out);
+    }
+    for _ in 0..rng.below(24) {
+        let op = rng.below(10) as u8;
+        out.push(op);
+        match op {
+            0 => gen_region(rng, &mut out),
+            1 => {
+                out.push(rng.next() as u8);
+                out.push(rng.pick(&[0, 1, 2, 3, 3, 3]));
+            }
+            2 => {
+                let near = rng.chance(192);
+                out.push(u8::from(near));
+                if near {
+                    out.push(rng.next() as u8);
+                    out.push(rng.pick(&[0, 0, 1, 0xff]));
+                    out.extend_from_slice(&(rng.below(0x2000) as u16).to_le_bytes());
+                } else {
+                    out.extend_from_slice(&rng.next().to_le_bytes());
+                }
+                gen_len(rng, &mut out);
+            }
+            3..=7 => {
+                gen_address(rng, &mut out);
+                gen_len(rng, &mut out);
+                if op == 7 {
+                    out.push(rng.next() as u8);
+                }
+            }
+            _ => {
+                gen_address(rng, &mut out);
+                out.push(rng.below(3) as u8);
+                if op == 9 {
+                    out.extend_from_slice(&rng.next().to_le_bytes());
+                }
+            }
+        }
+    }
+    mutate(rng, &mut out);
+    out
+}
+
+// ---- chain_walk -----------------------------------------------------------------
+
+/// A guest memory image being laid out, and how much of it is used.
+struct Image {
+    bytes: Vec<u8>,
+    used: usize,
+}
+
+impl Image {
+    fn new() -> Self {
+        Image {
+            bytes: vec![0; chain_walk::IMAGE],
+            used: 0,
+        }
+    }
+    fn put(&mut self, at: u64, data: &[u8]) {
+        if at >= self.bytes.len() as u64 {
+            return;
+        }
+        let at = at as usize;
+        let end = (at + data.len()).min(self.bytes.len());
+        self.bytes[at..end].copy_from_slice(&data[..end - at]);
+        self.used = self.used.max(end);
+    }
+    fn desc(&mut self, table: u64, index: u16, d: Descriptor) {
+        self.put(table + 16 * u64::from(index), &d.to_bytes());
+    }
+}
+
+/// A buffer address and length: mostly in the first 16 KiB, sometimes across the
+/// region edge at 32 KiB, sometimes outside memory.
+fn buffer(rng: &mut Rng) -> (u64, u32) {
+    let any = rng.below(0x800) as u32;
+    let len = rng.pick(&[0u32, 1, 12, 64, any]);
+    let addr = match rng.below(16) {
+        0 => 0x8000 - rng.below(64),
+        1 => 0x10000 - u64::from(len) + rng.below(2),
+        2 => rng.next(),
+        _ => 0x2000 + rng.below(0x2000),
+    };
+    (addr, len)
+}
+
+/// Lays out a chain of `n` descriptors from `head` in the table at `table` (of
+/// `size` entries): readable buffers first, then writable ones.
+fn lay_chain(rng: &mut Rng, img: &mut Image, table: u64, size: u16, head: u16, n: usize) {
+    let mut index = head;
+    let readable = rng.below(n as u64 + 1) as usize;
+    for i in 0..n {
+        let next = if rng.chance(240) {
+            rng.below(u64::from(size).max(1)) as u16
+        } else {
+            rng.next() as u16
+        };
+        let mut flags = if i < n - 1 { Descriptor::F_NEXT } else { 0 };
+        if i >= readable {
+            flags |= Descriptor::F_WRITE;
+        }
+        let (addr, len) = buffer(rng);
+        img.desc(
+            table,
+            index,
+            Descriptor {
+                addr,
+                len,
+                flags,
+                next,
+            },
+        );
+        index = next;
+    }
+}
+
+fn gen_chain_walk(rng: &mut Rng) -> Vec<u8> {
+    let mut img = Image::new();
+    let mut out;
+    if rng.chance(192) {
+        let table = if rng.chance(240) {
+            16 * rng.below(0x80)
+        } else {
+            let any = rng.next();
+            rng.pick(&[0x7ff8, 0xfff0, any])
+        };
+        let any = rng.below(512) as u16;
+        let size = rng.pick(&[1u16, 4, 16, 64, 256, any]);
+        let head = rng.below(u64::from(size) + 1) as u16;
+        let indirect = rng.chance(64);
+        let mut flags = 0u8;
+        if indirect || rng.chance(64) {
+            flags |= chain_walk::F_INDIRECT;
+        }
+        out = vec![rng.below(128) as u8 * 2, flags];
+        out.extend_from_slice(&table.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&head.to_le_bytes());
+        out.extend_from_slice(&rng.bytes(chain_walk::PLAN));
+        if table < 0x10000 {
+            let n = rng.below(6) as usize + 1;
+            if indirect {
+                let itable = 0x6000 + 16 * rng.below(0x100);
+                let count = n as u64 + rng.below(2);
+                img.desc(
+                    table,
+                    head,
+                    Descriptor {
+                        addr: itable,
+                        len: 16 * count as u32,
+                        flags: Descriptor::F_INDIRECT,
+                        next: 0,
+                    },
+                );
+                lay_chain(rng, &mut img, itable, count as u16, 0, n);
+            } else {
+                lay_chain(rng, &mut img, table, size, head, n);
+            }
+        }
+    } else {
+        let size = rng.pick(&[1u16, 2, 8, 16, 64, 3, 0]);
+        let (desc, avail, used) = if rng.chance(224) {
+            (0u16, 0x1000u16, 0x2000u16)
+        } else {
+            // Anywhere, and often just below the region edge at 32 KiB.
+            let mut part = |align: u64| {
+                let at = if rng.chance(128) {
+                    0x8000 - rng.below(0x100)
+                } else {
+                    rng.below(0x10000)
+                };
+                if rng.chance(224) {
+                    (at & !(align - 1)) as u16
+                } else {
+                    at as u16
+                }
+            };
+            (part(16), part(2), part(4))
+        };
+        let base = rng.below(4) as u16;
+        let pending = rng.below(u64::from(size) + 2) as u16;
+        let mut flags = 0u8;
+        if rng.chance(128) {
+            flags |= chain_walk::F_EVENT_IDX;
+        }
+        if rng.chance(64) {
+            flags |= chain_walk::F_INDIRECT;
+        }
+        out = vec![rng.below(128) as u8 * 2 + 1, flags];
+        for v in [size, desc, avail, used, base] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.push(pending as u8 + 2);
+        if size > 0 {
+            for i in 0..pending {
+                let slot = u64::from(base.wrapping_add(i) % size);
+                let head = if rng.chance(248) {
+                    rng.below(u64::from(size)) as u16
+                } else {
+                    size
+                };
+                img.put(u64::from(avail) + 4 + 2 * slot, &head.to_le_bytes());
+                let n = rng.below(3) as usize + 1;
+                lay_chain(rng, &mut img, u64::from(desc), size, head, n);
+            }
+            img.put(
+                u64::from(avail) + 2,
+                &base.wrapping_add(pending).to_le_bytes(),
+            );
+        }
+    }
+    let params = out.len();
+    out.extend_from_slice(&img.bytes[..img.used]);
+    // Mutations land in the parameters or the used part of the image.
+    let mut tail = out.split_off(params.min(out.len()));
+    mutate(rng, &mut tail);
+    if rng.chance(32) {
+        mutate(rng, &mut out);
+    }
+    out.extend_from_slice(&tail);
+    out
+}
+
+// ---- net_hdr --------------------------------------------------------------------
+
+fn gen_net_hdr(rng: &mut Rng) -> Vec<u8> {
+    use vhost_user_sync_net::features::{CSUM, HOST_ECN, HOST_TSO4, HOST_TSO6, HOST_UFO};
+    use vhost_user_sync_net::request::{NetHdr, MAX_FRAME};
+
+    let any = rng.below(70_000) as u32;
+    let frame_len = rng.pick(&[
+        0u32,
+        14,
+        60,
+        1514,
+        MAX_FRAME as u32,
+        MAX_FRAME as u32 + 1,
+        any,
+    ]);
+    let near = |rng: &mut Rng, v: u32| (v + rng.below(5) as u32).saturating_sub(2) as u16;
+    let csum_start = rng.below(u64::from(frame_len) + 1) as u16;
+    let (any_type, any_size, near_size) =
+        (rng.next() as u8, rng.next() as u16, near(rng, frame_len));
+    let h = NetHdr {
+        flags: rng.pick(&[0, 1, 2, 3, 4, 0x80]),
+        gso_type: rng.pick(&[0, 1, 3, 4, 5, 0x80, 0x81, 0x84, any_type]),
+        hdr_len: rng.next() as u16,
+        gso_size: rng.pick(&[0, 1, near_size, any_size]),
+        csum_start,
+        csum_offset: near(
+            rng,
+            frame_len
+                .saturating_sub(u32::from(csum_start))
+                .saturating_sub(2),
+        ),
+        num_buffers: rng.next() as u16,
+    };
+    let mut features = 0u64;
+    for f in [CSUM, HOST_TSO4, HOST_TSO6, HOST_UFO, HOST_ECN] {
+        if rng.chance(160) {
+            features |= f;
+        }
+    }
+    if rng.chance(16) {
+        features = rng.next();
+    }
+    let mut out = h.to_bytes().to_vec();
+    out.extend_from_slice(&frame_len.to_le_bytes());
+    out.extend_from_slice(&features.to_le_bytes());
+    // A control command.
+    let table = |rng: &mut Rng, out: &mut Vec<u8>| {
+        let n = rng.below(4) as u32;
+        let claimed = if rng.chance(16) { u32::MAX } else { n };
+        out.extend_from_slice(&claimed.to_le_bytes());
+        out.extend(rng.bytes(6 * n as usize));
+    };
+    match rng.below(6) {
+        0 => out.extend_from_slice(&[0, rng.below(7) as u8, rng.next() as u8]),
+        1 => {
+            out.extend_from_slice(&[1, 1]);
+            out.extend(rng.bytes(6));
+        }
+        2 => {
+            out.extend_from_slice(&[1, 0]);
+            table(rng, &mut out);
+            table(rng, &mut out);
+        }
+        3 => out.extend_from_slice(&[4, 0, rng.next() as u8, rng.next() as u8]),
+        4 => out.extend_from_slice(&[3, 0]),
+        _ => {
+            let n = rng.below(12) as usize;
+            out.extend(rng.bytes(n));
+        }
+    }
+    mutate(rng, &mut out);
+    out
+}
+
+// ---- blk_request ----------------------------------------------------------------
+
+fn gen_blk_request(rng: &mut Rng) -> Vec<u8> {
+    use vhost_user_sync_blk::request::{kind, RequestHeader, Segment, SECTOR_SIZE};
+
+    let capacity = rng.pick(&[0u64, 1, 8, 2048, 1 << 21, u64::MAX / SECTOR_SIZE]);
+    let any = rng.next() as u32;
+    let request = rng.pick(&[
+        kind::IN,
+        kind::OUT,
+        kind::FLUSH,
+        kind::GET_ID,
+        kind::GET_LIFETIME,
+        kind::DISCARD,
+        kind::WRITE_ZEROES,
+        kind::SECURE_ERASE,
+        any,
+    ]);
+    let sectors = rng.below(16) + u64::from(rng.chance(16)) * 0x1_0000;
+    let sector = match rng.below(4) {
+        0 => capacity.saturating_sub(sectors),
+        1 => capacity.saturating_sub(sectors) + 1,
+        2 => rng.below(capacity.max(1)),
+        _ => rng.next(),
+    };
+    let header = RequestHeader {
+        kind: request,
+        reserved: if rng.chance(224) {
+            0
+        } else {
+            rng.next() as u32
+        },
+        sector,
+    };
+    let data = (sectors * SECTOR_SIZE) as u32 + rng.pick(&[0, 0, 0, 1, 511]);
+    let count = rng.below(4) as u32 + u32::from(rng.chance(16)) * 100;
+    let (readable, writable) = match request {
+        kind::OUT => (16 + data, 1),
+        kind::DISCARD | kind::WRITE_ZEROES => (16 + 16 * count + rng.pick(&[0, 0, 0, 8]), 1),
+        _ => (16, data + 1),
+    };
+    let (readable, writable) = match rng.below(16) {
+        0 => (rng.below(17) as u32, writable),
+        1 => (readable, 0),
+        2 => (rng.next() as u32, rng.next() as u32),
+        _ => (readable, writable),
+    };
+    let mut out = header.to_bytes().to_vec();
+    out.extend_from_slice(&readable.to_le_bytes());
+    out.extend_from_slice(&writable.to_le_bytes());
+    out.extend_from_slice(&capacity.to_le_bytes());
+    out.push(rng.below(8) as u8);
+    for _ in 0..4 {
+        let any = rng.next() as u32;
+        out.extend_from_slice(&rng.pick(&[0u32, 1, 2, 64, 1 << 20, any]).to_le_bytes());
+    }
+    for _ in 0..count.min(8) {
+        let num_sectors = rng.pick(&[0u32, 1, 8, 1 << 20]);
+        let segment = Segment {
+            sector: rng.below(capacity.saturating_add(2)),
+            num_sectors,
+            flags: rng.pick(&[0, 0, 1, 2, 3]),
+        };
+        out.extend_from_slice(&segment.to_bytes());
+    }
+    mutate(rng, &mut out);
+    out
+}
