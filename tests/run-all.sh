@@ -40,5 +40,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "run-all: cargo test"
 # QEMU guests take a whole core each; the guest support serialises them with a lock,
 # and two test threads leave room for the backend processes.
-cargo test --workspace --all-targets -- --test-threads=2
+cargo test --workspace --lib --bins --tests --examples -- --test-threads=2
+# The criterion benches, once each in test mode (they take no libtest options).
+cargo test --workspace --benches
 cargo test --workspace --doc
