@@ -19,6 +19,18 @@ mod backend;
 #[path = "../support/hostile.rs"]
 mod hostile;
 
+/// A table entry for case function `$name` (used by the case files below).
+macro_rules! case {
+    ($name:ident, $class:expr, $kinds:expr) => {
+        Case {
+            name: stringify!($name),
+            class: $class,
+            kinds: $kinds,
+            run: $name,
+        }
+    };
+}
+
 mod disconnect;
 mod host;
 mod messages;

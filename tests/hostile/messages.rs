@@ -17,17 +17,6 @@ use crate::hostile::{
     Snapshot, ALL, NEED_REPLY, PLAIN, T,
 };
 
-macro_rules! case {
-    ($name:ident, $class:expr, $kinds:expr) => {
-        Case {
-            name: stringify!($name),
-            class: $class,
-            kinds: $kinds,
-            run: $name,
-        }
-    };
-}
-
 pub static CASES: &[Case] = &[
     // Payload sizes that lie.
     case!(size_0xffffffff_closes, class::SIZES, ALL),

@@ -13,17 +13,6 @@ const NEXT: u16 = Descriptor::F_NEXT;
 const WRITE: u16 = Descriptor::F_WRITE;
 const INDIRECT: u16 = Descriptor::F_INDIRECT;
 
-macro_rules! case {
-    ($name:ident, $class:expr, $kinds:expr) => {
-        Case {
-            name: stringify!($name),
-            class: $class,
-            kinds: $kinds,
-            run: $name,
-        }
-    };
-}
-
 pub static CASES: &[Case] = &[
     case!(descriptor_outside_guest_memory, class::DESC_OUTSIDE, ALL),
     case!(descriptor_address_overflows, class::DESC_OUTSIDE, ALL),

@@ -126,14 +126,14 @@ impl DiskImage {
     /// An fd that becomes readable when another program may have resized the image
     /// (it closed the file after writing, or changed its attributes; the device's own
     /// writes raise neither). One per image, shared by every connection; call
-    /// [`Self::drain_resize_events`] and then [`Self::refresh_capacity`] when it is.
+    /// [`Self::resize_check`] when it is.
     pub fn resize_fd(&self) -> Option<BorrowedFd<'_>> {
         self.resize_watch.as_ref().map(|w| w.as_fd())
     }
 
     /// Empties the resize watch (any worker may do it; the others then find nothing,
     /// which is why the news goes on through [`Self::subscribe_resizes`]).
-    pub fn drain_resize_events(&self) {
+    fn drain_resize_events(&self) {
         if let Some(w) = &self.resize_watch {
             while matches!(w.read_events(), Ok(events) if !events.is_empty()) {}
         }

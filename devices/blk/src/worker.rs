@@ -159,11 +159,9 @@ impl BlkWorker {
     fn complete(&mut self, chain: &DescriptorChain, mem: &MemoryTable, limits: &Limits) -> u32 {
         let status = match self.run(chain, mem, limits) {
             Ok(()) => Status::Ok,
-            Err(BlkError::Request(RequestError::NoStatus)) => {
-                let e = RequestError::NoStatus;
-                self.shared
-                    .metrics
-                    .failed(&self.shared.metrics.malformed, &e);
+            Err(e @ BlkError::Request(RequestError::NoStatus)) => {
+                let m = &self.shared.metrics;
+                m.failed(&m.malformed, &e);
                 return 0;
             }
             Err(e) => {
@@ -196,10 +194,11 @@ impl BlkWorker {
         }
         let header = RequestHeader::from_bytes(&raw);
         let request = Request::parse(&header, chain.readable_len(), chain.writable_len(), limits)?;
-        let m = self.shared.metrics.clone();
+        // Counters are read after each operation: the I/O borrows `self` mutably.
         match request {
             Request::Read { sector, len } => {
                 self.read(chain.writer(mem), sector * SECTOR_SIZE, len as usize)?;
+                let m = &self.shared.metrics;
                 m.read_ops.fetch_add(1, Ordering::Relaxed);
                 m.read_bytes.fetch_add(len.into(), Ordering::Relaxed);
             }
@@ -208,12 +207,16 @@ impl BlkWorker {
                 if self.shared.writethrough() {
                     self.flush()?;
                 }
+                let m = &self.shared.metrics;
                 m.write_ops.fetch_add(1, Ordering::Relaxed);
                 m.write_bytes.fetch_add(len.into(), Ordering::Relaxed);
             }
             Request::Flush => {
                 self.flush()?;
-                m.flush_ops.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .flush_ops
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Request::GetId { len } => {
                 let n = ID_BYTES.min(len as usize);
@@ -224,7 +227,10 @@ impl BlkWorker {
             }
             Request::Discard { count } | Request::WriteZeroes { count } => {
                 self.discard(header.kind, &mut reader, count, limits)?;
-                m.discard_ops.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .discard_ops
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())

@@ -369,6 +369,22 @@ mod tests {
         used: 0x2000,
     };
 
+    /// An 8-byte device-writable buffer in memory.
+    const WRITABLE: Descriptor = Descriptor {
+        addr: 0x3000,
+        len: 8,
+        flags: Descriptor::F_WRITE,
+        next: 0,
+    };
+
+    /// A buffer outside memory: its chain is refused.
+    const OUTSIDE: Descriptor = Descriptor {
+        addr: 0xffff_0000,
+        len: 8,
+        flags: 0,
+        next: 0,
+    };
+
     fn offer(m: &MemoryTable, slot: u16, head: u16, idx: u16) {
         m.store::<u16>(A.avail + 4 + 2 * u64::from(slot), head, Ordering::Relaxed)
             .unwrap();
@@ -378,17 +394,7 @@ mod tests {
     #[test]
     fn pop_add_used_and_base() {
         let m = mem();
-        m.write(
-            0,
-            &Descriptor {
-                addr: 0x3000,
-                len: 8,
-                flags: Descriptor::F_WRITE,
-                next: 0,
-            }
-            .to_bytes(),
-        )
-        .unwrap();
+        m.write(0, &WRITABLE.to_bytes()).unwrap();
         let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
         offer(&m, 0, 0, 1);
         let c = q.pop(&m).unwrap().unwrap();
@@ -434,12 +440,7 @@ mod tests {
 
     #[test]
     fn a_ring_across_two_regions_and_a_new_table_are_both_followed() {
-        let d = Descriptor {
-            addr: 0x3000,
-            len: 8,
-            flags: Descriptor::F_WRITE,
-            next: 0,
-        };
+        let d = WRITABLE;
         // The used ring straddles the two regions: every access goes through the table.
         let straddling = split_table(A.used + 0x20);
         straddling.write(0, &d.to_bytes()).unwrap();
@@ -491,17 +492,7 @@ mod tests {
             Err(QueueError::BadIndex { index: 8, .. })
         ));
         let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
-        m.write(
-            0,
-            &Descriptor {
-                addr: 0xffff_0000,
-                len: 8,
-                flags: 0,
-                next: 0,
-            }
-            .to_bytes(),
-        )
-        .unwrap();
+        m.write(0, &OUTSIDE.to_bytes()).unwrap();
         offer(&m, 0, 0, 1);
         assert!(q.pop(&m).unwrap().is_none());
         assert_eq!(q.invalid_chains(), 1);
@@ -514,17 +505,7 @@ mod tests {
     fn a_used_ring_over_the_avail_ring_cannot_keep_pop_refusing() {
         let m = mem();
         // Descriptor 0 (every head here) is outside memory: each chain is refused.
-        m.write(
-            0,
-            &Descriptor {
-                addr: 0xffff_0000,
-                len: 8,
-                flags: 0,
-                next: 0,
-            }
-            .to_bytes(),
-        )
-        .unwrap();
+        m.write(0, &OUTSIDE.to_bytes()).unwrap();
         // The used index is the avail index: publishing used entries offers more.
         let a = RingAddrs { used: A.avail, ..A };
         m.store::<u16>(A.avail + 2, 4, Ordering::Release).unwrap();
@@ -547,17 +528,7 @@ mod tests {
     #[test]
     fn event_idx_notification_follows_used_event() {
         let m = mem();
-        m.write(
-            0,
-            &Descriptor {
-                addr: 0x3000,
-                len: 8,
-                flags: Descriptor::F_WRITE,
-                next: 0,
-            }
-            .to_bytes(),
-        )
-        .unwrap();
+        m.write(0, &WRITABLE.to_bytes()).unwrap();
         let mut q = SplitQueue::new(&m, 8, A, 0, true, false).unwrap();
         assert!(!q.needs_notification(&m).unwrap(), "nothing used yet");
         let used_event = A.avail + 4 + 2 * 8;
