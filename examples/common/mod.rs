@@ -25,6 +25,12 @@ pub struct ListenArgs {
     #[arg(long, default_value_t = 1, value_name = "N", conflicts_with = "fd",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub socket_count: u16,
+    /// Keep polling a device's rings for this many microseconds after the last request
+    /// before sleeping until the next kick (0: never poll). Polling spends CPU to save
+    /// kicks and wake-ups under load.
+    #[arg(long, default_value_t = 0, value_name = "US",
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub busy_poll_us: u64,
     /// Print the backend's capabilities as JSON and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -67,7 +73,7 @@ pub fn listeners(
             } else {
                 VhostUserListener::new(&path, None).map_err(|e| format!("{path}: {e}"))?
             };
-            Ok(l.with_shutdown(shutdown.clone()))
+            Ok(configure(l, args, shutdown))
         })
         .collect()
 }
@@ -125,5 +131,15 @@ pub fn listener(
             VhostUserListener::new(path, None).map_err(|e| e.to_string())?
         }
     };
-    Ok(l.with_shutdown(shutdown.clone()))
+    Ok(configure(l, args, shutdown))
+}
+
+/// The settings every listener of the program shares.
+fn configure(l: VhostUserListener, args: &ListenArgs, shutdown: &Shutdown) -> VhostUserListener {
+    let l = l.with_shutdown(shutdown.clone());
+    if args.busy_poll_us > 0 {
+        l.with_busy_poll(Duration::from_micros(args.busy_poll_us))
+    } else {
+        l
+    }
 }

@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::session::{Reply, Session};
 use super::worker::FailureSignal;
-use super::{RequestError, Shutdown};
+use super::{RequestError, ServeOptions, Shutdown};
 use crate::device::Device;
 use crate::message::{read_message, write_message, Message, ReadError};
 use crate::protocol::{FrontendRequest, HeaderFlags, ProtocolError};
@@ -53,6 +53,16 @@ pub fn serve_connection<D: Device>(
     device: D,
     shutdown: &Shutdown,
 ) -> Result<(), ServeError> {
+    serve_connection_with(conn, device, shutdown, &ServeOptions::default())
+}
+
+/// [`serve_connection`] with settings the operator chose for every device served.
+pub fn serve_connection_with<D: Device>(
+    conn: SocketPlatformConnection,
+    device: D,
+    shutdown: &Shutdown,
+    options: &ServeOptions,
+) -> Result<(), ServeError> {
     let mut poll = Poll::new()?;
     let fd = conn.as_raw_fd();
     poll.registry()
@@ -63,7 +73,7 @@ pub fn serve_connection<D: Device>(
         failed: false.into(),
         waker,
     });
-    let mut session = Session::new(device, failure.clone())?;
+    let mut session = Session::new(device, failure.clone(), options)?;
     info!("{}: frontend connected", session.name());
     let mut events = Events::with_capacity(8);
     let result = loop {

@@ -6,13 +6,15 @@
 mod backend_channel;
 mod connection;
 mod request_error;
+mod serve_options;
 mod session;
 mod shutdown;
 mod vring_config;
 mod worker;
 
 pub use backend_channel::BackendChannel;
-pub use connection::{serve_connection, ServeError};
+pub use connection::{serve_connection, serve_connection_with, ServeError};
 pub use request_error::RequestError;
+pub use serve_options::ServeOptions;
 pub use session::{FRAMEWORK_PROTOCOL_FEATURES, TRANSPORT_FEATURES};
 pub use shutdown::Shutdown;

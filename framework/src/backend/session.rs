@@ -9,6 +9,7 @@ use log::{debug, info, warn};
 
 use super::vring_config::VringConfig;
 use super::worker::{FailureSignal, StartQueue, WorkerCommand, WorkerHandle};
+use super::ServeOptions;
 use super::{BackendChannel, RequestError};
 use crate::device::{Device, DeviceInfo};
 use crate::memory::{DirtyLog, MemoryTable, MAX_MEM_SLOTS};
@@ -71,8 +72,15 @@ pub(crate) struct Session<D: Device> {
 type Result<T> = std::result::Result<T, RequestError>;
 
 impl<D: Device> Session<D> {
-    pub(crate) fn new(mut device: D, failure: Arc<FailureSignal>) -> std::io::Result<Self> {
-        let info = device.info();
+    pub(crate) fn new(
+        mut device: D,
+        failure: Arc<FailureSignal>,
+        options: &ServeOptions,
+    ) -> std::io::Result<Self> {
+        let mut info = device.info();
+        if let Some(t) = options.busy_poll {
+            info.busy_poll = t;
+        }
         let offered_features = (info.features | TRANSPORT_FEATURES) & !info.masked_features;
         let mut offered_protocol = FRAMEWORK_PROTOCOL_FEATURES | info.protocol_features;
         if info.config_size == 0 {
@@ -739,6 +747,7 @@ fn spawn_workers<D: Device>(
                 w,
                 mem.clone(),
                 failure.clone(),
+                info.busy_poll,
             )
         })
         .collect()

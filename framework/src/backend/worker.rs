@@ -8,6 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use log::{debug, error, warn};
@@ -89,11 +90,15 @@ pub(crate) struct FailureSignal {
 }
 
 impl WorkerHandle {
+    /// Starts a worker thread for `worker`. With a non-zero `busy_poll`, a queue that
+    /// had work is polled for that long after it runs dry before the worker re-enables
+    /// notifications and sleeps.
     pub(crate) fn spawn<W: QueueWorker>(
         name: String,
         mut worker: W,
         mem: Arc<MemoryTable>,
         failure: Arc<FailureSignal>,
+        busy_poll: Duration,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
@@ -113,6 +118,8 @@ impl WorkerHandle {
                     log: None,
                     queues: Vec::new(),
                     poll,
+                    busy_poll,
+                    busy_until: None,
                 };
                 let result = catch_unwind(AssertUnwindSafe(|| state.run(&rx)));
                 alive2.store(false, Ordering::Release);
@@ -203,13 +210,23 @@ struct WorkerState<W> {
     log: Option<Arc<DirtyLog>>,
     queues: Vec<Option<RunningQueue>>,
     poll: Poll,
+    /// How long to keep polling the rings after the last work (zero: never poll).
+    busy_poll: Duration,
+    /// While polling: when the polling period ends unless more work comes.
+    busy_until: Option<Instant>,
 }
+
+/// Ring passes with work in a row before the worker looks at its fds and commands again
+/// (the passes themselves make no system call).
+const PASSES_PER_EVENT_CHECK: u32 = 64;
 
 impl<W: QueueWorker> WorkerState<W> {
     fn run(&mut self, rx: &Receiver<WorkerCommand>) {
         let mut events = Events::with_capacity(64);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            // While polling the rings, only look for events; otherwise sleep until one.
+            let timeout = self.busy_until.map(|_| Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -236,6 +253,62 @@ impl<W: QueueWorker> WorkerState<W> {
                         debug!("{}: worker exits", self.name);
                         return;
                     }
+                }
+            }
+            self.spin();
+        }
+    }
+
+    /// While polling: passes over the rings, processing what came, until a pass finds
+    /// nothing (back to the event check) or [`PASSES_PER_EVENT_CHECK`] passes had work.
+    /// When the polling period is over, notifications are re-enabled and the worker
+    /// sleeps again.
+    fn spin(&mut self) {
+        for _ in 0..PASSES_PER_EVENT_CHECK {
+            let Some(until) = self.busy_until else {
+                return;
+            };
+            let mut progress = false;
+            for index in 0..self.queues.len() {
+                let ready = match &self.queues[index] {
+                    Some(q) if q.enabled && q.error.is_none() => {
+                        q.ring.has_available(&self.mem).unwrap_or(true)
+                    }
+                    _ => false,
+                };
+                if ready {
+                    progress |= self.run_queue(index as u16);
+                }
+            }
+            let now = Instant::now();
+            if progress {
+                self.busy_until = Some(now + self.busy_poll);
+                continue;
+            }
+            if now >= until {
+                self.busy_until = None;
+                self.rearm();
+            }
+            return;
+        }
+    }
+
+    /// Ends a polling period: every ring asks for kicks again; one that received
+    /// entries meanwhile is processed as if kicked.
+    fn rearm(&mut self) {
+        for index in 0..self.queues.len() {
+            let Some(q) = &mut self.queues[index] else {
+                continue;
+            };
+            if !q.enabled || q.error.is_some() {
+                continue;
+            }
+            match q.ring.enable_notification(&self.mem) {
+                Ok(false) => {}
+                Ok(true) => self.kicked(index as u16),
+                Err(e) => {
+                    error!("{}: queue {index} is broken: {e}", self.name);
+                    q.error = Some(e);
                 }
             }
         }
@@ -349,20 +422,29 @@ impl<W: QueueWorker> WorkerState<W> {
     /// alone (no side effects); enabling it calls this again, so what arrived in the
     /// meantime is processed and no kick is lost.
     fn kicked(&mut self, index: u16) {
+        if self.run_queue(index) {
+            self.busy_until = Some(Instant::now() + self.busy_poll);
+        }
+    }
+
+    /// Processes queue `index` (if running and enabled); returns whether it took
+    /// chains and the worker is polling (the ring is then left with notifications off).
+    fn run_queue(&mut self, index: u16) -> bool {
         let name = &self.name;
         let mem = &self.mem;
         let log = self.log.as_deref();
         let worker = &mut self.worker;
+        let polling = !self.busy_poll.is_zero();
         let Some(Some(q)) = self.queues.get_mut(usize::from(index)) else {
-            return;
+            return false;
         };
         if q.error.is_some() {
-            return;
+            return false;
         }
         if !q.enabled {
-            return;
+            return false;
         }
-        process(name, worker, index, q, mem, log);
+        process(name, worker, index, q, mem, log, polling)
     }
 
     fn device_event(&mut self, token: usize) {
@@ -383,6 +465,10 @@ impl<W: QueueWorker> WorkerState<W> {
     }
 }
 
+/// Runs the device on queue `q` with notifications off. Without `polling` it re-enables
+/// them when the ring is dry (going round again for entries that came meanwhile) and
+/// returns false. With `polling`, a round that took chains returns true at once and
+/// leaves notifications off: the worker's polling passes come back to the ring.
 fn process<W: QueueWorker>(
     name: &str,
     worker: &mut W,
@@ -390,8 +476,10 @@ fn process<W: QueueWorker>(
     q: &mut RunningQueue,
     mem: &MemoryTable,
     log: Option<&DirtyLog>,
-) {
+    polling: bool,
+) -> bool {
     let mut idle_round = false;
+    let mut polled = false;
     loop {
         if let Err(e) = q.ring.disable_notification(mem) {
             q.error = Some(e);
@@ -420,6 +508,10 @@ fn process<W: QueueWorker>(
         // round again. A device that leaves entries it cannot use yet makes no
         // progress twice in a row; stop then, or this would spin.
         let progress = q.ring.next_avail() != before;
+        if polling && progress {
+            polled = true;
+            break;
+        }
         match q.ring.enable_notification(mem) {
             Ok(true) if progress || !idle_round => {
                 idle_round = !progress;
@@ -435,7 +527,9 @@ fn process<W: QueueWorker>(
     signal_if_needed(index, &mut q.ring, mem, q.call.as_deref(), &mut q.error);
     if let Some(e) = &q.error {
         error!("{name}: queue {index} is broken and stays stopped until restarted: {e}");
+        return false;
     }
+    polled
 }
 
 fn log_device_error(name: &str, index: u16, e: &DeviceError) {

@@ -1,5 +1,7 @@
 //! `DeviceInfo`: what a device tells the framework about itself.
 
+use std::time::Duration;
+
 use crate::protocol::ProtocolFeatures;
 
 /// A device's identity and limits.
@@ -36,6 +38,11 @@ pub struct DeviceInfo {
     pub protocol_features: ProtocolFeatures,
     /// Size of the config space in bytes (0: none).
     pub config_size: u32,
+    /// How long a worker keeps polling its rings after the last chain before it asks
+    /// for kicks again and sleeps (zero, the default: never poll). Polling trades a CPU
+    /// for fewer kicks and wake-ups under load; a listener's
+    /// [`with_busy_poll`](crate::VhostUserListener::with_busy_poll) overrides it.
+    pub busy_poll: Duration,
 }
 
 impl DeviceInfo {
@@ -50,6 +57,7 @@ impl DeviceInfo {
             masked_features: 0,
             protocol_features: ProtocolFeatures::EMPTY,
             config_size: 0,
+            busy_poll: Duration::ZERO,
         }
     }
 
@@ -74,6 +82,12 @@ impl DeviceInfo {
     /// With a config space of `size` bytes.
     pub fn with_config_size(mut self, size: u32) -> Self {
         self.config_size = size;
+        self
+    }
+
+    /// With workers that poll their rings for `time` after the last chain.
+    pub fn with_busy_poll(mut self, time: Duration) -> Self {
+        self.busy_poll = time;
         self
     }
 

@@ -15,7 +15,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use thiserror::Error;
 
 use super::SocketPlatformConnection;
-use crate::backend::{serve_connection, ServeError, Shutdown};
+use crate::backend::{serve_connection_with, ServeError, ServeOptions, Shutdown};
 use crate::device::Device;
 
 /// Default mode of a socket file created by [`VhostUserListener::new`].
@@ -98,6 +98,7 @@ pub struct VhostUserListener {
     /// The socket file this listener created and removes when dropped.
     owned_path: Option<PathBuf>,
     shutdown: Shutdown,
+    options: ServeOptions,
 }
 
 impl VhostUserListener {
@@ -134,6 +135,7 @@ impl VhostUserListener {
             endpoint: Endpoint::Listening(listener),
             owned_path: Some(p),
             shutdown: Shutdown::new(),
+            options: ServeOptions::default(),
         })
     }
 
@@ -165,6 +167,7 @@ impl VhostUserListener {
             endpoint,
             owned_path: None,
             shutdown: Shutdown::new(),
+            options: ServeOptions::default(),
         })
     }
 
@@ -178,6 +181,7 @@ impl VhostUserListener {
             },
             owned_path: None,
             shutdown: Shutdown::new(),
+            options: ServeOptions::default(),
         }
     }
 
@@ -190,6 +194,14 @@ impl VhostUserListener {
     /// listener's own trigger.
     pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
         self.shutdown = shutdown;
+        self
+    }
+
+    /// Every device served polls its rings for `time` after the last chain before it
+    /// sleeps (see [`DeviceInfo::busy_poll`](crate::device::DeviceInfo::busy_poll));
+    /// zero turns polling off whatever the device asks for.
+    pub fn with_busy_poll(mut self, time: Duration) -> Self {
+        self.options.busy_poll = Some(time);
         self
     }
 
@@ -222,7 +234,12 @@ impl VhostUserListener {
     /// Accepts one frontend and serves `device` until it disconnects.
     pub fn run_device<D: Device>(&mut self, device: D) -> Result<(), ListenerError> {
         match self.accept()? {
-            Some(conn) => Ok(serve_connection(conn, device, &self.shutdown)?),
+            Some(conn) => Ok(serve_connection_with(
+                conn,
+                device,
+                &self.shutdown,
+                &self.options,
+            )?),
             None => Ok(()),
         }
     }
@@ -234,7 +251,7 @@ impl VhostUserListener {
         mut factory: F,
     ) -> Result<(), ListenerError> {
         while let Some(conn) = self.accept()? {
-            if let Err(e) = serve_connection(conn, factory(), &self.shutdown) {
+            if let Err(e) = serve_connection_with(conn, factory(), &self.shutdown, &self.options) {
                 warn!("connection ended with an error: {e}; accepting the next frontend");
             }
             if matches!(self.endpoint, Endpoint::Connected(None)) {
