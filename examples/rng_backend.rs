@@ -21,9 +21,14 @@ use vhost_user_sync_rng::RngDevice;
 struct Args {
     #[command(flatten)]
     listen: common::ListenArgs,
-    /// Where entropy comes from.
+    /// Where entropy comes from: it keys (and every megabyte reseeds) the ChaCha20
+    /// generator that serves the guest.
     #[arg(long, default_value = "/dev/urandom")]
     source: String,
+    /// Serve every request with a read of --source instead of the generator (for a
+    /// hardware source whose bytes should reach the guest unchanged).
+    #[arg(long)]
+    passthrough: bool,
 }
 
 fn main() {
@@ -45,8 +50,16 @@ fn main() {
     for p in listeners.iter().filter_map(|l| l.path()) {
         log::info!("listening on {}", p.display());
     }
-    let source = args.source;
-    if let Err(e) = common::serve_all(&mut listeners, || RngDevice::new(&source)) {
+    let (source, passthrough) = (args.source, args.passthrough);
+    let device = || {
+        let dev = RngDevice::new(&source);
+        if passthrough {
+            dev.passthrough()
+        } else {
+            dev
+        }
+    };
+    if let Err(e) = common::serve_all(&mut listeners, device) {
         log::error!("{e}");
         drop(listeners);
         std::process::exit(1);

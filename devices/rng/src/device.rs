@@ -6,12 +6,19 @@ use std::sync::Arc;
 
 use vhost_user_sync::device::{Device, DeviceInfo};
 
-use crate::{worker::RngWorker, RngMetrics};
+use crate::drbg::Drbg;
+use crate::worker::{EntropySource, RngWorker};
+use crate::RngMetrics;
 
 /// Virtio device id of an entropy device.
 pub const VIRTIO_ID_RNG: u32 = 4;
 
-/// A virtio-rng device reading from `source` (by default `/dev/urandom`).
+/// A virtio-rng device whose entropy comes from `source` (by default `/dev/urandom`).
+///
+/// By default the bytes come from a ChaCha20 generator ([`Drbg`]) that each worker keys
+/// from `source` and reseeds from it every megabyte; [`RngDevice::passthrough`] reads
+/// every request from `source` instead (for a hardware generator whose output should
+/// reach the guest unchanged).
 ///
 /// # Example
 /// ```
@@ -19,10 +26,12 @@ pub const VIRTIO_ID_RNG: u32 = 4;
 /// use vhost_user_sync_rng::RngDevice;
 /// let dev = RngDevice::new("/dev/urandom");
 /// assert_eq!(dev.info().num_queues, 1);
+/// let raw = RngDevice::new("/dev/hwrng").passthrough();
 /// ```
 #[derive(Debug, Clone)]
 pub struct RngDevice {
     source: PathBuf,
+    passthrough: bool,
     metrics: Arc<RngMetrics>,
 }
 
@@ -31,8 +40,15 @@ impl RngDevice {
     pub fn new(source: impl Into<PathBuf>) -> Self {
         RngDevice {
             source: source.into(),
+            passthrough: false,
             metrics: Arc::default(),
         }
+    }
+
+    /// Serves every request with a read of the source, not from the generator.
+    pub fn passthrough(mut self) -> Self {
+        self.passthrough = true;
+        self
     }
 
     /// Shares `metrics` (so that a program can report across connections).
@@ -50,9 +66,12 @@ impl Device for RngDevice {
     }
 
     fn create_worker(&mut self, _index: usize) -> std::io::Result<RngWorker> {
-        Ok(RngWorker::new(
-            File::open(&self.source)?,
-            self.metrics.clone(),
-        ))
+        let source = File::open(&self.source)?;
+        let source = if self.passthrough {
+            EntropySource::Passthrough(source)
+        } else {
+            EntropySource::Generator(Box::new(Drbg::new(source)?))
+        };
+        Ok(RngWorker::new(source, self.metrics.clone()))
     }
 }
