@@ -9,7 +9,7 @@ mod table;
 pub use dirty_log::{DirtyLog, LOG_PAGE_SIZE};
 pub use memory_error::MemoryError;
 pub use region::GuestRegion;
-pub use table::{MemoryTable, MAX_MEM_SLOTS};
+pub use table::{MemoryTable, MAX_MEM_SLOTS, PREFETCH_MAX};
 
 #[cfg(test)]
 pub(crate) use table::test_table;

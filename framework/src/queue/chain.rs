@@ -149,15 +149,23 @@ impl DescriptorChain {
         }
     }
 
+    #[inline]
     fn push(&mut self, desc: Descriptor) -> Result<(), QueueError> {
-        let overflow = QueueError::ChainLengthOverflow { head: self.head };
+        let head = self.head;
+        let overflow = || QueueError::ChainLengthOverflow { head };
         if desc.is_write() {
-            self.writable_len = self.writable_len.checked_add(desc.len).ok_or(overflow)?;
+            self.writable_len = self
+                .writable_len
+                .checked_add(desc.len)
+                .ok_or_else(overflow)?;
         } else {
-            if self.writable_len > 0 || self.first_writable < self.descs.as_slice().len() {
-                return Err(QueueError::ReadableAfterWritable { head: self.head });
+            if self.writable_len > 0 || self.first_writable < self.descs.len {
+                return Err(QueueError::ReadableAfterWritable { head });
             }
-            self.readable_len = self.readable_len.checked_add(desc.len).ok_or(overflow)?;
+            self.readable_len = self
+                .readable_len
+                .checked_add(desc.len)
+                .ok_or_else(overflow)?;
             self.first_writable += 1;
         }
         self.descs.push(desc);
@@ -218,6 +226,8 @@ impl DescriptorChain {
 #[derive(Debug, Clone, Default)]
 struct ChainDescs {
     inline: [Descriptor; INLINE_DESCS],
+    /// Descriptors in the chain: the first `INLINE_DESCS` inline, all of them in
+    /// `spill` once there are more.
     len: usize,
     spill: Vec<Descriptor>,
 }
@@ -225,20 +235,22 @@ struct ChainDescs {
 const INLINE_DESCS: usize = 4;
 
 impl ChainDescs {
+    #[inline]
     fn push(&mut self, d: Descriptor) {
-        if self.spill.is_empty() && self.len < INLINE_DESCS {
+        if self.len < INLINE_DESCS {
             self.inline[self.len] = d;
-            self.len += 1;
         } else {
             if self.spill.is_empty() {
-                self.spill.extend_from_slice(&self.inline[..self.len]);
+                self.spill.extend_from_slice(&self.inline);
             }
             self.spill.push(d);
         }
+        self.len += 1;
     }
 
+    #[inline]
     fn as_slice(&self) -> &[Descriptor] {
-        if self.spill.is_empty() {
+        if self.len <= INLINE_DESCS {
             &self.inline[..self.len]
         } else {
             &self.spill

@@ -19,6 +19,14 @@ impl<'a> ChainCursor<'a> {
         ChainCursor { descs, at: (0, 0) }
     }
 
+    /// The guest address of the next byte and the bytes left in its buffer, if any.
+    #[inline]
+    pub(crate) fn current(&self) -> Option<(u64, usize)> {
+        let (i, off) = self.at;
+        let d = self.descs.get(i)?;
+        Some((d.addr.wrapping_add(u64::from(off)), (d.len - off) as usize))
+    }
+
     /// Bytes from here to the end of the buffers.
     pub(crate) fn remaining(&self) -> usize {
         let (i, off) = self.at;

@@ -116,6 +116,17 @@ impl<'a> ChainWriter<'a> {
 
 impl io::Write for ChainWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // The common case (a packet or a header into the current buffer, in one region)
+        // without the general walk.
+        if let Some((gpa, room)) = self.cursor.current() {
+            if buf.len() <= room {
+                if let Ok(s) = self.mem.slice(gpa, buf.len()) {
+                    s.copy_from(buf);
+                    self.advance(buf.len());
+                    return Ok(buf.len());
+                }
+            }
+        }
         let mut done = 0;
         let n = self.cursor.visit(self.mem, buf.len(), |s| {
             let n = s.len();

@@ -125,12 +125,18 @@ impl SplitQueue {
     }
 
     /// The ring's host view for `mem`, worked out again when the table changed.
+    #[inline]
     fn view(&mut self, mem: &MemoryTable) -> Option<RingView> {
         if self.view_table != Some(mem.id()) {
-            self.view = RingView::new(mem, &self.addrs, self.size);
-            self.view_table = Some(mem.id());
+            self.rebuild_view(mem);
         }
         self.view
+    }
+
+    #[cold]
+    fn rebuild_view(&mut self, mem: &MemoryTable) {
+        self.view = RingView::new(mem, &self.addrs, self.size);
+        self.view_table = Some(mem.id());
     }
 
     /// Logs used-ring writes into `log` at guest-physical `used_gpa` (None: stop).
