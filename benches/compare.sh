@@ -26,6 +26,7 @@
 #   ROWS      which rows ["rng blk net"]        QSIZE   ring size for every backend [256]
 #   BLK_SIZE  image size [256M]                 BE_CPU / FE_CPU  [0 / 1]
 #   NET_DPDK  1: also run benches/net_dpdk.sh (DPDK virtio-user as the client) [0]
+#   POLL_US   --busy-poll-us of net_backend in the polling net rows [50]
 #   PEERS_ROOT  where cargo installs the Rust peers [/tmp/peers/cargo]
 #   WORK      scratch directory (sockets, images, logs, JSON results) [/tmp/vu-compare]
 #   LOCK      the build lock [/tmp/cargo.lock]
@@ -42,6 +43,8 @@ BLK_SIZE=${BLK_SIZE:-256M}
 BE_CPU=${BE_CPU:-0}
 FE_CPU=${FE_CPU:-1}
 NET_DPDK=${NET_DPDK:-0}
+POLL_US=${POLL_US:-50}
+OURS_ARGS=
 PEERS_ROOT=${PEERS_ROOT:-/tmp/peers/cargo}
 WORK=${WORK:-/tmp/vu-compare}
 LOCK=${LOCK:-/tmp/cargo.lock}
@@ -161,7 +164,8 @@ start() {
     case "$kind-$who" in
     rng-ours)
         SOCK=$WORK/rng.sock
-        RUST_LOG=warn start_backend "$logf" "$SOCK" "$TARGET/rng_backend" --socket-path "$SOCK" ;;
+        # shellcheck disable=SC2086 # OURS_ARGS are words
+        RUST_LOG=warn start_backend "$logf" "$SOCK" "$TARGET/rng_backend" --socket-path "$SOCK" $OURS_ARGS ;;
     rng-peer)
         # vhost-device-rng appends the socket index.
         SOCK=$WORK/vdr.sock0
@@ -178,8 +182,9 @@ start() {
             --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=1" ;;
     net-ours)
         SOCK=$WORK/net.sock
+        # shellcheck disable=SC2086 # OURS_ARGS are words
         RUST_LOG=warn start_backend "$logf" "$SOCK" "$TARGET/net_backend" --backend null \
-            --socket-path "$SOCK" --frame-len 64 ;;
+            --socket-path "$SOCK" --frame-len 64 $OURS_ARGS ;;
     net-peer-tx | net-peer-rx)
         # The DPDK backend receives what the bench sends (rxonly) or sends (txonly) what
         # it receives; two lcores on one CPU as on the bench's other side.
@@ -229,10 +234,11 @@ metric() {
     done | median
 }
 
-# The points: NAME KIND PEER-WHO BENCH-ARGS.
+# The points: NAME KIND PEER-WHO BENCH-ARGS [OUR-BACKEND-ARGS].
 POINTS=()
 if has rng; then
     POINTS+=("rng-4k-qd32|rng|peer|--bs 4k --iodepth 32")
+    POINTS+=("rng-4k-qd32-pt|rng|peer|--bs 4k --iodepth 32|--passthrough")
     POINTS+=("rng-64-qd1|rng|peer|--bs 64 --iodepth 1")
 fi
 if has blk; then
@@ -245,6 +251,9 @@ fi
 if has net; then
     POINTS+=("net-tx-64|net|peer-tx|--dir tx --pkt-size 64")
     POINTS+=("net-rx-64|net|peer-rx|--dir rx --pkt-size 64")
+    # The DPDK backend busy-polls; ours polls too when told to.
+    POINTS+=("net-tx-64-poll|net|peer-tx|--dir tx --pkt-size 64|--busy-poll-us $POLL_US")
+    POINTS+=("net-rx-64-poll|net|peer-rx|--dir rx --pkt-size 64|--busy-poll-us $POLL_US")
 fi
 
 if has blk; then
@@ -257,7 +266,7 @@ fi
 log "$(date -u +%FT%TZ): $REPEAT round(s) of ${#POINTS[@]} point(s), ${RUNTIME} s each"
 for round in $(seq "$REPEAT"); do
     for p in "${POINTS[@]}"; do
-        IFS='|' read -r name kind peer args <<<"$p"
+        IFS='|' read -r name kind peer args OURS_ARGS <<<"$p"
         # shellcheck disable=SC2086 # args are words
         for who in ours "$peer"; do
             if [ "$kind" = blk ] && [ "$who" = ours ] && [ "$HAVE_BLK" = 0 ]; then
@@ -303,7 +312,8 @@ cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
   queue size $QSIZE, EVENT_IDX and INDIRECT_DESC negotiated when offered, kick after each
   batch, sleeps on the call eventfd when nothing is used; pinned to CPU $FE_CPU.
 - Backends pinned to CPU $BE_CPU (whole process), a fresh process per run:
-  rng: \`rng_backend\` vs vhost-device-rng $vdr_version (/dev/urandom, no rate limit);
+  rng: \`rng_backend\` (ChaCha20 generator keyed from /dev/urandom; \`--passthrough\`: every
+  request read from /dev/urandom) vs vhost-device-rng $vdr_version (/dev/urandom, no rate limit);
   blk: \`blk_backend --queues 1\` vs qemu-storage-daemon $qsd_version (\`driver=file,cache.direct=off,aio=threads\`,
   \`num-queues=1\`), both on the same $BLK_SIZE raw image in tmpfs;
   net: \`net_backend --backend null --frame-len 64\` vs dpdk-testpmd $dpdk_version net_vhost
@@ -316,6 +326,7 @@ cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 EOF
     if has rng; then
         row rng-4k-qd32 peer "rng 4 KiB QD32, MB/s" mb_per_s 1 1
+        row rng-4k-qd32-pt peer "rng 4 KiB QD32, MB/s, ours --passthrough" mb_per_s 1 1
         row rng-64-qd1 peer "rng 64 B QD1, requests/s" req_per_s 1 0
         row rng-64-qd1 peer "rng 64 B QD1, p99 latency µs" p99 1 1
     fi
@@ -331,6 +342,8 @@ EOF
     if has net; then
         row net-tx-64 peer-tx "net TX 64 B, Mpps" mpps 1 3
         row net-rx-64 peer-rx "net RX 64 B, Mpps" mpps 1 3
+        row net-tx-64-poll peer-tx "net TX 64 B, Mpps, ours --busy-poll-us $POLL_US" mpps 1 3
+        row net-rx-64-poll peer-rx "net RX 64 B, Mpps, ours --busy-poll-us $POLL_US" mpps 1 3
     fi
     echo
     echo "Negotiated features (ours / peer):"

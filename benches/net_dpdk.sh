@@ -29,6 +29,7 @@
 #   INORDER   virtio-user in_order=0|1 [1]        MRG     virtio-user mrg_rxbuf=0|1 [1]
 #   BE_CPU / FE_CPU  [0 / 1]
 #   NET_BACKEND  a built net_backend [the example's release build, built here]
+#   NET_ARGS  extra net_backend options, e.g. "--busy-poll-us 50" [none]
 #   WORK      scratch directory (sockets, logs) [/tmp/net-dpdk-bench]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -140,7 +141,7 @@ start_backend() {
     rm -f "$SOCK"
     if [ "$kind" = ours ]; then
         RUST_LOG=info taskset -c "$BE_CPU" "$NET_BACKEND" --backend null \
-            --socket-path "$SOCK" --frame-len "$pkt" >"$log" 2>&1 &
+            --socket-path "$SOCK" --frame-len "$pkt" ${NET_ARGS:-} >"$log" 2>&1 &
     else
         # The DPDK backend does the opposite of the client: it receives what the client
         # sends and sends what the client receives. --stats-period keeps it running
@@ -257,7 +258,7 @@ cat <<EOF
 
 - Client: dpdk-testpmd ${dpdk_version}, virtio-user PMD \`$VDEV_OPTS\`,
   EAL \`${FE_EAL[*]}\`, burst 32, $MBUFS mbufs; pinned to CPU $FE_CPU (both lcores).
-- Backends, pinned to CPU $BE_CPU: \`net_backend --backend null --frame-len N\` (release
+- Backends, pinned to CPU $BE_CPU: \`net_backend --backend null --frame-len N ${NET_ARGS:-}\` (release
   build; all its threads) and \`dpdk-testpmd --vdev net_vhost0,iface=...\` (${BE_EAL[*]}).
 - Negotiated virtio features: net_backend $(negotiated ours), DPDK vhost $(negotiated dpdk).
   Client data path: with net_backend "$(client_path ours)"; with DPDK vhost "$(client_path dpdk)".
