@@ -193,6 +193,38 @@ fn rx_generates_frames_into_posted_buffers() {
 }
 
 #[test]
+fn rx_fills_batches_larger_than_one_in_order_with_a_bad_buffer_among_them() {
+    let be = BackendProcess::start("net_backend", &["--backend", "null", "--frame-len", "64"]);
+    let mut n = connect(&be, u64::MAX);
+    // 100 buffers (several of the device's batches), the 50th too small for a header.
+    let bufs: Vec<(u64, u32)> = (0..100)
+        .map(|i| {
+            let len = if i == 49 { 8 } else { 2048 };
+            (n.mem.alloc(len.into(), 64).unwrap(), len)
+        })
+        .collect();
+    let mut heads = Vec::new();
+    for &(b, len) in &bufs {
+        heads.push(n.rx.add(n.mem.table(), &[(b, len, true)]).unwrap());
+    }
+    n.rx.kick(n.mem.table()).unwrap();
+    for (i, &(b, _)) in bufs.iter().enumerate() {
+        let used = n.rx.wait_used(n.mem.table(), T).unwrap();
+        assert_eq!(used.id, heads[i], "buffer {i} comes back in order");
+        if i == 49 {
+            assert_eq!(used.len, 0, "a buffer without room for the header is refused");
+            continue;
+        }
+        assert_eq!(used.len as usize, NET_HDR_LEN + 64, "buffer {i}");
+        let mut got = vec![0u8; NET_HDR_LEN + 64];
+        n.mem.table().read(b, &mut got).unwrap();
+        let hdr = NetHdr::from_bytes(got[..NET_HDR_LEN].try_into().unwrap());
+        assert_eq!(hdr.num_buffers, 1, "buffer {i}");
+        assert_eq!(&got[NET_HDR_LEN..NET_HDR_LEN + 6], &[0xff; 6], "buffer {i}");
+    }
+}
+
+#[test]
 fn control_queue_answers_ok_and_err() {
     let be = BackendProcess::start("net_backend", &["--backend", "null", "--queues", "2"]);
     let mem = FrontendMemory::new(&[(0, 4 << 20)]).unwrap();
