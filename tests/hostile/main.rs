@@ -95,19 +95,34 @@ fn table() -> Vec<&'static Case> {
         .collect()
 }
 
-/// The example programs attacked, one process per device kind. Adding a device is one
-/// entry here (and its traffic in `Healthy::pump`).
-fn programs(image_dir: &Path) -> Vec<(Kind, &'static str, Vec<String>)> {
+/// The example programs attacked, one process per device kind (and a net backend whose
+/// worker polls its rings, which takes the other path through the worker loop). Adding a
+/// device is one entry here (and its traffic in `Healthy::pump`). Each entry: kind, label,
+/// program, arguments.
+fn programs(image_dir: &Path) -> Vec<(Kind, &'static str, &'static str, Vec<String>)> {
     let image = image_dir.join("disk.img");
     vec![
-        (Kind::Rng, "rng_backend", vec![]),
+        (Kind::Rng, "rng_backend", "rng_backend", vec![]),
         (
             Kind::Net,
+            "net_backend",
             "net_backend",
             vec!["--backend".into(), "null".into()],
         ),
         (
+            Kind::Net,
+            "net_backend-polling",
+            "net_backend",
+            vec![
+                "--backend".into(),
+                "null".into(),
+                "--busy-poll-us".into(),
+                "200".into(),
+            ],
+        ),
+        (
             Kind::Blk,
+            "blk_backend",
             "blk_backend",
             vec!["--image".into(), image.to_string_lossy().into_owned()],
         ),
@@ -171,11 +186,11 @@ fn main() {
     let image_dir = backend::TempDir::new("hostile-img");
     std::fs::write(image_dir.path().join("disk.img"), vec![0u8; 1 << 20]).expect("image");
     let ci = std::env::var_os("CI").is_some();
-    for (kind, program, args) in programs(image_dir.path()) {
+    for (kind, label, program, args) in programs(image_dir.path()) {
         let cases: Vec<&Case> = table()
             .into_iter()
             .filter(|c| c.kinds.contains(&kind))
-            .filter(|c| selected(&format!("{program}::{}", c.name)))
+            .filter(|c| selected(&format!("{label}::{}", c.name)))
             .collect();
         if cases.is_empty() {
             continue;
@@ -190,7 +205,7 @@ fn main() {
             }
             continue;
         }
-        watchdog.enter(&format!("{program} startup"));
+        watchdog.enter(&format!("{label} startup"));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let (mut proc, socket) = Proc::example(program, &argv);
         watchdog.track(proc.pid());
@@ -200,7 +215,7 @@ fn main() {
         proc.settle();
         let proc = Mutex::new(proc);
         let target = Target {
-            label: program.to_string(),
+            label: label.to_string(),
             kind,
             socket,
             proc: &proc,
