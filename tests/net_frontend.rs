@@ -212,7 +212,10 @@ fn rx_fills_batches_larger_than_one_in_order_with_a_bad_buffer_among_them() {
         let used = n.rx.wait_used(n.mem.table(), T).unwrap();
         assert_eq!(used.id, heads[i], "buffer {i} comes back in order");
         if i == 49 {
-            assert_eq!(used.len, 0, "a buffer without room for the header is refused");
+            assert_eq!(
+                used.len, 0,
+                "a buffer without room for the header is refused"
+            );
             continue;
         }
         assert_eq!(used.len as usize, NET_HDR_LEN + 64, "buffer {i}");
