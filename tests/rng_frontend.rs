@@ -354,3 +354,45 @@ fn two_devices_serve_different_streams() {
     assert!(looks_random(&x) && looks_random(&y));
     assert_ne!(x, y);
 }
+
+fn eventfd() -> std::fs::File {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    let fd =
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC).unwrap();
+    std::fs::File::from(std::os::fd::OwnedFd::from(fd))
+}
+
+/// Waits up to `timeout` for `f` to become readable.
+fn readable(f: &std::fs::File, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::try_from(timeout).unwrap()).unwrap() == 1
+}
+
+#[test]
+fn a_broken_ring_is_reported_on_the_err_eventfd() {
+    for args in [&[][..], &["--busy-poll-us", "1000"][..]] {
+        let be = BackendProcess::start("rng_backend", args);
+        let mut s = setup(&be, u64::MAX);
+        let err = eventfd();
+        s.fe.set_vring_fd(
+            vhost_user_sync::protocol::FrontendRequest::SET_VRING_ERR,
+            0,
+            Some(&err),
+        )
+        .unwrap();
+        // A good chain first, then a head index beyond the ring: the ring breaks.
+        fill_one(&mut s, 64);
+        assert!(!readable(&err, Duration::ZERO), "{args:?}: no error yet");
+        s.q.publish_raw(s.mem.table(), 999).unwrap();
+        s.q.kick_now().unwrap();
+        assert!(
+            readable(&err, T),
+            "{args:?}: the err eventfd was not written"
+        );
+        be.wait_log("is broken", T);
+        // The connection goes on: the ring can be stopped and its index read.
+        assert_eq!(s.fe.get_vring_base(0).unwrap(), 1, "{args:?}");
+    }
+}

@@ -402,11 +402,17 @@ impl<D: Device> Session<D> {
                 self.need_owner(req)?;
                 let r = RingFd::decode(name, body)?;
                 let i = self.ring(req, r.index.into())?;
-                let err = fds.pop();
-                if let Some(f) = &err {
-                    check_eventfd(name, f)?;
+                let err = fds
+                    .pop()
+                    .map(|f| check_eventfd(name, &f).map(|_| Arc::new(f)))
+                    .transpose()?;
+                self.vrings[i].err = err.clone();
+                if self.vrings[i].started {
+                    self.worker_for(i).send(WorkerCommand::SetErr {
+                        index: i as u16,
+                        err,
+                    });
                 }
-                self.vrings[i].err = err;
                 Ok(Reply::Done)
             }
             R::SET_LOG_BASE => {
@@ -647,6 +653,7 @@ impl<D: Device> Session<D> {
             ring,
             kick: Some(kick),
             call: self.vrings[i].call.clone(),
+            err: self.vrings[i].err.clone(),
             enabled: self.vrings[i].enabled,
         };
         if !self.worker_for(i).send(WorkerCommand::Start(start)) {

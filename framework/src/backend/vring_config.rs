@@ -16,8 +16,8 @@ pub(crate) struct VringConfig {
     pub base: u16,
     /// SET_VRING_CALL.
     pub call: Option<Arc<File>>,
-    /// SET_VRING_ERR (kept so the fd stays open as the frontend expects).
-    pub err: Option<File>,
+    /// SET_VRING_ERR: signalled when the ring breaks.
+    pub err: Option<Arc<File>>,
     /// Enabled (SET_VRING_ENABLE, or SET_FEATURES without PROTOCOL_FEATURES).
     pub enabled: bool,
     /// Running on a worker (between SET_VRING_KICK and GET_VRING_BASE).

@@ -31,6 +31,7 @@ pub(crate) struct StartQueue {
     pub ring: SplitQueue,
     pub kick: Option<File>,
     pub call: Option<Arc<File>>,
+    pub err: Option<Arc<File>>,
     pub enabled: bool,
 }
 
@@ -52,6 +53,10 @@ pub(crate) enum WorkerCommand {
         index: u16,
         call: Option<Arc<File>>,
     },
+    SetErr {
+        index: u16,
+        err: Option<Arc<File>>,
+    },
     /// Dirty logging on or off (VHOST_F_LOG_ALL), with the used-ring log address of each
     /// running ring that asked for it; answers when done.
     SetLog {
@@ -71,8 +76,29 @@ struct RunningQueue {
     ring: SplitQueue,
     kick: Option<File>,
     call: Option<Arc<File>>,
+    /// SET_VRING_ERR's eventfd, written once when the ring breaks.
+    err: Option<Arc<File>>,
     enabled: bool,
     error: Option<QueueError>,
+}
+
+impl RunningQueue {
+    /// Called where `error` may have just been set: logs a broken ring and tells the
+    /// frontend through the err eventfd. Callers skip queues that were already broken,
+    /// so this happens once per break.
+    fn report_broken(&self, name: &str, index: u16) {
+        let Some(e) = &self.error else {
+            return;
+        };
+        error!("{name}: queue {index} is broken and stays stopped until restarted: {e}");
+        if let Some(err) = &self.err {
+            if let Err(e) = nix::unistd::write(err.as_ref(), &1u64.to_ne_bytes()) {
+                if e != nix::errno::Errno::EAGAIN {
+                    warn!("{name}: queue {index}: err eventfd write failed: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// The connection thread's handle on one worker thread.
@@ -307,8 +333,8 @@ impl<W: QueueWorker> WorkerState<W> {
                 Ok(false) => {}
                 Ok(true) => self.kicked(index as u16),
                 Err(e) => {
-                    error!("{}: queue {index} is broken: {e}", self.name);
                     q.error = Some(e);
+                    q.report_broken(&self.name, index as u16);
                 }
             }
         }
@@ -343,6 +369,7 @@ impl<W: QueueWorker> WorkerState<W> {
                     ring: s.ring,
                     kick: s.kick,
                     call: s.call,
+                    err: s.err,
                     enabled: s.enabled,
                     error: None,
                 });
@@ -378,6 +405,11 @@ impl<W: QueueWorker> WorkerState<W> {
             WorkerCommand::SetCall { index, call } => {
                 if let Some(q) = self.slot(index) {
                     q.call = call;
+                }
+            }
+            WorkerCommand::SetErr { index, err } => {
+                if let Some(q) = self.slot(index) {
+                    q.err = err;
                 }
             }
             WorkerCommand::SetLog { log, rings, done } => {
@@ -525,8 +557,8 @@ fn process<W: QueueWorker>(
         }
     }
     signal_if_needed(index, &mut q.ring, mem, q.call.as_deref(), &mut q.error);
-    if let Some(e) = &q.error {
-        error!("{name}: queue {index} is broken and stays stopped until restarted: {e}");
+    if q.error.is_some() {
+        q.report_broken(name, index);
         return false;
     }
     polled
@@ -587,8 +619,6 @@ impl QueueAccess for QueueSet<'_> {
             q.call.as_deref(),
             &mut q.error,
         );
-        if let Some(e) = &q.error {
-            error!("{}: queue {index} is broken: {e}", self.name);
-        }
+        q.report_broken(self.name, index);
     }
 }
