@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backend::TempDir;
@@ -23,9 +24,11 @@ const T: Duration = Duration::from_secs(10);
 const QUEUE_SIZE: u16 = 8;
 
 /// Puts each datagram that arrives on its socket into one buffer of queue 0; a
-/// datagram that finds no buffer waits for the next one.
+/// datagram that finds no buffer waits for the next one. Records the driver's status
+/// bytes (SET_STATUS).
 struct Feed {
     sock: UnixDatagram,
+    statuses: Arc<Mutex<Vec<u8>>>,
 }
 
 struct FeedWorker {
@@ -37,6 +40,9 @@ impl Device for Feed {
     type Worker = FeedWorker;
     fn info(&self) -> DeviceInfo {
         DeviceInfo::new("feed", 4, 1)
+    }
+    fn set_status(&mut self, status: u8) {
+        self.statuses.lock().unwrap().push(status);
     }
     fn create_worker(&mut self, _: usize) -> io::Result<FeedWorker> {
         Ok(FeedWorker {
@@ -100,6 +106,7 @@ fn buffers_added_after_a_device_event_emptied_the_ring_are_used() {
     let t = std::thread::spawn(move || {
         l.serve(|| Feed {
             sock: dev_end.try_clone().unwrap(),
+            statuses: Arc::default(),
         })
         .unwrap()
     });
@@ -140,6 +147,37 @@ fn buffers_added_after_a_device_event_emptied_the_ring_are_used() {
         .expect("the waiting datagram never reached the new buffer");
     assert_eq!(used.len, 6);
 
+    drop(fe);
+    shutdown.trigger();
+    t.join().unwrap();
+}
+
+/// SET_STATUS reaches the device in order; GET_STATUS answers the last one.
+#[test]
+fn the_device_sees_every_status_the_driver_sets() {
+    let dir = TempDir::new("status");
+    let path = dir.path().join("s.sock");
+    let (dev_end, _host_end) = UnixDatagram::pair().unwrap();
+    let statuses: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let mut l = VhostUserListener::new(path.to_str().unwrap(), None).unwrap();
+    let shutdown = l.shutdown_handle();
+    let seen = statuses.clone();
+    let t = std::thread::spawn(move || {
+        l.serve(|| Feed {
+            sock: dev_end.try_clone().unwrap(),
+            statuses: seen.clone(),
+        })
+        .unwrap()
+    });
+    let mut fe = Frontend::connect(&path).unwrap();
+    fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    for s in [1u8, 3, 11, 15, 0] {
+        fe.set_status(s).unwrap();
+        assert_eq!(fe.get_status().unwrap(), s);
+    }
+    // Requests are handled in order: each GET_STATUS came after the device saw the
+    // SET_STATUS before it.
+    assert_eq!(*statuses.lock().unwrap(), vec![1, 3, 11, 15, 0]);
     drop(fe);
     shutdown.trigger();
     t.join().unwrap();

@@ -541,6 +541,7 @@ impl<D: Device> Session<D> {
                     });
                 }
                 self.status = v as u8;
+                self.device.set_status(self.status);
                 Ok(Reply::Done)
             }
             R::GET_STATUS => {

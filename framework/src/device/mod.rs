@@ -98,6 +98,14 @@ pub trait Device: Send + 'static {
     /// state. Workers are rebuilt afterwards.
     fn reset(&mut self) {}
 
+    /// SET_STATUS (with the STATUS protocol feature): the driver's virtio device status
+    /// byte (ACKNOWLEDGE 1, DRIVER 2, DRIVER_OK 4, FEATURES_OK 8, ...; 0 when the driver
+    /// resets the device). The framework keeps it and answers GET_STATUS itself; this
+    /// tells the device, for example to know when the driver is ready.
+    fn set_status(&mut self, status: u8) {
+        let _ = status;
+    }
+
     /// NET_SET_MTU (with the MTU protocol feature). The default refuses.
     fn set_mtu(&mut self, mtu: u16) -> Result<(), DeviceError> {
         Err(DeviceError::Other(format!(
