@@ -1,6 +1,8 @@
 //! `BackendChannel`: requests from the backend to the frontend (SET_BACKEND_REQ_FD).
 
+use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -22,18 +24,25 @@ use crate::sys::unix::{ConnectionError, SocketPlatformConnection};
 pub struct BackendChannel {
     conn: Arc<Mutex<SocketPlatformConnection>>,
     reply_ack: bool,
+    reply_timeout: Duration,
 }
 
 impl BackendChannel {
+    /// How long [`BackendChannel::send`] waits for the frontend's ack.
+    pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
     pub(crate) fn new(conn: SocketPlatformConnection, reply_ack: bool) -> Self {
         BackendChannel {
             conn: Arc::new(Mutex::new(conn)),
             reply_ack,
+            reply_timeout: Self::REPLY_TIMEOUT,
         }
     }
 
-    /// Sends `request` with `body`; with REPLY_ACK negotiated waits for the ack and
-    /// returns its value (0 = success).
+    /// Sends `request` with `body`; with REPLY_ACK negotiated waits for the ack (at most
+    /// [`Self::REPLY_TIMEOUT`]) and returns its value (0 = success). A reply that is not the
+    /// ack of this request, or none in time, is an error; the channel should then be
+    /// dropped (its framing can no longer be trusted).
     pub fn send(&self, request: BackendRequest, body: &[u8]) -> Result<u64, ConnectionError> {
         let conn = self.conn.lock();
         let flags = if self.reply_ack {
@@ -45,21 +54,105 @@ impl BackendChannel {
         if !self.reply_ack {
             return Ok(0);
         }
-        let reply = read_message(&conn, true).map_err(|e| match e {
-            crate::message::ReadError::Connection(c) => c,
-            crate::message::ReadError::Protocol(p) => {
-                ConnectionError::SocketError(std::io::Error::other(p.to_string()))
+        let deadline = Instant::now() + self.reply_timeout;
+        let reply = loop {
+            if let Some(reply) = read_message(&conn, false).map_err(|e| match e {
+                crate::message::ReadError::Connection(c) => c,
+                crate::message::ReadError::Protocol(p) => {
+                    ConnectionError::SocketError(io::Error::other(p.to_string()))
+                }
+            })? {
+                break reply;
             }
-        })?;
-        let Some(reply) = reply else {
-            return Err(ConnectionError::Disconnect);
+            if !conn.wait_readable(deadline)? {
+                return Err(ConnectionError::SocketError(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no reply to {} within {:?}",
+                        request.name(),
+                        self.reply_timeout
+                    ),
+                )));
+            }
         };
-        let bytes: [u8; 8] = reply.body.as_slice().try_into().unwrap_or([0xff; 8]);
+        if reply.header.request != request.number() || !reply.header.flags.is_reply() {
+            return Err(ConnectionError::SocketError(io::Error::other(format!(
+                "the answer to {} was request {} with flags {:#x}",
+                request.name(),
+                reply.header.request,
+                reply.header.flags.bits()
+            ))));
+        }
+        let bytes: [u8; 8] = reply.body.as_slice().try_into().map_err(|_| {
+            ConnectionError::SocketError(io::Error::other(format!(
+                "the ack of {} has {} bytes, not 8",
+                request.name(),
+                reply.body.len()
+            )))
+        })?;
         Ok(u64::from_ne_bytes(bytes))
     }
 
     /// Tells the frontend that the config space changed (CONFIG_CHANGE_MSG).
     pub fn config_changed(&self) -> Result<u64, ConnectionError> {
         self.send(BackendRequest::CONFIG_CHANGE_MSG, &[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn pair(timeout: Duration) -> (BackendChannel, SocketPlatformConnection) {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let mut ch = BackendChannel::new(SocketPlatformConnection::new(a).expect("a"), true);
+        ch.reply_timeout = timeout;
+        (ch, SocketPlatformConnection::new(b).expect("b"))
+    }
+
+    /// The frontend side: reads the request and answers with `request`, `flags`, `body`.
+    fn answer(fe: SocketPlatformConnection, request: u32, flags: HeaderFlags, body: Vec<u8>) {
+        std::thread::spawn(move || {
+            let got = read_message(&fe, true).expect("read").expect("message");
+            assert!(got.header.flags.need_reply());
+            write_message(&fe, request, flags, &body, &[]).expect("write");
+            // Keep the socket open until the backend side is done with it.
+            let _ = read_message(&fe, true);
+        });
+    }
+
+    #[test]
+    fn the_ack_of_the_request_is_returned() {
+        let (ch, fe) = pair(Duration::from_secs(10));
+        let n = BackendRequest::CONFIG_CHANGE_MSG.number();
+        answer(fe, n, HeaderFlags::REPLY_FLAGS, 0u64.to_ne_bytes().to_vec());
+        assert_eq!(ch.config_changed().expect("ack"), 0);
+    }
+
+    #[test]
+    fn a_frontend_that_never_answers_times_out() {
+        let (ch, _fe) = pair(Duration::from_millis(50));
+        let e = ch.config_changed().expect_err("no answer");
+        assert!(e.to_string().contains("no reply to"), "{e}");
+    }
+
+    #[test]
+    fn an_answer_to_something_else_is_refused() {
+        let n = BackendRequest::CONFIG_CHANGE_MSG.number();
+        let cases = [
+            (n + 1, HeaderFlags::REPLY_FLAGS, 8),
+            (n, HeaderFlags::REQUEST, 8),
+            (n, HeaderFlags::REPLY_FLAGS, 4),
+        ];
+        for (request, flags, len) in cases {
+            let (ch, fe) = pair(Duration::from_secs(10));
+            answer(fe, request, flags, vec![0; len]);
+            assert!(
+                ch.config_changed().is_err(),
+                "request {request} flags {:#x} body {len}",
+                flags.bits()
+            );
+        }
     }
 }

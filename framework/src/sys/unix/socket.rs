@@ -182,6 +182,32 @@ impl SocketPlatformConnection {
         self.send_iovec_all(&mut [hdr, body, payload], fds)
     }
 
+    /// Waits until the socket has something to read (or the peer closed it) or
+    /// `deadline` passes; returns false on time-out.
+    ///
+    /// # Example
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use std::os::unix::net::UnixStream;
+    /// use vhost_user_sync::sys::unix::SocketPlatformConnection;
+    /// let (a, _b) = UnixStream::pair().unwrap();
+    /// let a = SocketPlatformConnection::new(a).unwrap();
+    /// assert!(!a.wait_readable(Instant::now() + Duration::from_millis(1)).unwrap());
+    /// ```
+    pub fn wait_readable(&self, deadline: Instant) -> Result<bool, ConnectionError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => return Ok(false),
+                Ok(_) => return Ok(true),
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(ConnectionError::from_errno(e)),
+            }
+        }
+    }
+
     /// Receives into `bufs` with one `recvmsg`, returning the byte count and any fds.
     ///
     /// The caller sizes `bufs` to the rest of the current message, so a read never
