@@ -381,37 +381,24 @@ impl<D: Device> Session<D> {
                 self.start_ring(i, kick)?;
                 Ok(Reply::Done)
             }
-            R::SET_VRING_CALL => {
+            R::SET_VRING_CALL | R::SET_VRING_ERR => {
                 self.need_owner(req)?;
                 let r = RingFd::decode(name, body)?;
                 let i = self.ring(req, r.index.into())?;
-                let call = fds
+                let fd = fds
                     .pop()
                     .map(|f| check_eventfd(name, &f).map(|_| Arc::new(f)))
                     .transpose()?;
-                self.vrings[i].call = call.clone();
+                let index = i as u16;
+                let cmd = if req == R::SET_VRING_CALL {
+                    self.vrings[i].call = fd.clone();
+                    WorkerCommand::SetCall { index, call: fd }
+                } else {
+                    self.vrings[i].err = fd.clone();
+                    WorkerCommand::SetErr { index, err: fd }
+                };
                 if self.vrings[i].started {
-                    self.worker_for(i).send(WorkerCommand::SetCall {
-                        index: i as u16,
-                        call,
-                    });
-                }
-                Ok(Reply::Done)
-            }
-            R::SET_VRING_ERR => {
-                self.need_owner(req)?;
-                let r = RingFd::decode(name, body)?;
-                let i = self.ring(req, r.index.into())?;
-                let err = fds
-                    .pop()
-                    .map(|f| check_eventfd(name, &f).map(|_| Arc::new(f)))
-                    .transpose()?;
-                self.vrings[i].err = err.clone();
-                if self.vrings[i].started {
-                    self.worker_for(i).send(WorkerCommand::SetErr {
-                        index: i as u16,
-                        err,
-                    });
+                    self.worker_for(i).send(cmd);
                 }
                 Ok(Reply::Done)
             }
