@@ -348,10 +348,15 @@ fn descriptor_changed_after_validation(ctx: &Ctx<'_>) {
             r.offer(0);
             let used = r.used();
             assert_eq!(used.id, 0);
+            // The walk copies each descriptor it reads; a copy taken while the guest
+            // writes may mix the two versions (a 16-byte read is not atomic), for
+            // example the good buffer with the bad NEXT flag, which leads back to the
+            // same descriptor. Whatever was copied, every buffer is one of the two
+            // versions' lengths and the request stays within rng's 64 KiB bound.
             match kind {
                 Kind::Rng => assert!(
-                    used.len == 0 || used.len == 64 || used.len == 1 << 16,
-                    "used length {} matches no version of the descriptor",
+                    used.len <= 1 << 16 && used.len % 64 == 0,
+                    "used length {} is not made of the descriptor's versions",
                     used.len
                 ),
                 Kind::Net | Kind::Blk => {}

@@ -93,7 +93,7 @@ impl DescriptorChain {
             }
             let desc = match view {
                 // `index < size` was checked above.
-                Some(v) => Descriptor::from_bytes(&v.descriptor(index)),
+                Some(v) => v.descriptor(index),
                 None => read_desc(mem, table, index)?,
             };
             if desc.is_indirect() {

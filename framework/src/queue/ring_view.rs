@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
-use super::RingAddrs;
+use super::{Descriptor, RingAddrs};
 use crate::memory::MemoryTable;
 
 /// The ring parts of a queue of `size` entries as host addresses inside the mappings of
@@ -26,7 +26,7 @@ impl RingView {
         let desc = mem.host_address(addrs.desc, 16 * n)?;
         let avail = mem.host_address(addrs.avail, 6 + 2 * n)?;
         let used = mem.host_address(addrs.used, 6 + 8 * n)?;
-        if !avail.is_multiple_of(2) || !used.is_multiple_of(4) {
+        if !desc.is_multiple_of(8) || !avail.is_multiple_of(2) || !used.is_multiple_of(4) {
             return None;
         }
         Some(RingView {
@@ -104,13 +104,29 @@ impl RingView {
         );
     }
 
-    /// The raw descriptor `index` (< size) of the table.
-    pub(crate) fn descriptor(&self, index: u16) -> [u8; 16] {
+    /// Descriptor `index` (taken modulo the size) of the table, read as two 8-byte
+    /// loads: the address in one, length, flags and next in the other, so that a guest
+    /// rewriting the entry meanwhile cannot mix the length of one version with the
+    /// flags of another.
+    pub(crate) fn descriptor(&self, index: u16) -> Descriptor {
         let at = self.desc + 16 * usize::from(index % self.size);
-        // SAFETY: `at` is inside the descriptor table `new` checked (16 * size bytes),
-        // whose mapping lives while the borrowed table does; a volatile read of a byte
-        // array has no alignment needs and copies what the guest wrote, which is then
-        // validated as untrusted data.
-        unsafe { std::ptr::read_volatile(at as *const [u8; 16]) }
+        // SAFETY: `at` and `at + 8` are inside the descriptor table `new` checked
+        // (16 * size bytes), whose mapping lives while the borrowed table does; the table
+        // is 8-aligned (checked in `new`) and entries are 16 bytes apart, so both loads
+        // are aligned. Volatile reads copy what the guest wrote, which is then validated
+        // as untrusted data.
+        let (lo, hi) = unsafe {
+            (
+                std::ptr::read_volatile(at as *const u64),
+                std::ptr::read_volatile((at + 8) as *const u64),
+            )
+        };
+        let (addr, hi) = (u64::from_le(lo), u64::from_le(hi));
+        Descriptor {
+            addr,
+            len: hi as u32,
+            flags: (hi >> 32) as u16,
+            next: (hi >> 48) as u16,
+        }
     }
 }
