@@ -63,6 +63,9 @@ pub struct SplitQueue {
     view: Option<RingView>,
     /// Id of the table `view` was worked out for.
     view_table: Option<u64>,
+    /// `VRING_USED_F_NO_NOTIFY` was stored by `disable_notification` and not cleared
+    /// since (without EVENT_IDX).
+    no_notify_set: bool,
 }
 
 impl SplitQueue {
@@ -96,6 +99,7 @@ impl SplitQueue {
             used_log: None,
             view: None,
             view_table: None,
+            no_notify_set: false,
         };
         q.check_rings(mem)?;
         let next_used = mem.load::<u16>(addrs.used + 2, Ordering::Acquire)?;
@@ -120,6 +124,7 @@ impl SplitQueue {
     /// Points the ring at new addresses (the same ring after a memory table change).
     pub fn set_addrs(&mut self, addrs: RingAddrs) {
         self.addrs = addrs;
+        self.no_notify_set = false;
         self.view = None;
         self.view_table = None;
     }
@@ -303,11 +308,14 @@ impl SplitQueue {
     /// Asks the guest not to kick (NO_NOTIFY, or with EVENT_IDX simply not moving
     /// avail_event) while the device drains the ring.
     pub fn disable_notification(&mut self, mem: &MemoryTable) -> Result<(), QueueError> {
-        if !self.event_idx {
+        // A polling worker disables on every pass: the flag is stored once, not each
+        // time (the store would pull the line away from the guest's CPU for nothing).
+        if !self.event_idx && !self.no_notify_set {
             match self.view(mem) {
                 Some(v) => v.set_used_flags(USED_F_NO_NOTIFY),
                 None => mem.store::<u16>(self.addrs.used, USED_F_NO_NOTIFY, Ordering::Relaxed)?,
             }
+            self.no_notify_set = true;
         }
         Ok(())
     }
@@ -325,6 +333,7 @@ impl SplitQueue {
             }
             (None, false) => mem.store::<u16>(self.addrs.used, 0, Ordering::Relaxed)?,
         }
+        self.no_notify_set = false;
         fence(Ordering::SeqCst);
         self.has_available(mem)
     }
