@@ -14,11 +14,6 @@ const LANES: usize = 4;
 #[cfg(target_arch = "x86_64")]
 const WIDE_LANES: usize = 8;
 
-/// Blocks computed together where AVX-512 is available (one per lane of a 512-bit
-/// vector).
-#[cfg(target_arch = "x86_64")]
-const WIDEST_LANES: usize = 16;
-
 /// "expand 32-byte k".
 const CONSTANTS: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
 
@@ -44,8 +39,6 @@ pub struct ChaCha20 {
     input: [u32; 16],
     #[cfg(target_arch = "x86_64")]
     avx2: bool,
-    #[cfg(target_arch = "x86_64")]
-    avx512: bool,
 }
 
 impl std::fmt::Debug for ChaCha20 {
@@ -73,8 +66,6 @@ impl ChaCha20 {
             input,
             #[cfg(target_arch = "x86_64")]
             avx2: std::is_x86_feature_detected!("avx2"),
-            #[cfg(target_arch = "x86_64")]
-            avx512: std::is_x86_feature_detected!("avx512f"),
         }
     }
 
@@ -88,31 +79,7 @@ impl ChaCha20 {
     /// rekey long before.
     pub fn fill(&mut self, out: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
-        if self.avx512 && out.len() >= WIDEST_LANES * BLOCK_LEN {
-            let mut chunks = out.chunks_exact_mut(WIDEST_LANES * BLOCK_LEN);
-            for chunk in &mut chunks {
-                // SAFETY: `avx512` is set only when the CPU reports AVX-512F
-                // (`is_x86_feature_detected!` in `new`), which is all that
-                // `blocks_avx512` requires beyond the checked chunk length.
-                unsafe { blocks_avx512(&mut self.input, chunk) };
-            }
-            let rest = chunks.into_remainder();
-            if self.avx2 {
-                return self.fill_avx2(rest);
-            }
-            return self.fill_tail(rest);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
-            return self.fill_avx2(out);
-        }
-        self.fill_tail(out);
-    }
-
-    /// Eight blocks at a time with AVX2, then the portable path for the rest.
-    #[cfg(target_arch = "x86_64")]
-    fn fill_avx2(&mut self, out: &mut [u8]) {
-        {
+        let out = if self.avx2 {
             let mut chunks = out.chunks_exact_mut(WIDE_LANES * BLOCK_LEN);
             for chunk in &mut chunks {
                 // SAFETY: `avx2` is set only when the CPU reports AVX2
@@ -120,8 +87,11 @@ impl ChaCha20 {
                 // `blocks_avx2` requires beyond the checked chunk length.
                 unsafe { blocks_avx2(&mut self.input, chunk) };
             }
-            self.fill_tail(chunks.into_remainder());
-        }
+            chunks.into_remainder()
+        } else {
+            out
+        };
+        self.fill_tail(out);
     }
 
     /// The portable path: four blocks at a time, then a partial group.
@@ -152,16 +122,6 @@ impl ChaCha20 {
 #[target_feature(enable = "avx2")]
 unsafe fn blocks_avx2(input: &mut [u32; 16], out: &mut [u8]) {
     blocks::<WIDE_LANES>(input, out);
-}
-
-/// [`blocks`] for sixteen lanes, compiled for AVX-512.
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn blocks_avx512(input: &mut [u32; 16], out: &mut [u8]) {
-    blocks::<WIDEST_LANES>(input, out);
 }
 
 /// Computes `N` consecutive blocks from `input` into `out` (exactly `N * 64` bytes) and
@@ -292,14 +252,11 @@ mod tests {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            for (avx2, avx512) in [(false, false), (true, false), (false, true)] {
-                let mut c = ChaCha20::new(&key, &nonce, 0xffff_fff0);
-                c.avx2 &= avx2;
-                c.avx512 &= avx512;
-                let mut out = vec![0u8; 64 * 40];
-                c.fill(&mut out);
-                assert_eq!(out, one_at_a_time, "avx2 {avx2} avx512 {avx512}");
-            }
+            let mut portable = ChaCha20::new(&key, &nonce, 0xffff_fff0);
+            portable.avx2 = false;
+            let mut out = vec![0u8; 64 * 40];
+            portable.fill(&mut out);
+            assert_eq!(out, one_at_a_time);
         }
     }
 
