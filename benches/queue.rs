@@ -11,7 +11,9 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use vhost_user_sync::memory::MemoryTable;
 use vhost_user_sync::protocol::payload::MemoryRegionDesc;
-use vhost_user_sync::queue::{Descriptor, DescriptorChain, RingAddrs, SplitQueue};
+use vhost_user_sync::queue::{
+    Descriptor, DescriptorChain, Ring, RingAddrs, RingState, SplitRing, Virtqueue,
+};
 
 const SIZE: u16 = 256;
 const ADDRS: RingAddrs = RingAddrs {
@@ -92,7 +94,7 @@ fn used_ring(c: &mut Criterion) {
     let mut g = c.benchmark_group("used_ring_event_idx");
     g.throughput(criterion::Throughput::Elements(BATCH.into()));
 
-    let mut q = SplitQueue::new(&mem, SIZE, ADDRS, 0, true, true).expect("queue");
+    let mut q = SplitRing::new(&mem, SIZE, ADDRS, 0, true, true).expect("queue");
     let mut used = 0u16;
     g.bench_function("add_used_publish_notify_x32", |b| {
         b.iter(|| {
@@ -124,7 +126,8 @@ fn used_ring(c: &mut Criterion) {
         .expect("used idx");
     mem.store::<u16>(ADDRS.avail + 2, 0, Ordering::Release)
         .expect("avail idx");
-    let mut q = SplitQueue::new(&mem, SIZE, ADDRS, 0, true, true).expect("queue");
+    let ring = Ring::new(&mem, SIZE, ADDRS, RingState::initial(false), true, true).expect("queue");
+    let mut q = Virtqueue::new(0, ring, false);
     let (mut avail, mut used) = (0u16, start);
     g.bench_function("pop_add_used_notify_x32", |b| {
         b.iter(|| {
@@ -137,12 +140,13 @@ fn used_ring(c: &mut Criterion) {
             mem.store::<u16>(ADDRS.avail + 2, avail, Ordering::Release)
                 .expect("avail idx");
             while let Some(chain) = q.pop(&mem).expect("pop") {
-                q.add_used(&mem, chain.head(), chain.writable_len())
+                q.add_used(&mem, &chain, chain.writable_len())
                     .expect("add_used");
             }
             used = used.wrapping_add(BATCH);
             set_used_event(&mem, used.wrapping_sub(1));
-            black_box(q.needs_notification(&mem).expect("notify"))
+            q.signal(&mem);
+            black_box(q.in_flight())
         })
     });
     g.finish();

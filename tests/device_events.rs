@@ -72,7 +72,7 @@ impl FeedWorker {
             let mut w = chain.writer(queue.mem());
             w.write_all(&msg).unwrap();
             let n = w.written() as u32;
-            queue.add_used(&chain, n);
+            queue.add_used(&chain, n).unwrap();
         }
     }
 }

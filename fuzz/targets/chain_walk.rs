@@ -10,15 +10,16 @@
 //!   written with `ChainWriter` (plain copies and the fd paths through a pipe), steered
 //!   by the plan, and checked byte for byte against the image.
 //! - queue mode (byte 0 odd): `[mode, flags, size: u16, desc: u16, avail: u16,
-//!   used: u16, base: u16, pops: u8]` then the image. A `SplitQueue` pops chains (each
-//!   checked against the model walker), returns them as used and publishes.
+//!   used: u16, base: u16, pops: u8]` then the image. A `Virtqueue` over a split ring
+//!   pops chains (each checked against the model walker), hands some back (they must come
+//!   again), returns the others as used (a second use must be refused) and publishes.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 
 use vhost_user_sync::memory::MemoryTable;
 use vhost_user_sync::protocol::payload::MemoryRegionDesc;
-use vhost_user_sync::queue::{Descriptor, DescriptorChain, RingAddrs, SplitQueue};
+use vhost_user_sync::queue::{Descriptor, DescriptorChain, Ring, RingAddrs, RingState, Virtqueue};
 
 /// Bytes of guest memory.
 pub const IMAGE: usize = 0x10000;
@@ -32,6 +33,8 @@ pub const PLAN: usize = 16;
 pub const F_INDIRECT: u8 = 1;
 /// Queue flag: EVENT_IDX.
 pub const F_EVENT_IDX: u8 = 2;
+/// Queue-mode flag: IN_ORDER negotiated.
+pub const F_IN_ORDER: u8 = 4;
 /// Chains longer than this (in bytes) are not read or written in full.
 const MAX_STREAM: u32 = 256 * 1024;
 
@@ -192,7 +195,7 @@ fn model_walk(
 
 /// The invariants of an accepted chain that do not need the model.
 fn check_chain(chain: &DescriptorChain, head: u16) {
-    assert_eq!(chain.head(), head);
+    assert_eq!(chain.id(), head);
     let all = chain.descriptors();
     let (r, w) = (chain.readable(), chain.writable());
     assert!(!all.is_empty());
@@ -392,30 +395,41 @@ fn queue(mem: &MemoryTable, p: &[u8]) {
         && in_image(addrs.avail, 6 + 2 * n)
         && in_image(addrs.used, 6 + 8 * n)
         && addrs.used.is_multiple_of(2);
-    let mut q = match SplitQueue::new(mem, size, addrs, base, event_idx, indirect) {
-        Ok(q) => {
+    let state = RingState::Split { next_avail: base };
+    let ring = match Ring::new(mem, size, addrs, state, event_idx, indirect) {
+        Ok(r) => {
             assert!(fits, "ring accepted: size {size} {addrs:x?}");
-            q
+            r
         }
         Err(e) => {
             assert!(!fits, "ring refused: {e}");
             return;
         }
     };
+    let mut q = Virtqueue::new(0, ring, flags & F_IN_ORDER != 0);
     let aligned = addrs.avail.is_multiple_of(2) && addrs.used.is_multiple_of(4);
     let mut image = vec![0u8; IMAGE];
+    let mut handed_back: Option<u16> = None;
     for i in 0..pops {
-        let before = q.next_avail();
         match q.pop(mem) {
             Ok(Some(chain)) => {
-                assert!(chain.head() < size);
-                assert_ne!(q.next_avail(), before);
+                assert!(chain.id() < size);
+                if let Some(id) = handed_back.take() {
+                    assert_eq!(chain.id(), id, "a handed-back chain comes first");
+                }
                 mem.read(0, &mut image).expect("image readable");
-                let expect = model_walk(&image, addrs.desc, size, chain.head(), indirect);
+                let expect = model_walk(&image, addrs.desc, size, chain.id(), indirect);
                 assert_eq!(Some(chain.descriptors()), expect.as_deref());
-                check_chain(&chain, chain.head());
+                check_chain(&chain, chain.id());
+                if i % 7 == 3 {
+                    q.give_back(&chain)
+                        .expect("a held chain can be handed back");
+                    assert!(q.give_back(&chain).is_err(), "handed back twice");
+                    handed_back = Some(chain.id());
+                    continue;
+                }
                 let len = chain.writable_len().min(u32::from(i));
-                let added = q.add_used(mem, chain.head(), len);
+                let added = q.add_used(mem, &chain, len);
                 // Used entries are 4-byte stores: a misaligned used ring refuses them.
                 assert_eq!(
                     added.is_ok(),
@@ -425,22 +439,20 @@ fn queue(mem: &MemoryTable, p: &[u8]) {
                 if added.is_err() {
                     break;
                 }
-                if i % 7 == 3 {
-                    q.go_back(1);
-                }
+                assert!(q.add_used(mem, &chain, len).is_err(), "used twice");
             }
             Ok(None) => {
-                assert!(!q.has_available(mem).expect("avail index readable"));
+                assert!(!q.has_available(mem));
                 break;
             }
             Err(_) => break,
         }
     }
-    if aligned {
-        q.publish_used(mem).expect("publish");
+    if aligned && q.broken().is_none() {
+        q.signal(mem);
         let idx = mem.load::<u16>(addrs.used + 2, std::sync::atomic::Ordering::Acquire);
-        assert_eq!(idx.ok(), Some(q.next_used()));
-        q.needs_notification(mem).expect("needs_notification");
+        let Ring::Split(r) = q.ring();
+        assert_eq!(idx.ok(), Some(r.next_used()));
         q.disable_notification(mem).expect("disable_notification");
         q.enable_notification(mem).expect("enable_notification");
     }

@@ -170,7 +170,7 @@ impl BlkWorker {
                     BlkError::Request(_) => &m.malformed,
                     _ => &m.io_errors,
                 };
-                m.failed(counter, &format_args!("chain {}: {e}", chain.head()));
+                m.failed(counter, &format_args!("chain {}: {e}", chain.id()));
                 e.status()
             }
         };
@@ -441,7 +441,7 @@ fn write_status(chain: &DescriptorChain, mem: &MemoryTable, status: Status) {
         return;
     };
     if let Err(e) = mem.write(last.addr + u64::from(last.len) - 1, &[status as u8]) {
-        log::warn!("blk: chain {}: status write failed: {e}", chain.head());
+        log::warn!("blk: chain {}: status write failed: {e}", chain.id());
     }
 }
 
@@ -450,7 +450,7 @@ impl QueueWorker for BlkWorker {
         let limits = self.shared.limits();
         while let Some(chain) = queue.pop() {
             let used = self.complete(&chain, queue.mem(), &limits);
-            queue.add_used(&chain, used);
+            queue.add_used(&chain, used)?;
         }
         Ok(())
     }

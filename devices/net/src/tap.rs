@@ -25,7 +25,15 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
+#[repr(C)]
+struct IfReqMtu {
+    name: [u8; 16],
+    mtu: i32,
+    _pad: [u8; 20],
+}
+
 nix::ioctl_write_ptr_bad!(tun_set_iff, 0x4004_54ca, IfReq);
+nix::ioctl_read_bad!(siocgifmtu, 0x8921, IfReqMtu);
 nix::ioctl_write_int_bad!(tun_set_offload, 0x4004_54d0);
 nix::ioctl_write_ptr_bad!(tun_set_vnet_hdr_sz, 0x4004_54d8, i32);
 
@@ -84,6 +92,28 @@ impl Tap {
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The interface's MTU now (the largest frame the tap hands over is this plus the
+    /// Ethernet and VLAN headers, unless GSO offloads are on).
+    pub fn mtu(&self) -> io::Result<u16> {
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+        let sock = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        let mut req = IfReqMtu {
+            name: [0; 16],
+            mtu: 0,
+            _pad: [0; 20],
+        };
+        req.name[..self.name.len()].copy_from_slice(self.name.as_bytes());
+        // SAFETY: SIOCGIFMTU reads the name from and writes the MTU into a properly
+        // sized, initialised ifreq that lives for the call; the fd is an open socket.
+        unsafe { siocgifmtu(sock.as_raw_fd(), &mut req) }.map_err(io::Error::from)?;
+        u16::try_from(req.mtu).map_err(|_| io::Error::other(format!("MTU {}", req.mtu)))
     }
 
     /// The queue's fd.

@@ -2,6 +2,7 @@
 //! memory, tap frames land in guest buffers with one `readv`, control commands are
 //! answered.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,10 +11,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use vhost_user_sync::backend::BackendChannel;
 use vhost_user_sync::device::{DeviceError, FdRegistry, Queue, QueueWorker, Queues};
-use vhost_user_sync::queue::{ChainWriter, Descriptor, DescriptorChain};
+use vhost_user_sync::queue::{ChainWriter, Descriptor, DescriptorChain, QueueError};
 
 use crate::device::STATUS_LINK_UP;
-use crate::features::{MRG_RXBUF, STATUS};
+use crate::features::{GUEST_TSO4, GUEST_TSO6, GUEST_UFO, MRG_RXBUF, STATUS};
 use crate::link::LinkWatch;
 use crate::persistence::NetState;
 use crate::request::{ctrl, CtrlCommand, NetError, NetHdr, MAX_FRAME, NET_HDR_LEN};
@@ -38,11 +39,25 @@ pub struct NetWorker {
     null_frame: Vec<u8>,
     /// Chains taken for one batch of generated RX packets (kept to reuse its storage).
     rx_batch: Vec<DescriptorChain>,
+    /// Per pair slot: RX buffers taken from the ring and not filled yet.
+    rx_pools: Vec<RxPool>,
+    /// The buffers of the chains one tap read goes into (kept to reuse its storage).
+    rx_descs: Vec<Descriptor>,
     acked: Arc<AtomicU64>,
     state: Arc<Mutex<NetState>>,
     metrics: Arc<NetMetrics>,
     link: Option<LinkWatch>,
     channel: Arc<Mutex<Option<BackendChannel>>>,
+}
+
+/// Tap RX buffers held across frames, in the order the driver made them available.
+#[derive(Debug, Default)]
+struct RxPool {
+    chains: VecDeque<DescriptorChain>,
+    /// Bytes the held chains can take.
+    room: usize,
+    /// The largest frame the tap can hand over now, with its virtio header.
+    frame_room: usize,
 }
 
 /// Chains the null backend takes before it fills them.
@@ -68,7 +83,10 @@ impl NetWorker {
         metrics: Arc<NetMetrics>,
     ) -> Self {
         let mac = state.lock().mac;
+        let rx_pools = pairs.iter().map(|_| RxPool::default()).collect();
         NetWorker {
+            rx_pools,
+            rx_descs: Vec::new(),
             pairs,
             ctrl_queue,
             max_pairs,
@@ -114,7 +132,7 @@ impl NetWorker {
         self.pairs.iter().position(|p| p.pair == pair)
     }
 
-    fn tx(&mut self, q: &mut Queue<'_>, slot: usize) {
+    fn tx(&mut self, q: &mut Queue<'_>, slot: usize) -> Result<(), QueueError> {
         let features = self.acked.load(Ordering::Acquire);
         let (mut packets, mut bytes) = (0u64, 0u64);
         while let Some(chain) = q.pop() {
@@ -122,20 +140,20 @@ impl NetWorker {
                 Ok(TxOutcome::Sent) => {
                     packets += 1;
                     bytes += u64::from(chain.readable_len()) - NET_HDR_LEN as u64;
-                    q.add_used(&chain, 0);
+                    q.add_used(&chain, 0)?;
                 }
                 Ok(TxOutcome::TapFull) => {
-                    // The tap's writable event resumes TX.
-                    q.undo_pop(1);
+                    // The tap's writable event resumes TX with this chain.
+                    q.give_back(&chain)?;
                     break;
                 }
                 Err(TxError::Malformed(e)) => {
                     self.metrics.malformed(&self.metrics.tx_malformed, &e);
-                    q.add_used(&chain, 0);
+                    q.add_used(&chain, 0)?;
                 }
                 Err(TxError::Io(e)) => {
                     log::warn!("net: tap write failed: {e}");
-                    q.add_used(&chain, 0);
+                    q.add_used(&chain, 0)?;
                 }
             }
         }
@@ -144,75 +162,105 @@ impl NetWorker {
             .tx_packets
             .fetch_add(packets, Ordering::Relaxed);
         self.metrics.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
-    fn rx(&mut self, q: &mut Queue<'_>, slot: usize) {
-        let Some(tap) = &self.pairs[slot].tap else {
+    /// The largest frame tap `slot` can hand the guest, with its virtio header: with GSO
+    /// offloads a 64 KiB frame, otherwise the tap's MTU plus Ethernet and VLAN headers.
+    fn frame_room(&self, slot: usize) -> usize {
+        let features = self.acked.load(Ordering::Acquire);
+        if features & (GUEST_TSO4 | GUEST_TSO6 | GUEST_UFO) != 0 {
+            return NET_HDR_LEN + MAX_FRAME;
+        }
+        let mtu = self.pairs[slot]
+            .tap
+            .as_ref()
+            .and_then(|t| t.mtu().ok())
+            .unwrap_or(1500);
+        NET_HDR_LEN + usize::from(mtu) + 18
+    }
+
+    /// Frames from the tap into the guest's RX buffers. Buffers are taken from the ring
+    /// as frames need them and held across frames and calls: with MRG_RXBUF a frame is
+    /// read only once the held buffers can take the largest frame the tap may hand over
+    /// (or the driver has given every buffer it can), so nothing is cut short; without
+    /// it, each frame goes into one chain. Used chains are always the oldest held ones.
+    fn rx(&mut self, q: &mut Queue<'_>, slot: usize) -> Result<(), QueueError> {
+        if self.pairs[slot].tap.is_none() {
             return self.rx_null(q);
-        };
+        }
         let mrg = self.acked.load(Ordering::Acquire) & MRG_RXBUF != 0;
+        if self.rx_pools[slot].frame_room == 0 {
+            self.rx_pools[slot].frame_room = self.frame_room(slot);
+        }
+        let ring_size = usize::from(q.size());
         loop {
-            let mut chains: Vec<DescriptorChain> = Vec::new();
-            let mut room = 0usize;
-            while room < MAX_FRAME + NET_HDR_LEN {
+            let pool = &mut self.rx_pools[slot];
+            let want = if mrg { pool.frame_room } else { 1 };
+            while pool.room < want || pool.chains.is_empty() {
                 let Some(c) = q.pop() else { break };
-                if c.writable()
-                    .first()
-                    .is_none_or(|d| (d.len as usize) < NET_HDR_LEN)
-                {
-                    let e = NetError::HeaderTooShort {
-                        len: c.writable().first().map_or(0, |d| d.len as usize),
-                    };
+                let first = c.writable().first().map_or(0, |d| d.len as usize);
+                if first < NET_HDR_LEN {
+                    let e = NetError::HeaderTooShort { len: first };
                     self.metrics.malformed(&self.metrics.rx_malformed, &e);
-                    q.add_used(&c, 0);
+                    q.add_used(&c, 0)?;
                     continue;
                 }
-                room += c.writable_len() as usize;
-                chains.push(c);
-                if !mrg {
-                    break;
-                }
+                pool.room += c.writable_len() as usize;
+                pool.chains.push_back(c);
             }
-            if chains.is_empty() {
-                // No buffers: the frame stays in the tap until the next RX kick.
-                return;
+            let every_buffer = q.in_flight() as usize >= ring_size;
+            if pool.chains.is_empty() || (mrg && pool.room < want && !every_buffer) {
+                // Too little room for a whole frame: wait for the driver's next buffers
+                // (its kick brings us back); the frame stays in the tap.
+                return Ok(());
             }
-            let descs: Vec<Descriptor> = chains
+            let chains = if mrg { pool.chains.len() } else { 1 };
+            self.rx_descs.clear();
+            for c in pool.chains.iter().take(chains) {
+                self.rx_descs.extend_from_slice(c.writable());
+            }
+            let room: usize = pool
+                .chains
                 .iter()
-                .flat_map(|c| c.writable().iter().copied())
-                .collect();
-            let n = match ChainWriter::new(q.mem(), &descs).read_from_fd(tap.file().as_fd(), room) {
+                .take(chains)
+                .map(|c| c.writable_len() as usize)
+                .sum();
+            let tap = self.pairs[slot].tap.as_ref().map(|t| t.file().as_fd());
+            let Some(tap) = tap else { return Ok(()) };
+            let n = match ChainWriter::new(q.mem(), &self.rx_descs).read_from_fd(tap, room) {
                 Ok(n) => n,
                 Err(e) => {
-                    q.undo_pop(chains.len() as u16);
                     if e.kind() != io::ErrorKind::WouldBlock {
                         log::warn!("net: tap read failed: {e}");
                     }
-                    return;
+                    return Ok(());
                 }
             };
-            let mut left = n;
+            // The frame fills the oldest chains; the rest stay held for the next one.
+            let pool = &mut self.rx_pools[slot];
             let mut used = 0usize;
-            for c in &chains {
-                if left == 0 {
+            let mut covered = 0usize;
+            for c in pool.chains.iter() {
+                if covered >= n && used > 0 {
                     break;
                 }
-                left -= left.min(c.writable_len() as usize);
+                covered += c.writable_len() as usize;
                 used += 1;
             }
             if mrg {
-                let at = chains[0].writable()[0].addr + 10;
+                let at = pool.chains[0].writable()[0].addr + 10;
                 if let Err(e) = q.mem().write(at, &(used as u16).to_le_bytes()) {
                     log::warn!("net: rx header: {e}");
                 }
             }
             let mut left = n;
-            for c in &chains[..used] {
+            for c in pool.chains.drain(..used) {
                 let take = left.min(c.writable_len() as usize);
-                q.add_used(c, take as u32);
+                pool.room -= c.writable_len() as usize;
+                q.add_used(&c, take as u32)?;
                 left -= take;
             }
-            q.undo_pop((chains.len() - used) as u16);
             self.metrics.rx_packets.fetch_add(1, Ordering::Relaxed);
             self.metrics
                 .rx_bytes
@@ -220,7 +268,7 @@ impl NetWorker {
         }
     }
 
-    fn rx_null(&mut self, q: &mut Queue<'_>) {
+    fn rx_null(&mut self, q: &mut Queue<'_>) -> Result<(), QueueError> {
         let (mut packets, mut bytes) = (0u64, 0u64);
         let mut batch = std::mem::take(&mut self.rx_batch);
         // A batch of chains first, then filling them: their cache-line transfers from
@@ -242,13 +290,13 @@ impl NetWorker {
                         &self.metrics.rx_malformed,
                         &NetError::HeaderTooShort { len: 0 },
                     );
-                    q.add_used(&c, 0);
+                    q.add_used(&c, 0)?;
                     continue;
                 }
                 // Header and frame in one write (the packet is prepared once per worker).
                 let mut w = c.writer(q.mem());
                 let n = w.write(&self.null_frame).unwrap_or(0);
-                q.add_used(&c, n as u32);
+                q.add_used(&c, n as u32)?;
                 packets += 1;
                 bytes += n.saturating_sub(NET_HDR_LEN) as u64;
             }
@@ -258,9 +306,10 @@ impl NetWorker {
             .rx_packets
             .fetch_add(packets, Ordering::Relaxed);
         self.metrics.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
     }
 
-    fn control(&mut self, q: &mut Queue<'_>) {
+    fn control(&mut self, q: &mut Queue<'_>) -> Result<(), QueueError> {
         while let Some(c) = q.pop() {
             let status = match self.control_one(q, &c) {
                 Ok(()) => ctrl::OK,
@@ -272,8 +321,9 @@ impl NetWorker {
             };
             let mut w = c.writer(q.mem());
             let n = w.write(&[status]).unwrap_or(0);
-            q.add_used(&c, n as u32);
+            q.add_used(&c, n as u32)?;
         }
+        Ok(())
     }
 
     fn control_one(&mut self, q: &Queue<'_>, c: &DescriptorChain) -> Result<(), NetError> {
@@ -337,15 +387,25 @@ impl QueueWorker for NetWorker {
     fn process_queue(&mut self, q: &mut Queue<'_>) -> Result<(), DeviceError> {
         let index = q.index();
         if Some(index) == self.ctrl_queue {
-            self.control(q);
+            self.control(q)?;
         } else if let Some(slot) = self.pair_slot(index / 2) {
-            if index % 2 == 0 {
-                self.rx(q, slot);
+            if index.is_multiple_of(2) {
+                self.rx(q, slot)?;
             } else {
-                self.tx(q, slot);
+                self.tx(q, slot)?;
             }
         }
         Ok(())
+    }
+
+    fn queue_state_changed(&mut self, index: u16, _running: bool) {
+        // Held RX buffers belong to the ring as it ran: the framework accounted for them
+        // when it stopped (they are read again after a restart).
+        if Some(index) != self.ctrl_queue && index.is_multiple_of(2) {
+            if let Some(slot) = self.pair_slot(index / 2) {
+                self.rx_pools[slot] = RxPool::default();
+            }
+        }
     }
 
     fn register_fds(&mut self, registry: &mut FdRegistry<'_>) -> io::Result<()> {
@@ -368,8 +428,12 @@ impl QueueWorker for NetWorker {
         let Some(pair) = self.pairs.get(token).map(|p| p.pair) else {
             return Ok(());
         };
-        queues.with_queue(2 * pair + 1, |q| self.tx(q, token));
-        queues.with_queue(2 * pair, |q| self.rx(q, token));
+        if let Some(Err(e)) = queues.with_queue(2 * pair + 1, |q| self.tx(q, token)) {
+            log::warn!("net: tx: {e}");
+        }
+        if let Some(Err(e)) = queues.with_queue(2 * pair, |q| self.rx(q, token)) {
+            log::warn!("net: rx: {e}");
+        }
         Ok(())
     }
 }

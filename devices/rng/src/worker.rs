@@ -51,11 +51,11 @@ impl QueueWorker for RngWorker {
             let n = match self.fill(&chain, queue) {
                 Ok(n) => n,
                 Err(e) => {
-                    queue.add_used(&chain, 0);
+                    queue.add_used(&chain, 0)?;
                     return Err(e.into());
                 }
             };
-            queue.add_used(&chain, n as u32);
+            queue.add_used(&chain, n as u32)?;
             self.metrics.record(n);
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use log::{debug, info, warn};
 
 use super::vring_config::VringConfig;
-use super::worker::{FailureSignal, StartQueue, WorkerCommand, WorkerHandle};
+use super::worker::{FailureSignal, WorkerCommand, WorkerHandle};
 use super::ServeOptions;
 use super::{BackendChannel, RequestError};
 use crate::device::{Device, DeviceInfo};
@@ -19,7 +19,7 @@ use crate::protocol::payload::{
     VringAddr, VringState,
 };
 use crate::protocol::{virtio, FdRule, FrontendRequest as R, ProtocolFeatures as P, ReplyRule};
-use crate::queue::{RingAddrs, SplitQueue};
+use crate::queue::{Ring, RingAddrs, RingState, Virtqueue};
 use crate::sys::unix::SocketPlatformConnection;
 
 /// Transport feature bits the framework implements for every device.
@@ -343,14 +343,12 @@ impl<D: Device> Session<D> {
                         why: "ring is running",
                     });
                 }
-                if s.num > u32::from(u16::MAX) {
-                    return Err(RequestError::BadValue {
-                        request: name,
-                        what: "split ring base",
-                        value: s.num.into(),
-                    });
-                }
-                self.vrings[i].base = s.num as u16;
+                let size = match self.vrings[i].num {
+                    0 => self.info.max_queue_size,
+                    n => n,
+                };
+                RingState::decode(s.num, self.packed(), size)?;
+                self.vrings[i].base = s.num;
                 Ok(Reply::Done)
             }
             R::GET_VRING_BASE => {
@@ -361,7 +359,7 @@ impl<D: Device> Session<D> {
                 Ok(Reply::Body(
                     VringState {
                         index: s.index,
-                        num: self.vrings[i].base.into(),
+                        num: self.vrings[i].base,
                     }
                     .encode(),
                 ))
@@ -605,12 +603,17 @@ impl<D: Device> Session<D> {
             request: "SET_VRING_KICK",
             why: "ring addresses not set",
         })?;
-        let n = u64::from(v.num.max(1));
+        let [desc, avail, used] = Ring::part_lengths(self.packed(), v.num.max(1));
         Ok(RingAddrs {
-            desc: mem.uaddr_to_gpa(addr.desc, 16 * n)?,
-            avail: mem.uaddr_to_gpa(addr.avail, 6 + 2 * n)?,
-            used: mem.uaddr_to_gpa(addr.used, 6 + 8 * n)?,
+            desc: mem.uaddr_to_gpa(addr.desc, desc)?,
+            avail: mem.uaddr_to_gpa(addr.avail, avail)?,
+            used: mem.uaddr_to_gpa(addr.used, used)?,
         })
+    }
+
+    /// Whether the rings use the packed layout (VIRTIO_F_RING_PACKED acked).
+    fn packed(&self) -> bool {
+        self.acked_features & virtio::RING_PACKED != 0
     }
 
     fn start_ring(&mut self, i: usize, kick: File) -> Result<()> {
@@ -632,19 +635,26 @@ impl<D: Device> Session<D> {
             });
         }
         let addrs = self.ring_addrs(&self.mem, i)?;
-        let event_idx = self.acked_features & virtio::RING_EVENT_IDX != 0;
-        let indirect = self.acked_features & virtio::RING_INDIRECT_DESC != 0;
-        let mut ring = SplitQueue::new(&self.mem, num, addrs, base, event_idx, indirect)?;
-        ring.set_used_log(self.active_log().zip(self.used_log_addr(i)));
-        let start = StartQueue {
-            index: i as u16,
-            ring,
-            kick: Some(kick),
-            call: self.vrings[i].call.clone(),
-            err: self.vrings[i].err.clone(),
-            enabled: self.vrings[i].enabled,
-        };
-        if !self.worker_for(i).send(WorkerCommand::Start(start)) {
+        let features = self.acked_features;
+        let state = RingState::decode(base, self.packed(), num)?;
+        let ring = Ring::new(
+            &self.mem,
+            num,
+            addrs,
+            state,
+            features & virtio::RING_EVENT_IDX != 0,
+            features & virtio::RING_INDIRECT_DESC != 0,
+        )?;
+        let mut vq = Virtqueue::new(i as u16, ring, features & virtio::IN_ORDER != 0)
+            .with_name(&self.info.name);
+        let log = self.active_log();
+        vq.set_ring_log(log.clone().zip(self.used_log_addr(i)));
+        vq.set_buffer_log(log);
+        vq.set_kick(Some(kick));
+        vq.set_call(self.vrings[i].call.clone());
+        vq.set_err(self.vrings[i].err.clone());
+        vq.set_enabled(self.vrings[i].enabled);
+        if !self.worker_for(i).send(WorkerCommand::Start(Box::new(vq))) {
             return Err(RequestError::BadOrder {
                 request: name,
                 why: "worker has stopped",
@@ -652,7 +662,7 @@ impl<D: Device> Session<D> {
         }
         self.vrings[i].started = true;
         debug!(
-            "{}: ring {i} started (size {num}, base {base})",
+            "{}: ring {i} started (size {num}, base {base:#x})",
             self.info.name
         );
         Ok(())
@@ -662,12 +672,12 @@ impl<D: Device> Session<D> {
         if !self.vrings[i].started {
             return;
         }
-        if let Some(next) = self.worker_for(i).stop_queue(i as u16) {
-            self.vrings[i].base = next;
+        if let Some(state) = self.worker_for(i).stop_queue(i as u16) {
+            self.vrings[i].base = state.encode();
         }
         self.vrings[i].started = false;
         debug!(
-            "{}: ring {i} stopped at {}",
+            "{}: ring {i} stopped at {:#x}",
             self.info.name, self.vrings[i].base
         );
     }

@@ -12,8 +12,9 @@ pub(crate) struct VringConfig {
     pub num: u16,
     /// SET_VRING_ADDR, as frontend addresses.
     pub addr: Option<VringAddr>,
-    /// SET_VRING_BASE, or the index GET_VRING_BASE returned.
-    pub base: u16,
+    /// SET_VRING_BASE's `num`, or what GET_VRING_BASE returned (a
+    /// [`RingState`](crate::queue::RingState), encoded).
+    pub base: u32,
     /// SET_VRING_CALL.
     pub call: Option<Arc<File>>,
     /// SET_VRING_ERR: signalled when the ring breaks.

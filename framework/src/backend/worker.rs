@@ -11,37 +11,28 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use log::{debug, error, warn};
+use log::{debug, error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::device::queues::QueueAccess;
 use crate::device::DeviceError;
 use crate::device::{FdRegistry, Queue, QueueWorker, Queues};
 use crate::memory::{DirtyLog, MemoryTable};
-use crate::queue::{QueueError, RingAddrs, SplitQueue};
+use crate::queue::{RingAddrs, RingState, Virtqueue};
 
 use crate::device::fd_registry::DEVICE_TOKEN_BASE;
-use crate::device::queue_handle::{signal_if_needed, QueueAccess};
 
 const WAKE: Token = Token(usize::MAX);
 
-/// A queue as the connection thread hands it to a worker.
-pub(crate) struct StartQueue {
-    pub index: u16,
-    pub ring: SplitQueue,
-    pub kick: Option<File>,
-    pub call: Option<Arc<File>>,
-    pub err: Option<Arc<File>>,
-    pub enabled: bool,
-}
-
 /// What the connection thread tells a worker.
 pub(crate) enum WorkerCommand {
-    Start(StartQueue),
-    /// Stop the queue and answer with its next avail index (None if it was not running).
+    /// Run this queue (its kick, call and err fds, enabled flag and logging set).
+    Start(Box<Virtqueue>),
+    /// Stop the queue and answer where it resumes (None if it was not running).
     Stop {
         index: u16,
-        reply: Sender<Option<u16>>,
+        reply: Sender<Option<RingState>>,
     },
     /// Enable or disable the queue; answers once applied.
     Enable {
@@ -70,35 +61,6 @@ pub(crate) enum WorkerCommand {
         rings: Vec<(u16, RingAddrs)>,
         done: Sender<()>,
     },
-}
-
-struct RunningQueue {
-    ring: SplitQueue,
-    kick: Option<File>,
-    call: Option<Arc<File>>,
-    /// SET_VRING_ERR's eventfd, written once when the ring breaks.
-    err: Option<Arc<File>>,
-    enabled: bool,
-    error: Option<QueueError>,
-}
-
-impl RunningQueue {
-    /// Called where `error` may have just been set: logs a broken ring and tells the
-    /// frontend through the err eventfd. Callers skip queues that were already broken,
-    /// so this happens once per break.
-    fn report_broken(&self, name: &str, index: u16) {
-        let Some(e) = &self.error else {
-            return;
-        };
-        error!("{name}: queue {index} is broken and stays stopped until restarted: {e}");
-        if let Some(err) = &self.err {
-            if let Err(e) = nix::unistd::write(err.as_ref(), &1u64.to_ne_bytes()) {
-                if e != nix::errno::Errno::EAGAIN {
-                    warn!("{name}: queue {index}: err eventfd write failed: {e}");
-                }
-            }
-        }
-    }
 }
 
 /// The connection thread's handle on one worker thread.
@@ -141,7 +103,6 @@ impl WorkerHandle {
                     name: name.clone(),
                     worker,
                     mem,
-                    log: None,
                     queues: Vec::new(),
                     poll,
                     busy_poll,
@@ -176,8 +137,8 @@ impl WorkerHandle {
         self.waker.wake().is_ok()
     }
 
-    /// Stops a queue and waits for its next avail index.
-    pub(crate) fn stop_queue(&self, index: u16) -> Option<u16> {
+    /// Stops a queue and waits for where it resumes.
+    pub(crate) fn stop_queue(&self, index: u16) -> Option<RingState> {
         let (reply, rx) = bounded(1);
         if !self.send(WorkerCommand::Stop { index, reply }) {
             return None;
@@ -233,8 +194,7 @@ struct WorkerState<W> {
     name: String,
     worker: W,
     mem: Arc<MemoryTable>,
-    log: Option<Arc<DirtyLog>>,
-    queues: Vec<Option<RunningQueue>>,
+    queues: Vec<Option<Virtqueue>>,
     poll: Poll,
     /// How long to keep polling the rings after the last work (zero: never poll).
     busy_poll: Duration,
@@ -297,9 +257,7 @@ impl<W: QueueWorker> WorkerState<W> {
             let mut progress = false;
             for index in 0..self.queues.len() {
                 let ready = match &self.queues[index] {
-                    Some(q) if q.enabled && q.error.is_none() => {
-                        q.ring.has_available(&self.mem).unwrap_or(true)
-                    }
+                    Some(q) if q.is_live() => q.has_available(&self.mem),
                     _ => false,
                 };
                 if ready {
@@ -326,21 +284,18 @@ impl<W: QueueWorker> WorkerState<W> {
             let Some(q) = &mut self.queues[index] else {
                 continue;
             };
-            if !q.enabled || q.error.is_some() {
+            if !q.is_live() {
                 continue;
             }
-            match q.ring.enable_notification(&self.mem) {
+            match q.enable_notification(&self.mem) {
                 Ok(false) => {}
                 Ok(true) => self.kicked(index as u16),
-                Err(e) => {
-                    q.error = Some(e);
-                    q.report_broken(&self.name, index as u16);
-                }
+                Err(e) => q.set_broken(e),
             }
         }
     }
 
-    fn slot(&mut self, index: u16) -> &mut Option<RunningQueue> {
+    fn slot(&mut self, index: u16) -> &mut Option<Virtqueue> {
         let i = usize::from(index);
         if self.queues.len() <= i {
             self.queues.resize_with(i + 1, || None);
@@ -350,9 +305,9 @@ impl<W: QueueWorker> WorkerState<W> {
 
     fn command(&mut self, cmd: WorkerCommand) {
         match cmd {
-            WorkerCommand::Start(s) => {
-                let index = s.index;
-                if let Some(k) = &s.kick {
+            WorkerCommand::Start(vq) => {
+                let index = vq.index();
+                if let Some(k) = vq.kick() {
                     let fd: RawFd = k.as_raw_fd();
                     if let Err(e) = self.poll.registry().register(
                         &mut SourceFd(&fd),
@@ -363,31 +318,33 @@ impl<W: QueueWorker> WorkerState<W> {
                     }
                 }
                 if let Some(old) = self.slot(index).take() {
-                    self.release(index, old);
+                    self.release(old);
                 }
-                *self.slot(index) = Some(RunningQueue {
-                    ring: s.ring,
-                    kick: s.kick,
-                    call: s.call,
-                    err: s.err,
-                    enabled: s.enabled,
-                    error: None,
-                });
+                *self.slot(index) = Some(*vq);
                 self.worker.queue_state_changed(index, true);
                 // The guest may have queued work before the kick fd arrived.
                 self.kicked(index);
             }
             WorkerCommand::Stop { index, reply } => {
-                let q = self.slot(index).take();
-                let base = q.map(|q| {
-                    let next = q.ring.next_avail();
-                    self.release(index, q);
-                    next
+                let state = self.slot(index).take().map(|mut q| {
+                    let (state, account) = q.stop(&self.mem);
+                    if account.rewound > 0 || account.returned_empty > 0 {
+                        info!(
+                            "{}: queue {index} stopped with {} chain(s) in flight: {} unused at \
+                             the end of the ring are read again on restart, {} returned empty",
+                            self.name,
+                            account.rewound + account.returned_empty,
+                            account.rewound,
+                            account.returned_empty
+                        );
+                    }
+                    self.release(q);
+                    state
                 });
-                if base.is_some() {
+                if state.is_some() {
                     self.worker.queue_state_changed(index, false);
                 }
-                let _ = reply.send(base);
+                let _ = reply.send(state);
             }
             WorkerCommand::Enable {
                 index,
@@ -395,7 +352,7 @@ impl<W: QueueWorker> WorkerState<W> {
                 done,
             } => {
                 if let Some(q) = self.slot(index) {
-                    q.enabled = enabled;
+                    q.set_enabled(enabled);
                 }
                 let _ = done.send(());
                 if enabled {
@@ -404,28 +361,28 @@ impl<W: QueueWorker> WorkerState<W> {
             }
             WorkerCommand::SetCall { index, call } => {
                 if let Some(q) = self.slot(index) {
-                    q.call = call;
+                    q.set_call(call);
                 }
             }
             WorkerCommand::SetErr { index, err } => {
                 if let Some(q) = self.slot(index) {
-                    q.err = err;
+                    q.set_err(err);
                 }
             }
             WorkerCommand::SetLog { log, rings, done } => {
                 for (index, used_gpa) in rings {
                     if let Some(q) = self.slot(index) {
-                        q.ring.set_used_log(log.clone().zip(used_gpa));
+                        q.set_ring_log(log.clone().zip(used_gpa));
+                        q.set_buffer_log(log.clone());
                     }
                 }
-                self.log = log;
                 let _ = done.send(());
             }
             WorkerCommand::SetMemory { mem, rings, done } => {
                 self.mem = mem;
                 for (index, addrs) in rings {
                     if let Some(q) = self.slot(index) {
-                        q.ring.set_addrs(addrs);
+                        q.set_addrs(addrs);
                     }
                 }
                 let _ = done.send(());
@@ -433,8 +390,8 @@ impl<W: QueueWorker> WorkerState<W> {
         }
     }
 
-    fn release(&mut self, _index: u16, q: RunningQueue) {
-        if let Some(k) = &q.kick {
+    fn release(&mut self, q: Virtqueue) {
+        if let Some(k) = q.kick() {
             let fd = k.as_raw_fd();
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         }
@@ -442,7 +399,7 @@ impl<W: QueueWorker> WorkerState<W> {
 
     fn drain_kick(&mut self, index: u16) {
         if let Some(Some(q)) = self.queues.get(usize::from(index)) {
-            if let Some(k) = &q.kick {
+            if let Some(k) = q.kick() {
                 let mut buf = [0u8; 8];
                 // Non-blocking eventfd: one read resets the counter; EAGAIN is fine.
                 let _ = nix::unistd::read(k, &mut buf);
@@ -462,29 +419,22 @@ impl<W: QueueWorker> WorkerState<W> {
     /// Processes queue `index` (if running and enabled); returns whether it took
     /// chains and the worker is polling (the ring is then left with notifications off).
     fn run_queue(&mut self, index: u16) -> bool {
-        let name = &self.name;
         let mem = &self.mem;
-        let log = self.log.as_deref();
         let worker = &mut self.worker;
         let polling = !self.busy_poll.is_zero();
         let Some(Some(q)) = self.queues.get_mut(usize::from(index)) else {
             return false;
         };
-        if q.error.is_some() {
+        if !q.is_live() {
             return false;
         }
-        if !q.enabled {
-            return false;
-        }
-        process(name, worker, index, q, mem, log, polling)
+        process(&self.name, worker, q, mem, polling)
     }
 
     fn device_event(&mut self, token: usize) {
         let mut access = QueueSet {
             queues: &mut self.queues,
             mem: &self.mem,
-            log: self.log.as_deref(),
-            name: &self.name,
             refilled: Vec::new(),
         };
         let mut queues = Queues { inner: &mut access };
@@ -504,64 +454,48 @@ impl<W: QueueWorker> WorkerState<W> {
 fn process<W: QueueWorker>(
     name: &str,
     worker: &mut W,
-    index: u16,
-    q: &mut RunningQueue,
+    q: &mut Virtqueue,
     mem: &MemoryTable,
-    log: Option<&DirtyLog>,
     polling: bool,
 ) -> bool {
+    let index = q.index();
     let mut idle_round = false;
     let mut polled = false;
     loop {
-        if let Err(e) = q.ring.disable_notification(mem) {
-            q.error = Some(e);
+        if let Err(e) = q.disable_notification(mem) {
+            q.set_broken(e);
             break;
         }
-        let before = q.ring.next_avail();
-        let result = {
-            let mut queue = Queue {
-                index,
-                ring: &mut q.ring,
-                mem,
-                call: q.call.as_deref(),
-                error: &mut q.error,
-                log,
-                ran_dry: false,
-            };
-            worker.process_queue(&mut queue)
-        };
+        let before = q.taken();
+        let result = worker.process_queue(&mut Queue::new(q, mem));
         if let Err(e) = result {
             log_device_error(name, index, &e);
         }
-        if q.error.is_some() {
+        if q.broken().is_some() {
             break;
         }
         // Entries published while notifications were off came without a kick: go
         // round again. A device that leaves entries it cannot use yet makes no
         // progress twice in a row; stop then, or this would spin.
-        let progress = q.ring.next_avail() != before;
+        let progress = q.taken() != before;
         if polling && progress {
             polled = true;
             break;
         }
-        match q.ring.enable_notification(mem) {
+        match q.enable_notification(mem) {
             Ok(true) if progress || !idle_round => {
                 idle_round = !progress;
                 continue;
             }
             Ok(_) => break,
             Err(e) => {
-                q.error = Some(e);
+                q.set_broken(e);
                 break;
             }
         }
     }
-    signal_if_needed(index, &mut q.ring, mem, q.call.as_deref(), &mut q.error);
-    if q.error.is_some() {
-        q.report_broken(name, index);
-        return false;
-    }
-    polled
+    q.signal(mem);
+    polled && q.broken().is_none()
 }
 
 fn log_device_error(name: &str, index: u16, e: &DeviceError) {
@@ -569,10 +503,8 @@ fn log_device_error(name: &str, index: u16, e: &DeviceError) {
 }
 
 struct QueueSet<'a> {
-    queues: &'a mut Vec<Option<RunningQueue>>,
+    queues: &'a mut Vec<Option<Virtqueue>>,
     mem: &'a MemoryTable,
-    log: Option<&'a DirtyLog>,
-    name: &'a str,
     /// Queues that ran dry in the device event and have chains again: processed as if
     /// kicked once the event is handled.
     refilled: Vec<u16>,
@@ -583,19 +515,11 @@ impl QueueAccess for QueueSet<'_> {
         let Some(Some(q)) = self.queues.get_mut(usize::from(index)) else {
             return;
         };
-        if !q.enabled || q.error.is_some() {
+        if !q.is_live() {
             return;
         }
         let ran_dry = {
-            let mut queue = Queue {
-                index,
-                ring: &mut q.ring,
-                mem: self.mem,
-                call: q.call.as_deref(),
-                error: &mut q.error,
-                log: self.log,
-                ran_dry: false,
-            };
+            let mut queue = Queue::new(q, self.mem);
             f(&mut queue);
             queue.ran_dry
         };
@@ -605,20 +529,13 @@ impl QueueAccess for QueueSet<'_> {
         // a kick, and a device waiting for buffers would wait until its next event.
         // Move that point up to what was taken; chains that came in the meantime came
         // without a kick, so they are processed as if kicked.
-        if ran_dry && q.error.is_none() {
-            match q.ring.enable_notification(self.mem) {
+        if ran_dry && q.broken().is_none() {
+            match q.enable_notification(self.mem) {
                 Ok(true) if !self.refilled.contains(&index) => self.refilled.push(index),
                 Ok(_) => {}
-                Err(e) => q.error = Some(e),
+                Err(e) => q.set_broken(e),
             }
         }
-        signal_if_needed(
-            index,
-            &mut q.ring,
-            self.mem,
-            q.call.as_deref(),
-            &mut q.error,
-        );
-        q.report_broken(self.name, index);
+        q.signal(self.mem);
     }
 }

@@ -26,7 +26,7 @@
 //!         while let Some(chain) = queue.pop() {
 //!             let len = chain.writable_len() as usize;
 //!             let n = chain.writer(queue.mem()).read_from_fd(self.0.as_fd(), len)?;
-//!             queue.add_used(&chain, n as u32);
+//!             queue.add_used(&chain, n as u32)?;
 //!         }
 //!         Ok(())
 //!     }
@@ -36,12 +36,14 @@
 mod device_error;
 mod device_info;
 pub(crate) mod fd_registry;
-pub(crate) mod queue_handle;
+mod queue;
+pub(crate) mod queues;
 
 pub use device_error::DeviceError;
 pub use device_info::DeviceInfo;
 pub use fd_registry::{FdRegistry, MAX_DEVICE_TOKEN};
-pub use queue_handle::{Queue, Queues};
+pub use queue::Queue;
+pub use queues::Queues;
 
 use std::io;
 
@@ -144,7 +146,9 @@ pub trait QueueWorker: Send + 'static {
         Ok(())
     }
 
-    /// Queue `index` was started or stopped (GET_VRING_BASE).
+    /// Queue `index` was started or stopped (GET_VRING_BASE). Chains the device still
+    /// holds from the queue are no longer accepted once it stopped: drop them (the
+    /// framework has accounted for them: unused ones are read again after a restart).
     fn queue_state_changed(&mut self, index: u16, running: bool) {
         let _ = (index, running);
     }

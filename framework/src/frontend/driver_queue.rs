@@ -12,6 +12,7 @@ use super::{Frontend, FrontendError, FrontendMemory};
 use crate::memory::MemoryTable;
 use crate::protocol::payload::VringAddr;
 use crate::protocol::{virtio, FrontendRequest};
+use crate::queue::split::layout as l;
 use crate::queue::Descriptor;
 
 /// A used-ring entry: which chain came back and how many bytes the device wrote.
@@ -50,14 +51,18 @@ pub struct DriverQueue {
 impl DriverQueue {
     /// Allocates a ring of `size` entries for queue `index` in `mem`.
     pub fn new(mem: &FrontendMemory, index: u16, size: u16) -> Result<Self, FrontendError> {
-        let n = u64::from(size);
-        let desc = mem.alloc(16 * n, 4096)?;
-        let avail = mem.alloc(6 + 2 * n, 64)?;
-        let used = mem.alloc(6 + 8 * n, 4096)?;
+        let lens = [
+            l::desc_table_len(size),
+            l::avail_len(size),
+            l::used_len(size),
+        ];
+        let desc = mem.alloc(lens[0], 4096)?;
+        let avail = mem.alloc(lens[1], 64)?;
+        let used = mem.alloc(lens[2], 4096)?;
         let t = mem.table();
-        t.write(desc, &vec![0u8; (16 * n) as usize])?;
-        t.write(avail, &vec![0u8; (6 + 2 * n) as usize])?;
-        t.write(used, &vec![0u8; (6 + 8 * n) as usize])?;
+        for (at, len) in [desc, avail, used].into_iter().zip(lens) {
+            t.write(at, &vec![0u8; len as usize])?;
+        }
         let new_eventfd = || -> Result<File, FrontendError> {
             let fd =
                 EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)
@@ -168,7 +173,7 @@ impl DriverQueue {
                     | if last { 0 } else { Descriptor::F_NEXT },
                 next: if last { 0 } else { ids[k + 1] },
             };
-            mem.write(self.desc + 16 * u64::from(id), &d.to_bytes())?;
+            mem.write(self.desc + l::desc_entry(id), &d.to_bytes())?;
         }
         self.chain_len[usize::from(ids[0])] = ids.len() as u16;
         self.publish(mem, ids[0])?;
@@ -201,7 +206,7 @@ impl DriverQueue {
             flags: Descriptor::F_INDIRECT,
             next: 0,
         };
-        mem.write(self.desc + 16 * u64::from(id), &d.to_bytes())?;
+        mem.write(self.desc + l::desc_entry(id), &d.to_bytes())?;
         self.chain_len[usize::from(id)] = 1;
         self.publish(mem, id)?;
         Ok(id)
@@ -214,7 +219,7 @@ impl DriverQueue {
         index: u16,
         d: &Descriptor,
     ) -> Result<(), FrontendError> {
-        Ok(mem.write(self.desc + 16 * u64::from(index % self.size), &d.to_bytes())?)
+        Ok(mem.write(self.desc + l::desc_entry(index % self.size), &d.to_bytes())?)
     }
 
     /// Makes head `head` available without touching descriptors (hostile tests).
@@ -223,10 +228,10 @@ impl DriverQueue {
     }
 
     fn publish(&mut self, mem: &MemoryTable, head: u16) -> Result<(), FrontendError> {
-        let slot = u64::from(self.avail_idx % self.size);
-        mem.store::<u16>(self.avail + 4 + 2 * slot, head, Ordering::Relaxed)?;
+        let entry = self.avail + l::avail_entry(self.size, self.avail_idx);
+        mem.store::<u16>(entry, head, Ordering::Relaxed)?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.store::<u16>(self.avail + 2, self.avail_idx, Ordering::Release)?;
+        mem.store::<u16>(self.avail + l::AVAIL_IDX, self.avail_idx, Ordering::Release)?;
         Ok(())
     }
 
@@ -236,13 +241,13 @@ impl DriverQueue {
         fence(Ordering::SeqCst);
         let want = if self.event_idx {
             let event =
-                mem.load::<u16>(self.used + 4 + 8 * u64::from(self.size), Ordering::Acquire)?;
+                mem.load::<u16>(self.used + l::avail_event(self.size), Ordering::Acquire)?;
             // Kick when avail_event lies in what was published since the previous
-            // decision (the spec's vring_need_event).
-            let (new, old) = (self.avail_idx, self.kick_checked);
-            new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+            // decision.
+            l::need_event(event, self.avail_idx, self.kick_checked)
         } else {
-            mem.load::<u16>(self.used, Ordering::Acquire)? & 1 == 0
+            let flags = mem.load::<u16>(self.used + l::USED_FLAGS, Ordering::Acquire)?;
+            flags & l::USED_F_NO_NOTIFY == 0
         };
         self.kick_checked = self.avail_idx;
         if want {
@@ -260,18 +265,18 @@ impl DriverQueue {
 
     /// Reaps one used entry, if any, freeing its descriptors.
     pub fn pop_used(&mut self, mem: &MemoryTable) -> Result<Option<UsedElem>, FrontendError> {
-        let used_idx = mem.load::<u16>(self.used + 2, Ordering::Acquire)?;
+        let used_idx = mem.load::<u16>(self.used + l::USED_IDX, Ordering::Acquire)?;
         if used_idx == self.last_used {
             return Ok(None);
         }
-        let slot = u64::from(self.last_used % self.size);
-        let id = mem.load::<u32>(self.used + 4 + 8 * slot, Ordering::Relaxed)?;
-        let len = mem.load::<u32>(self.used + 8 + 8 * slot, Ordering::Relaxed)?;
+        let elem = self.used + l::used_elem(self.size, self.last_used);
+        let id = mem.load::<u32>(elem, Ordering::Relaxed)?;
+        let len = mem.load::<u32>(elem + 4, Ordering::Relaxed)?;
         self.last_used = self.last_used.wrapping_add(1);
         if self.event_idx {
             // Ask for a call when the next entry is used.
             mem.store::<u16>(
-                self.avail + 4 + 2 * u64::from(self.size),
+                self.avail + l::used_event(self.size),
                 self.last_used,
                 Ordering::Release,
             )?;
@@ -287,7 +292,7 @@ impl DriverQueue {
         for _ in 0..n {
             self.free.push(id);
             let mut raw = [0u8; 16];
-            mem.read(self.desc + 16 * u64::from(id), &mut raw)?;
+            mem.read(self.desc + l::desc_entry(id), &mut raw)?;
             id = Descriptor::from_bytes(&raw).next;
         }
         Ok(())

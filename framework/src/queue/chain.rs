@@ -1,6 +1,6 @@
 //! `DescriptorChain`: a validated, copied chain of buffers.
 
-use super::ring_view::RingView;
+use super::split::ring_view::RingView;
 use super::{ChainReader, ChainWriter, Descriptor, QueueError};
 use crate::memory::MemoryTable;
 
@@ -23,11 +23,18 @@ use crate::memory::MemoryTable;
 /// let d = Descriptor { addr: 0x1000, len: 64, flags: Descriptor::F_WRITE, next: 0 };
 /// mem.write(0, &d.to_bytes()).unwrap();
 /// let chain = DescriptorChain::walk(&mem, 0, 16, 0, false).unwrap();
-/// assert_eq!((chain.head(), chain.writable_len(), chain.readable_len()), (0, 64, 0));
+/// assert_eq!((chain.id(), chain.writable_len(), chain.readable_len()), (0, 64, 0));
 /// ```
+///
+/// A chain popped from a queue carries its identity: the ring it came from (one value
+/// per ring start, never reused in the process), its place in the order chains were made
+/// available, and its buffer id. The queue checks it whenever the chain is used or handed
+/// back, so a chain used twice, handed back after use, or used on another ring is an
+/// error rather than a corrupted ring.
 #[derive(Debug, Clone)]
 pub struct DescriptorChain {
     head: u16,
+    pub(crate) token: ChainToken,
     descs: ChainDescs,
     first_writable: usize,
     readable_len: u32,
@@ -70,6 +77,7 @@ impl DescriptorChain {
     ) -> Result<Self, QueueError> {
         let mut chain = DescriptorChain {
             head,
+            token: ChainToken::default(),
             descs: ChainDescs::default(),
             first_writable: 0,
             readable_len: 0,
@@ -180,8 +188,9 @@ impl DescriptorChain {
         Ok(())
     }
 
-    /// The head index (what goes into the used ring).
-    pub fn head(&self) -> u16 {
+    /// The buffer id: what goes back to the driver in the used entry (a split ring's head
+    /// index, a packed ring's buffer id).
+    pub fn id(&self) -> u16 {
         self.head
     }
 
@@ -219,6 +228,20 @@ impl DescriptorChain {
     pub fn writer<'a>(&'a self, mem: &'a MemoryTable) -> ChainWriter<'a> {
         ChainWriter::new(mem, self.writable())
     }
+}
+
+/// Where a popped chain came from, checked when it is used or handed back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ChainToken {
+    /// The ring start it was popped in (0: not popped from a queue).
+    pub(crate) generation: u64,
+    /// Its place in the order the driver made chains available.
+    pub(crate) seq: u64,
+    /// The ring position it was read at (split: avail index; packed: slot and wrap
+    /// counter in bit 15).
+    pub(crate) position: u16,
+    /// Ring slots it occupies (packed rings; 1 for split rings).
+    pub(crate) slots: u16,
 }
 
 /// A chain's descriptors: the first few inline (most chains have one to three), more

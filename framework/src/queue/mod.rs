@@ -1,18 +1,47 @@
-//! Split virtqueues, device side: popping descriptor chains, reading and writing their
+//! Virtqueues, device side: popping descriptor chains, reading and writing their
 //! buffers, publishing used entries and deciding when to notify.
+//!
+//! [`Virtqueue`] is one running queue: its [`Ring`] (the layout: [`SplitRing`]), the
+//! chains in flight, its eventfds and its broken state. Device code sees it through
+//! [`crate::device::Queue`].
 
 mod chain;
 mod chain_cursor;
 mod chain_reader;
 mod chain_writer;
 mod descriptor;
+mod in_flight;
 mod queue_error;
-mod ring_view;
-mod split_queue;
+mod ring;
+mod ring_state;
+pub mod split;
+mod virtqueue;
 
 pub use chain::DescriptorChain;
 pub use chain_reader::ChainReader;
 pub use chain_writer::ChainWriter;
 pub use descriptor::Descriptor;
+pub use in_flight::StopAccount;
 pub use queue_error::QueueError;
-pub use split_queue::{RingAddrs, SplitQueue};
+pub use ring::Ring;
+pub use ring_state::RingState;
+pub use split::{RingAddrs, SplitRing};
+pub use virtqueue::Virtqueue;
+
+/// What a ring yields for one entry the driver made available.
+#[derive(Debug)]
+pub enum Popped {
+    /// A valid chain.
+    Chain(DescriptorChain),
+    /// A chain that breaks the rules: it goes back to the driver with length 0.
+    Refused {
+        /// Its buffer id.
+        id: u16,
+        /// Where it was read.
+        position: u16,
+        /// Ring slots it took.
+        slots: u16,
+        /// What was wrong.
+        error: QueueError,
+    },
+}

@@ -94,4 +94,39 @@ pub enum QueueError {
         /// Queue size.
         size: u16,
     },
+    /// The driver offered a buffer id the device still holds.
+    #[error("buffer id {id} offered again while still in flight")]
+    IdInFlight {
+        /// The buffer id.
+        id: u16,
+    },
+    /// A chain that is not held by the device was used or handed back (used already,
+    /// handed back already, or from before the ring was stopped).
+    #[error("chain {id} is not in flight (used or handed back twice?)")]
+    ChainNotInFlight {
+        /// The chain's buffer id.
+        id: u16,
+    },
+    /// A chain from another ring, another connection or an earlier start of this ring.
+    #[error("chain {id} does not belong to queue {queue} as it runs now")]
+    ForeignChain {
+        /// The chain's buffer id.
+        id: u16,
+        /// The queue it was given to.
+        queue: u16,
+    },
+    /// A ring state (SET_VRING_BASE) that does not fit the ring.
+    #[error("ring state {num:#x} does not fit a ring of {size}")]
+    BadRingState {
+        /// The state as sent.
+        num: u32,
+        /// Queue size.
+        size: u16,
+    },
+    /// Something the queue layer does not implement.
+    #[error("{0} are not supported")]
+    Unsupported(&'static str),
+    /// The ring broke (the cause was logged and reported on the err eventfd).
+    #[error("ring broken: {0}")]
+    Broken(String),
 }

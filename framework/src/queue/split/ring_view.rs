@@ -3,8 +3,10 @@
 
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
-use super::{Descriptor, RingAddrs};
+use super::layout as l;
+use super::RingAddrs;
 use crate::memory::MemoryTable;
+use crate::queue::Descriptor;
 
 /// The ring parts of a queue of `size` entries as host addresses inside the mappings of
 /// the table with id `table_id`. Built only when each part lies whole in one region and
@@ -22,10 +24,9 @@ impl RingView {
     /// The view of `addrs` in `mem`, or `None` when a part straddles regions or is
     /// misaligned (accesses then go through the table).
     pub(crate) fn new(mem: &MemoryTable, addrs: &RingAddrs, size: u16) -> Option<Self> {
-        let n = usize::from(size);
-        let desc = mem.host_address(addrs.desc, 16 * n)?;
-        let avail = mem.host_address(addrs.avail, 6 + 2 * n)?;
-        let used = mem.host_address(addrs.used, 6 + 8 * n)?;
+        let desc = mem.host_address(addrs.desc, l::desc_table_len(size) as usize)?;
+        let avail = mem.host_address(addrs.avail, l::avail_len(size) as usize)?;
+        let used = mem.host_address(addrs.used, l::used_len(size) as usize)?;
         if !desc.is_multiple_of(8) || !avail.is_multiple_of(2) || !used.is_multiple_of(4) {
             return None;
         }
@@ -61,47 +62,42 @@ impl RingView {
     }
 
     pub(crate) fn avail_flags(&self) -> u16 {
-        Self::load_u16(self.avail, Ordering::Acquire)
+        Self::load_u16(self.avail + l::AVAIL_FLAGS as usize, Ordering::Acquire)
     }
 
     pub(crate) fn avail_idx(&self) -> u16 {
-        Self::load_u16(self.avail + 2, Ordering::Acquire)
+        Self::load_u16(self.avail + l::AVAIL_IDX as usize, Ordering::Acquire)
     }
 
-    /// The avail ring entry at `slot` (< size).
-    pub(crate) fn avail_entry(&self, slot: u16) -> u16 {
-        let slot = usize::from(slot % self.size);
-        Self::load_u16(self.avail + 4 + 2 * slot, Ordering::Acquire)
+    /// The avail ring entry for free-running index `idx`.
+    pub(crate) fn avail_entry(&self, idx: u16) -> u16 {
+        let at = self.avail + l::avail_entry(self.size, idx) as usize;
+        Self::load_u16(at, Ordering::Acquire)
     }
 
     pub(crate) fn used_event(&self) -> u16 {
-        Self::load_u16(
-            self.avail + 4 + 2 * usize::from(self.size),
-            Ordering::Acquire,
-        )
+        let at = self.avail + l::used_event(self.size) as usize;
+        Self::load_u16(at, Ordering::Acquire)
     }
 
     pub(crate) fn set_used_flags(&self, flags: u16) {
-        Self::store_u16(self.used, flags, Ordering::Relaxed);
+        Self::store_u16(self.used + l::USED_FLAGS as usize, flags, Ordering::Relaxed);
     }
 
     pub(crate) fn set_used_idx(&self, idx: u16) {
-        Self::store_u16(self.used + 2, idx, Ordering::Release);
+        Self::store_u16(self.used + l::USED_IDX as usize, idx, Ordering::Release);
     }
 
-    /// Writes the used element at `slot` (< size).
-    pub(crate) fn set_used_elem(&self, slot: u16, head: u16, len: u32) {
-        let at = self.used + 4 + 8 * usize::from(slot % self.size);
+    /// Writes the used element for free-running index `idx`.
+    pub(crate) fn set_used_elem(&self, idx: u16, head: u16, len: u32) {
+        let at = self.used + l::used_elem(self.size, idx) as usize;
         Self::store_u32(at, u32::from(head));
         Self::store_u32(at + 4, len);
     }
 
     pub(crate) fn set_avail_event(&self, idx: u16) {
-        Self::store_u16(
-            self.used + 4 + 8 * usize::from(self.size),
-            idx,
-            Ordering::Relaxed,
-        );
+        let at = self.used + l::avail_event(self.size) as usize;
+        Self::store_u16(at, idx, Ordering::Relaxed);
     }
 
     /// Descriptor `index` (taken modulo the size) of the table, read as two 8-byte
@@ -109,7 +105,7 @@ impl RingView {
     /// rewriting the entry meanwhile cannot mix the length of one version with the
     /// flags of another.
     pub(crate) fn descriptor(&self, index: u16) -> Descriptor {
-        let at = self.desc + 16 * usize::from(index % self.size);
+        let at = self.desc + l::desc_entry(index % self.size) as usize;
         // SAFETY: `at` and `at + 8` are inside the descriptor table `new` checked
         // (16 * size bytes), whose mapping lives while the borrowed table does; the table
         // is 8-aligned (checked in `new`) and entries are 16 bytes apart, so both loads

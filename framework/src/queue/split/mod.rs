@@ -1,49 +1,51 @@
-//! `SplitQueue`: the device side of one split virtqueue.
+//! Split virtqueues: the ring layout of virtio 1.0 (descriptor table, avail ring, used
+//! ring), device side.
+
+pub mod layout;
+pub(crate) mod ring_view;
 
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
-use log::warn;
-
-use super::ring_view::RingView;
-use super::{DescriptorChain, QueueError};
+use self::layout as l;
+use self::ring_view::RingView;
+use super::{DescriptorChain, Popped, QueueError, RingState};
 use crate::memory::{DirtyLog, MemoryTable};
 
-/// Guest-physical addresses of a split ring's three parts.
+/// Guest-physical addresses of a ring's three parts (split: descriptor table, avail
+/// ring, used ring; packed: descriptor ring, driver and device event suppression areas).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RingAddrs {
-    /// Descriptor table.
+    /// Descriptor table (ring).
     pub desc: u64,
-    /// Available (driver) ring.
+    /// Available ring (packed: driver event suppression area).
     pub avail: u64,
-    /// Used (device) ring.
+    /// Used ring (packed: device event suppression area).
     pub used: u64,
 }
 
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
-const USED_F_NO_NOTIFY: u16 = 1;
-
-/// The device's view of a split virtqueue: where it is in the avail and used rings, and
-/// what it last signalled.
+/// The device's side of a split ring: where it is in the avail and used rings, and what
+/// it last signalled.
 ///
 /// All guest memory accesses go through the [`MemoryTable`] passed to each call and are
-/// bounds-checked; ring indices use acquire/release ordering and the notification
-/// checks are fenced as the virtio spec requires.
+/// bounds-checked; ring indices use acquire/release ordering and the notification checks
+/// are fenced as the virtio spec requires. Which chains are in flight is kept by the
+/// [`Virtqueue`](super::Virtqueue) that owns the ring.
 ///
 /// # Example
 /// ```
-/// # use vhost_user_sync::queue::{RingAddrs, SplitQueue};
+/// # use vhost_user_sync::queue::{Popped, RingAddrs, SplitRing};
 /// # use vhost_user_sync::memory::MemoryTable;
 /// # use vhost_user_sync::protocol::payload::MemoryRegionDesc;
 /// # let fd = nix::sys::memfd::memfd_create("g", nix::sys::memfd::MFdFlags::empty()).unwrap();
 /// # let file = std::fs::File::from(fd); file.set_len(0x10000).unwrap();
 /// # let mem = MemoryTable::from_regions(&[MemoryRegionDesc { guest_phys_addr: 0, memory_size: 0x10000, userspace_addr: 0, mmap_offset: 0 }], vec![file]).unwrap();
 /// let addrs = RingAddrs { desc: 0x0, avail: 0x1000, used: 0x2000 };
-/// let mut q = SplitQueue::new(&mem, 16, addrs, 0, false, false).unwrap();
-/// assert!(q.pop(&mem).unwrap().is_none()); // the guest has offered nothing yet
+/// let mut ring = SplitRing::new(&mem, 16, addrs, 0, false, false).unwrap();
+/// assert!(ring.next(&mem).unwrap().is_none()); // the guest has offered nothing yet
 /// ```
 #[derive(Debug, Clone)]
-pub struct SplitQueue {
+pub struct SplitRing {
     size: u16,
     addrs: RingAddrs,
     next_avail: u16,
@@ -55,7 +57,6 @@ pub struct SplitQueue {
     event_idx: bool,
     indirect: bool,
     signalled_used: Option<u16>,
-    invalid_chains: u64,
     /// Dirty log and the used ring's guest-physical address to log at (VHOST_VRING_F_LOG
     /// with VHOST_F_LOG_ALL acked).
     used_log: Option<(Arc<DirtyLog>, u64)>,
@@ -68,7 +69,7 @@ pub struct SplitQueue {
     no_notify_set: bool,
 }
 
-impl SplitQueue {
+impl SplitRing {
     /// Sets up a ring of `size` entries (a power of two) starting at avail index `base`.
     /// The used index continues from what the used ring holds.
     pub fn new(
@@ -85,7 +86,7 @@ impl SplitQueue {
                 size: 0,
             });
         }
-        let q = SplitQueue {
+        let q = SplitRing {
             size,
             addrs,
             next_avail: base,
@@ -95,16 +96,15 @@ impl SplitQueue {
             event_idx,
             indirect,
             signalled_used: None,
-            invalid_chains: 0,
             used_log: None,
             view: None,
             view_table: None,
             no_notify_set: false,
         };
         q.check_rings(mem)?;
-        let next_used = mem.load::<u16>(addrs.used + 2, Ordering::Acquire)?;
+        let next_used = mem.load::<u16>(addrs.used + l::USED_IDX, Ordering::Acquire)?;
         // Nothing used yet since this start: no interrupt is owed.
-        Ok(SplitQueue {
+        Ok(SplitRing {
             next_used,
             used_published: next_used,
             signalled_used: Some(next_used),
@@ -112,12 +112,21 @@ impl SplitQueue {
         })
     }
 
+    /// Bytes of guest memory each part of a ring of `size` entries takes.
+    pub fn part_lengths(size: u16) -> [u64; 3] {
+        [
+            l::desc_table_len(size),
+            l::avail_len(size),
+            l::used_len(size),
+        ]
+    }
+
     /// Checks that the three ring parts lie in `mem` (after a memory table change).
     pub fn check_rings(&self, mem: &MemoryTable) -> Result<(), QueueError> {
-        let n = u64::from(self.size);
-        mem.check_range(self.addrs.desc, 16 * n)?;
-        mem.check_range(self.addrs.avail, 6 + 2 * n)?;
-        mem.check_range(self.addrs.used, 6 + 8 * n)?;
+        let [desc, avail, used] = Self::part_lengths(self.size);
+        mem.check_range(self.addrs.desc, desc)?;
+        mem.check_range(self.addrs.avail, avail)?;
+        mem.check_range(self.addrs.used, used)?;
         Ok(())
     }
 
@@ -154,9 +163,17 @@ impl SplitQueue {
         self.size
     }
 
-    /// The next avail index the device will read (what GET_VRING_BASE returns).
-    pub fn next_avail(&self) -> u16 {
-        self.next_avail
+    /// Where the ring would resume: the next avail index the device reads.
+    pub fn state(&self) -> RingState {
+        RingState::Split {
+            next_avail: self.next_avail,
+        }
+    }
+
+    /// Goes back to avail index `position` (of a chain taken earlier and not used), so
+    /// that the chains from there on are read again.
+    pub fn rewind(&mut self, position: u16) {
+        self.next_avail = position;
     }
 
     /// The next used index the device will write.
@@ -164,15 +181,10 @@ impl SplitQueue {
         self.next_used
     }
 
-    /// Chains refused so far (returned to the guest with length 0).
-    pub fn invalid_chains(&self) -> u64 {
-        self.invalid_chains
-    }
-
     fn avail_idx(&self, mem: &MemoryTable) -> Result<u16, QueueError> {
         match self.view.filter(|v| v.table_id == mem.id()) {
             Some(v) => Ok(v.avail_idx()),
-            None => Ok(mem.load::<u16>(self.addrs.avail + 2, Ordering::Acquire)?),
+            None => Ok(mem.load::<u16>(self.addrs.avail + l::AVAIL_IDX, Ordering::Acquire)?),
         }
     }
 
@@ -181,80 +193,72 @@ impl SplitQueue {
         Ok(self.avail_idx(mem)? != self.next_avail)
     }
 
-    /// Takes the next available chain, or `None` when the ring is empty.
+    /// Takes the next available entry, or `None` when the ring is empty.
     ///
     /// A chain that breaks the rules (bad descriptor, loop, bad indirect table, buffer
-    /// outside memory) is logged, returned to the guest with length 0 and skipped. An
-    /// error means the ring itself is broken (index overrun, bad head, unmapped ring).
-    pub fn pop(&mut self, mem: &MemoryTable) -> Result<Option<DescriptorChain>, QueueError> {
+    /// outside memory) comes back as [`Popped::Refused`], for the caller to return with
+    /// length 0. An error means the ring itself is broken (index overrun, bad head,
+    /// unmapped ring).
+    pub fn next(&mut self, mem: &MemoryTable) -> Result<Option<Popped>, QueueError> {
         let view = self.view(mem);
-        // Chains refused in this call. More than a ring's worth means the avail index
-        // keeps moving while the device only refuses (for example a used ring laid over
-        // the avail ring: each used-index store offers new entries), and without a bound
-        // this call would never return.
-        let mut refused: u16 = 0;
-        loop {
-            // The shared avail index is read only when the entries seen are used up:
-            // one cache-line transfer per batch, not per chain.
-            if self.avail_seen == self.next_avail {
-                self.avail_seen = self.avail_idx(mem)?;
-            }
-            let avail = self.avail_seen;
-            let pending = avail.wrapping_sub(self.next_avail);
-            if pending == 0 {
-                return Ok(None);
-            }
-            if refused == self.size {
-                return Err(QueueError::RefusedRingful { size: self.size });
-            }
-            if pending > self.size {
-                return Err(QueueError::AvailOverrun {
-                    avail,
-                    next: self.next_avail,
-                    pending,
-                    size: self.size,
-                });
-            }
-            let head = match &view {
-                Some(v) => v.avail_entry(self.next_avail),
-                None => {
-                    let slot = u64::from(self.next_avail % self.size);
-                    mem.load::<u16>(self.addrs.avail + 4 + 2 * slot, Ordering::Acquire)?
-                }
-            };
-            if head >= self.size {
-                return Err(QueueError::BadIndex {
-                    index: head,
-                    size: self.size.into(),
-                });
-            }
-            self.next_avail = self.next_avail.wrapping_add(1);
-            let walked = DescriptorChain::walk_in(
-                mem,
-                self.addrs.desc,
-                view.as_ref(),
-                self.size,
-                head,
-                self.indirect,
-            );
-            match walked {
-                Ok(chain) => return Ok(Some(chain)),
-                Err(e) => {
-                    self.invalid_chains += 1;
-                    if self.invalid_chains <= 10 || self.invalid_chains.is_multiple_of(1000) {
-                        warn!("dropping invalid chain (#{}): {e}", self.invalid_chains);
-                    }
-                    self.add_used(mem, head, 0)?;
-                    refused += 1;
-                }
-            }
+        // The shared avail index is read only when the entries seen are used up: one
+        // cache-line transfer per batch, not per chain.
+        if self.avail_seen == self.next_avail {
+            self.avail_seen = self.avail_idx(mem)?;
         }
+        let avail = self.avail_seen;
+        let pending = avail.wrapping_sub(self.next_avail);
+        if pending == 0 {
+            return Ok(None);
+        }
+        if pending > self.size {
+            return Err(QueueError::AvailOverrun {
+                avail,
+                next: self.next_avail,
+                pending,
+                size: self.size,
+            });
+        }
+        let position = self.next_avail;
+        let head = match &view {
+            Some(v) => v.avail_entry(position),
+            None => mem.load::<u16>(
+                self.addrs.avail + l::avail_entry(self.size, position),
+                Ordering::Acquire,
+            )?,
+        };
+        if head >= self.size {
+            return Err(QueueError::BadIndex {
+                index: head,
+                size: self.size.into(),
+            });
+        }
+        self.next_avail = self.next_avail.wrapping_add(1);
+        Ok(Some(self.walk(mem, view.as_ref(), head, position)))
     }
 
-    /// Gives back `count` chains so the next pops return them again (a device that took
-    /// more than it could use).
-    pub fn go_back(&mut self, count: u16) {
-        self.next_avail = self.next_avail.wrapping_sub(count);
+    /// Walks the chain at `head` again (one that was handed back), as read at `position`.
+    pub fn rewalk(&mut self, mem: &MemoryTable, head: u16, position: u16) -> Popped {
+        let view = self.view(mem);
+        self.walk(mem, view.as_ref(), head, position)
+    }
+
+    fn walk(&self, mem: &MemoryTable, view: Option<&RingView>, head: u16, position: u16) -> Popped {
+        let walked =
+            DescriptorChain::walk_in(mem, self.addrs.desc, view, self.size, head, self.indirect);
+        match walked {
+            Ok(mut chain) => {
+                chain.token.position = position;
+                chain.token.slots = 1;
+                Popped::Chain(chain)
+            }
+            Err(error) => Popped::Refused {
+                id: head,
+                position,
+                slots: 1,
+                error,
+            },
+        }
     }
 
     /// Makes the used entries added so far visible to the guest (one release store of
@@ -265,11 +269,15 @@ impl SplitQueue {
         }
         match self.view(mem) {
             Some(v) => v.set_used_idx(self.next_used),
-            None => mem.store::<u16>(self.addrs.used + 2, self.next_used, Ordering::Release)?,
+            None => mem.store::<u16>(
+                self.addrs.used + l::USED_IDX,
+                self.next_used,
+                Ordering::Release,
+            )?,
         }
         self.used_published = self.next_used;
         if let Some((log, used_gpa)) = &self.used_log {
-            log.mark(used_gpa.wrapping_add(2), 2);
+            log.mark(used_gpa.wrapping_add(l::USED_IDX), 2);
         }
         Ok(())
     }
@@ -284,18 +292,18 @@ impl SplitQueue {
                 size: self.size,
             });
         }
-        let slot = u64::from(self.next_used % self.size);
+        let elem = l::used_elem(self.size, self.next_used);
         match self.view(mem) {
             Some(v) => v.set_used_elem(self.next_used, head, len),
             None => {
-                let elem = self.addrs.used + 4 + 8 * slot;
-                mem.store::<u32>(elem, u32::from(head), Ordering::Relaxed)?;
-                mem.store::<u32>(elem + 4, len, Ordering::Relaxed)?;
+                let at = self.addrs.used + elem;
+                mem.store::<u32>(at, u32::from(head), Ordering::Relaxed)?;
+                mem.store::<u32>(at + 4, len, Ordering::Relaxed)?;
             }
         }
         self.next_used = self.next_used.wrapping_add(1);
         if let Some((log, used_gpa)) = &self.used_log {
-            log.mark(used_gpa.wrapping_add(4 + 8 * slot), 8);
+            log.mark(used_gpa.wrapping_add(elem), 8);
         }
         // Entries are published in batches; publish well before a ring's worth is
         // pending so the guest keeps getting buffers back under sustained load.
@@ -312,8 +320,12 @@ impl SplitQueue {
         // time (the store would pull the line away from the guest's CPU for nothing).
         if !self.event_idx && !self.no_notify_set {
             match self.view(mem) {
-                Some(v) => v.set_used_flags(USED_F_NO_NOTIFY),
-                None => mem.store::<u16>(self.addrs.used, USED_F_NO_NOTIFY, Ordering::Relaxed)?,
+                Some(v) => v.set_used_flags(l::USED_F_NO_NOTIFY),
+                None => mem.store::<u16>(
+                    self.addrs.used + l::USED_FLAGS,
+                    l::USED_F_NO_NOTIFY,
+                    Ordering::Relaxed,
+                )?,
             }
             self.no_notify_set = true;
         }
@@ -328,10 +340,12 @@ impl SplitQueue {
             (Some(v), true) => v.set_avail_event(self.next_avail),
             (Some(v), false) => v.set_used_flags(0),
             (None, true) => {
-                let avail_event = self.addrs.used + 4 + 8 * u64::from(self.size);
-                mem.store::<u16>(avail_event, self.next_avail, Ordering::Relaxed)?;
+                let at = self.addrs.used + l::avail_event(self.size);
+                mem.store::<u16>(at, self.next_avail, Ordering::Relaxed)?;
             }
-            (None, false) => mem.store::<u16>(self.addrs.used, 0, Ordering::Relaxed)?,
+            (None, false) => {
+                mem.store::<u16>(self.addrs.used + l::USED_FLAGS, 0, Ordering::Relaxed)?
+            }
         }
         self.no_notify_set = false;
         fence(Ordering::SeqCst);
@@ -348,19 +362,19 @@ impl SplitQueue {
         let need = if self.event_idx {
             let used_event = match &view {
                 Some(v) => v.used_event(),
-                None => {
-                    let used_event_at = self.addrs.avail + 4 + 2 * u64::from(self.size);
-                    mem.load::<u16>(used_event_at, Ordering::Acquire)?
-                }
+                None => mem.load::<u16>(
+                    self.addrs.avail + l::used_event(self.size),
+                    Ordering::Acquire,
+                )?,
             };
             let old = self.signalled_used.unwrap_or(new.wrapping_sub(1));
-            new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old)
+            l::need_event(used_event, new, old)
         } else {
             let flags = match &view {
                 Some(v) => v.avail_flags(),
-                None => mem.load::<u16>(self.addrs.avail, Ordering::Acquire)?,
+                None => mem.load::<u16>(self.addrs.avail + l::AVAIL_FLAGS, Ordering::Acquire)?,
             };
-            flags & AVAIL_F_NO_INTERRUPT == 0 && self.signalled_used != Some(new)
+            flags & l::AVAIL_F_NO_INTERRUPT == 0 && self.signalled_used != Some(new)
         };
         if need {
             self.signalled_used = Some(new);
@@ -373,6 +387,14 @@ impl SplitQueue {
 mod tests {
     use super::*;
     use crate::queue::Descriptor;
+
+    /// The next entry, which must be a valid chain.
+    fn pop(m: &MemoryTable, q: &mut SplitRing) -> DescriptorChain {
+        match q.next(m).unwrap() {
+            Some(Popped::Chain(c)) => c,
+            other => panic!("expected a chain, got {other:?}"),
+        }
+    }
 
     fn mem() -> MemoryTable {
         crate::memory::test_table(0x10000)
@@ -410,17 +432,19 @@ mod tests {
     fn pop_add_used_and_base() {
         let m = mem();
         m.write(0, &WRITABLE.to_bytes()).unwrap();
-        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        let mut q = SplitRing::new(&m, 8, A, 0, false, false).unwrap();
         offer(&m, 0, 0, 1);
-        let c = q.pop(&m).unwrap().unwrap();
-        q.add_used(&m, c.head(), 8).unwrap();
+        let c = pop(&m, &mut q);
+        q.add_used(&m, c.id(), 8).unwrap();
         // Used entries become visible in batches.
         assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 0);
         q.publish_used(&m).unwrap();
         assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 1);
         assert_eq!(m.load::<u32>(A.used + 8, Ordering::Acquire).unwrap(), 8);
-        assert_eq!(q.next_avail(), 1);
-        assert!(q.pop(&m).unwrap().is_none());
+        assert_eq!(q.state(), RingState::Split { next_avail: 1 });
+        assert!(q.next(&m).unwrap().is_none());
+        q.rewind(0);
+        assert_eq!(pop(&m, &mut q).id(), 0, "read again after a rewind");
     }
 
     /// Two tables over the same guest-physical range, each with its own memfd.
@@ -445,10 +469,10 @@ mod tests {
         MemoryTable::from_regions(&[a, b], vec![fa, fb]).unwrap()
     }
 
-    fn one_round(m: &MemoryTable, q: &mut SplitQueue, idx: u16) {
+    fn one_round(m: &MemoryTable, q: &mut SplitRing, idx: u16) {
         offer(m, idx - 1, 0, idx);
-        let c = q.pop(m).unwrap().unwrap();
-        q.add_used(m, c.head(), 8).unwrap();
+        let c = pop(m, q);
+        q.add_used(m, c.id(), 8).unwrap();
         q.publish_used(m).unwrap();
         assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), idx);
     }
@@ -459,7 +483,7 @@ mod tests {
         // The used ring straddles the two regions: every access goes through the table.
         let straddling = split_table(A.used + 0x20);
         straddling.write(0, &d.to_bytes()).unwrap();
-        let mut q = SplitQueue::new(&straddling, 8, A, 0, false, false).unwrap();
+        let mut q = SplitRing::new(&straddling, 8, A, 0, false, false).unwrap();
         one_round(&straddling, &mut q, 1);
         // The same queue on a new table (other memfds, other host addresses): what it
         // reads and writes is in the new memory, not in the old mapping.
@@ -489,62 +513,54 @@ mod tests {
     #[test]
     fn avail_index_running_ahead_is_a_broken_ring() {
         let m = mem();
-        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        let mut q = SplitRing::new(&m, 8, A, 0, false, false).unwrap();
         offer(&m, 0, 0, 9);
         assert!(matches!(
-            q.pop(&m),
+            q.next(&m),
             Err(QueueError::AvailOverrun { pending: 9, .. })
         ));
     }
 
     #[test]
-    fn bad_head_is_a_broken_ring_and_bad_chain_is_returned_empty() {
+    fn bad_head_is_a_broken_ring_and_bad_chain_is_refused() {
         let m = mem();
-        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        let mut q = SplitRing::new(&m, 8, A, 0, false, false).unwrap();
         offer(&m, 0, 8, 1);
         assert!(matches!(
-            q.pop(&m),
+            q.next(&m),
             Err(QueueError::BadIndex { index: 8, .. })
         ));
-        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        let mut q = SplitRing::new(&m, 8, A, 0, false, false).unwrap();
         m.write(0, &OUTSIDE.to_bytes()).unwrap();
         offer(&m, 0, 0, 1);
-        assert!(q.pop(&m).unwrap().is_none());
-        assert_eq!(q.invalid_chains(), 1);
-        q.publish_used(&m).unwrap();
-        assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 1);
-        assert_eq!(m.load::<u32>(A.used + 8, Ordering::Acquire).unwrap(), 0);
-    }
-
-    #[test]
-    fn a_used_ring_over_the_avail_ring_cannot_keep_pop_refusing() {
-        let m = mem();
-        // Descriptor 0 (every head here) is outside memory: each chain is refused.
-        m.write(0, &OUTSIDE.to_bytes()).unwrap();
-        // The used index is the avail index: publishing used entries offers more.
-        let a = RingAddrs { used: A.avail, ..A };
-        m.store::<u16>(A.avail + 2, 4, Ordering::Release).unwrap();
-        let mut q = SplitQueue::new(&m, 8, a, 0, false, false).unwrap();
         assert!(matches!(
-            q.pop(&m),
-            Err(QueueError::RefusedRingful { size: 8 })
+            q.next(&m).unwrap(),
+            Some(Popped::Refused {
+                id: 0,
+                position: 0,
+                slots: 1,
+                error: QueueError::Memory(_)
+            })
         ));
+        // The ring writes nothing for it by itself.
+        q.publish_used(&m).unwrap();
+        assert_eq!(m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap(), 0);
     }
 
     #[test]
     fn rings_outside_memory_are_refused() {
         let m = mem();
         let bad = RingAddrs { used: 0xfff8, ..A };
-        assert!(SplitQueue::new(&m, 8, bad, 0, false, false).is_err());
-        assert!(SplitQueue::new(&m, 6, A, 0, false, false).is_err());
-        assert!(SplitQueue::new(&m, 0, A, 0, false, false).is_err());
+        assert!(SplitRing::new(&m, 8, bad, 0, false, false).is_err());
+        assert!(SplitRing::new(&m, 6, A, 0, false, false).is_err());
+        assert!(SplitRing::new(&m, 0, A, 0, false, false).is_err());
     }
 
     #[test]
     fn event_idx_notification_follows_used_event() {
         let m = mem();
         m.write(0, &WRITABLE.to_bytes()).unwrap();
-        let mut q = SplitQueue::new(&m, 8, A, 0, true, false).unwrap();
+        let mut q = SplitRing::new(&m, 8, A, 0, true, false).unwrap();
         assert!(!q.needs_notification(&m).unwrap(), "nothing used yet");
         let used_event = A.avail + 4 + 2 * 8;
         // The driver wants a call once entry 1 (the second) is used.
@@ -557,16 +573,19 @@ mod tests {
         // avail_event is published when notifications are re-enabled.
         q.enable_notification(&m).unwrap();
         assert_eq!(
-            m.load::<u16>(A.used + 4 + 8 * 8, Ordering::Acquire)
-                .unwrap(),
-            q.next_avail()
+            RingState::Split {
+                next_avail: m
+                    .load::<u16>(A.used + 4 + 8 * 8, Ordering::Acquire)
+                    .unwrap()
+            },
+            q.state()
         );
     }
 
     #[test]
     fn no_interrupt_and_no_notify_without_event_idx() {
         let m = mem();
-        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        let mut q = SplitRing::new(&m, 8, A, 0, false, false).unwrap();
         q.disable_notification(&m).unwrap();
         assert_eq!(m.load::<u16>(A.used, Ordering::Acquire).unwrap(), 1);
         assert!(!q.enable_notification(&m).unwrap());
@@ -581,7 +600,7 @@ mod tests {
     #[test]
     fn used_entries_are_published_by_half_a_ring_at_the_latest() {
         let m = mem();
-        let mut q = SplitQueue::new(&m, 8, A, 0, false, false).unwrap();
+        let mut q = SplitRing::new(&m, 8, A, 0, false, false).unwrap();
         for i in 1..=4u16 {
             q.add_used(&m, 0, 0).unwrap();
             let seen = m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap();

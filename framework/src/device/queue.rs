@@ -1,0 +1,134 @@
+//! `Queue`: what device code sees of one running virtqueue.
+
+use crate::memory::MemoryTable;
+use crate::queue::{DescriptorChain, QueueError, Virtqueue};
+
+/// One started, enabled queue, lent to device code for a batch of work.
+///
+/// Chains popped here belong to the device until it uses them ([`Self::add_used`]) or
+/// hands them back ([`Self::give_back`]). It may keep them across calls and events and
+/// use them in any order; with `VIRTIO_F_IN_ORDER` negotiated the framework still
+/// returns them to the driver in the order they were made available. The same code runs
+/// on split and packed rings.
+///
+/// # Example
+/// ```no_run
+/// # use vhost_user_sync::device::{Queue, DeviceError};
+/// # use std::io::Write;
+/// fn echo(queue: &mut Queue<'_>) -> Result<(), DeviceError> {
+///     while let Some(chain) = queue.pop() {
+///         let mut data = Vec::new();
+///         std::io::copy(&mut chain.reader(queue.mem()), &mut data)?;
+///         let mut w = chain.writer(queue.mem());
+///         w.write_all(&data)?;
+///         let n = w.written() as u32;
+///         queue.add_used(&chain, n)?;
+///     }
+///     Ok(())
+/// }
+/// ```
+pub struct Queue<'a> {
+    pub(crate) vq: &'a mut Virtqueue,
+    pub(crate) mem: &'a MemoryTable,
+    /// `pop` found the ring empty.
+    pub(crate) ran_dry: bool,
+}
+
+impl<'a> Queue<'a> {
+    pub(crate) fn new(vq: &'a mut Virtqueue, mem: &'a MemoryTable) -> Self {
+        Queue {
+            vq,
+            mem,
+            ran_dry: false,
+        }
+    }
+
+    /// The queue's index.
+    pub fn index(&self) -> u16 {
+        self.vq.index()
+    }
+
+    /// Guest memory, for readers and writers over chains.
+    pub fn mem(&self) -> &'a MemoryTable {
+        self.mem
+    }
+
+    /// Queue size (how many chains the driver can have outstanding at most).
+    pub fn size(&self) -> u16 {
+        self.vq.size()
+    }
+
+    /// Whether the driver negotiated `VIRTIO_F_IN_ORDER` (the framework keeps the order;
+    /// a device needs this only to know that completing out of order gains nothing).
+    pub fn in_order(&self) -> bool {
+        self.vq.in_order()
+    }
+
+    /// How many chains the device holds on this queue.
+    pub fn in_flight(&self) -> u32 {
+        self.vq.in_flight()
+    }
+
+    /// The next chain, or `None` when the ring is empty or broken (a broken ring is
+    /// logged, reported to the frontend and stays stopped until restarted). Chains the
+    /// device handed back come first.
+    pub fn pop(&mut self) -> Option<DescriptorChain> {
+        match self.vq.pop(self.mem) {
+            Ok(None) => {
+                self.ran_dry = true;
+                None
+            }
+            Ok(c) => c,
+            Err(_) => None,
+        }
+    }
+
+    /// Pops up to `max` chains onto `out`; returns how many. Taking a batch before
+    /// working on it lets the reads of its descriptors (and then the accesses to its
+    /// buffers) overlap instead of each chain waiting for its own cache lines, which the
+    /// driver usually wrote from another CPU.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use vhost_user_sync::device::Queue;
+    /// # fn f(queue: &mut Queue<'_>) -> Result<(), vhost_user_sync::queue::QueueError> {
+    /// let mut batch = Vec::with_capacity(32);
+    /// while queue.pop_batch(&mut batch, 32) > 0 {
+    ///     for chain in batch.drain(..) {
+    ///         queue.add_used(&chain, 0)?;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn pop_batch(&mut self, out: &mut Vec<DescriptorChain>, max: usize) -> usize {
+        let before = out.len();
+        out.extend(std::iter::from_fn(|| self.pop()).take(max));
+        out.len() - before
+    }
+
+    /// Whether chains are waiting (made available by the driver, or handed back).
+    pub fn has_available(&self) -> bool {
+        self.vq.has_available(self.mem)
+    }
+
+    /// Returns `chain` to the driver with `len` bytes written into it (clamped to its
+    /// writable length).
+    ///
+    /// Fails, changing nothing, for a chain this queue does not hold: one used or handed
+    /// back already, or one from another queue or from before the ring was restarted.
+    pub fn add_used(&mut self, chain: &DescriptorChain, len: u32) -> Result<(), QueueError> {
+        self.vq.add_used(self.mem, chain, len)
+    }
+
+    /// Hands back `chain` unused (the device took more than it could use): the next
+    /// [`Self::pop`] returns it again. Only a chain the device holds can be handed back.
+    pub fn give_back(&mut self, chain: &DescriptorChain) -> Result<(), QueueError> {
+        self.vq.give_back(chain)
+    }
+
+    /// Signals the guest now if it wants a signal for what was used so far. The
+    /// framework also does this after every batch.
+    pub fn notify(&mut self) {
+        self.vq.signal(self.mem);
+    }
+}

@@ -1,0 +1,160 @@
+//! `Ring`: a virtqueue's layout, chosen by the negotiated features. Everything that
+//! depends on where things lie in guest memory goes through here.
+
+use std::sync::Arc;
+
+use super::{Popped, QueueError, RingAddrs, RingState, SplitRing};
+use crate::memory::{DirtyLog, MemoryTable};
+
+/// The device side of one ring in its layout.
+///
+/// # Example
+/// ```
+/// # use vhost_user_sync::queue::{Ring, RingAddrs, RingState};
+/// # let mem = vhost_user_sync::memory::MemoryTable::empty();
+/// // Nothing is mapped: the ring's parts are not in memory.
+/// let addrs = RingAddrs { desc: 0, avail: 0x1000, used: 0x2000 };
+/// assert!(Ring::new(&mem, 256, addrs, RingState::initial(false), false, false).is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub enum Ring {
+    /// A split ring (descriptor table, avail ring, used ring).
+    Split(SplitRing),
+}
+
+impl Ring {
+    /// A ring of `size` entries at `addrs`, resuming at `state` (whose kind says the
+    /// layout), with EVENT_IDX and INDIRECT_DESC as negotiated.
+    pub fn new(
+        mem: &MemoryTable,
+        size: u16,
+        addrs: RingAddrs,
+        state: RingState,
+        event_idx: bool,
+        indirect: bool,
+    ) -> Result<Self, QueueError> {
+        match state {
+            RingState::Split { next_avail } => Ok(Ring::Split(SplitRing::new(
+                mem, size, addrs, next_avail, event_idx, indirect,
+            )?)),
+            RingState::Packed { .. } => Err(QueueError::Unsupported("packed rings")),
+        }
+    }
+
+    /// Bytes of guest memory the descriptor, driver and device parts of a ring of `size`
+    /// entries take.
+    pub fn part_lengths(packed: bool, size: u16) -> [u64; 3] {
+        let _ = packed;
+        SplitRing::part_lengths(size)
+    }
+
+    /// Queue size.
+    #[inline]
+    pub fn size(&self) -> u16 {
+        match self {
+            Ring::Split(r) => r.size(),
+        }
+    }
+
+    /// Where the ring would resume.
+    pub fn state(&self) -> RingState {
+        match self {
+            Ring::Split(r) => r.state(),
+        }
+    }
+
+    /// Goes back to `position` (of a chain read earlier and not used).
+    pub fn rewind(&mut self, position: u16) {
+        match self {
+            Ring::Split(r) => r.rewind(position),
+        }
+    }
+
+    /// Checks that the ring's parts lie in `mem`.
+    pub fn check_rings(&self, mem: &MemoryTable) -> Result<(), QueueError> {
+        match self {
+            Ring::Split(r) => r.check_rings(mem),
+        }
+    }
+
+    /// Points the ring at new addresses (after a memory table change).
+    pub fn set_addrs(&mut self, addrs: RingAddrs) {
+        match self {
+            Ring::Split(r) => r.set_addrs(addrs),
+        }
+    }
+
+    /// Logs the device's ring writes into `log` at guest-physical `log_gpa`.
+    pub fn set_used_log(&mut self, log: Option<(Arc<DirtyLog>, u64)>) {
+        match self {
+            Ring::Split(r) => r.set_used_log(log),
+        }
+    }
+
+    /// The next entry the driver made available.
+    #[inline]
+    pub fn next(&mut self, mem: &MemoryTable) -> Result<Option<Popped>, QueueError> {
+        match self {
+            Ring::Split(r) => r.next(mem),
+        }
+    }
+
+    /// Walks a chain read earlier (handed back) again.
+    pub fn rewalk(&mut self, mem: &MemoryTable, id: u16, position: u16) -> Popped {
+        match self {
+            Ring::Split(r) => r.rewalk(mem, id, position),
+        }
+    }
+
+    /// Whether the driver made entries available the device has not read.
+    #[inline]
+    pub fn has_available(&self, mem: &MemoryTable) -> Result<bool, QueueError> {
+        match self {
+            Ring::Split(r) => r.has_available(mem),
+        }
+    }
+
+    /// Writes a used entry for buffer `id` (taking `slots` ring slots) with `len` bytes.
+    #[inline]
+    pub fn add_used(
+        &mut self,
+        mem: &MemoryTable,
+        id: u16,
+        len: u32,
+        slots: u16,
+    ) -> Result<(), QueueError> {
+        let _ = slots;
+        match self {
+            Ring::Split(r) => r.add_used(mem, id, len),
+        }
+    }
+
+    /// Makes the used entries written so far visible to the driver.
+    pub fn publish_used(&mut self, mem: &MemoryTable) -> Result<(), QueueError> {
+        match self {
+            Ring::Split(r) => r.publish_used(mem),
+        }
+    }
+
+    /// Asks the driver not to kick.
+    #[inline]
+    pub fn disable_notification(&mut self, mem: &MemoryTable) -> Result<(), QueueError> {
+        match self {
+            Ring::Split(r) => r.disable_notification(mem),
+        }
+    }
+
+    /// Asks the driver to kick again; true if entries arrived meanwhile.
+    pub fn enable_notification(&mut self, mem: &MemoryTable) -> Result<bool, QueueError> {
+        match self {
+            Ring::Split(r) => r.enable_notification(mem),
+        }
+    }
+
+    /// Whether the driver wants an interrupt now (records it).
+    pub fn needs_notification(&mut self, mem: &MemoryTable) -> Result<bool, QueueError> {
+        match self {
+            Ring::Split(r) => r.needs_notification(mem),
+        }
+    }
+}
