@@ -53,6 +53,8 @@ const SLOW: Duration = Duration::from_secs(60);
 const F_EVENT_IDX: u64 = 1 << 29;
 const F_VERSION_1: u64 = 1 << 32;
 const F_RING_PACKED: u64 = 1 << 34;
+const F_IN_ORDER: u64 = 1 << 35;
+const F_MRG_RXBUF: u64 = 1 << 15;
 
 /// The DPDK tests share the CPUs with a busy-polling testpmd: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -116,9 +118,10 @@ struct Testpmd {
 }
 
 impl Testpmd {
-    fn start(bin: &Path, socket: &Path, mode: &str, prefix: &str) -> Self {
+    /// `ring` is the virtio-user devargs that choose the ring layout and its options.
+    fn start(bin: &Path, socket: &Path, mode: &str, ring: &str, prefix: &str) -> Self {
         let vdev = format!(
-            "net_virtio_user0,path={},queues=1,queue_size={QUEUE_SIZE},packed_vq=0",
+            "net_virtio_user0,path={},queues=1,queue_size={QUEUE_SIZE},{ring}",
             socket.display()
         );
         let (reader, writer) = std::io::pipe().unwrap();
@@ -269,9 +272,12 @@ struct Counts {
     rx_bytes: u64,
 }
 
-/// One bounded testpmd run in `mode` against a fresh null backend; checks the counts
-/// and notification behaviour and returns testpmd's counts.
-fn run(mode: &str) -> Option<Counts> {
+/// Split rings, virtio-user's defaults otherwise.
+const SPLIT: &str = "packed_vq=0";
+
+/// One bounded testpmd run in `mode` with the ring devargs `ring` against a fresh null
+/// backend; checks the counts and notification behaviour and returns testpmd's counts.
+fn run(mode: &str, ring: &str) -> Option<Counts> {
     let bin = testpmd()?;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let frame_len = RX_FRAME_LEN.to_string();
@@ -279,8 +285,9 @@ fn run(mode: &str) -> Option<Counts> {
         "net_backend",
         &["--backend", "null", "--frame-len", &frame_len],
     );
-    let prefix = format!("vhu-dpdk-{}-{mode}", std::process::id());
-    let mut tp = Testpmd::start(&bin, &be.socket, mode, &prefix);
+    let tag: String = ring.chars().filter(char::is_ascii_digit).collect();
+    let prefix = format!("vhu-dpdk-{}-{mode}-{tag}", std::process::id());
+    let mut tp = Testpmd::start(&bin, &be.socket, mode, ring, &prefix);
 
     let ready = tp.wait_for("testpmd> ", 0, SLOW);
     be.wait_log("frontend connected", SLOW);
@@ -298,11 +305,17 @@ fn run(mode: &str) -> Option<Counts> {
         0,
         "virtio-user negotiated EVENT_IDX: {features:#x}"
     );
+    let packed = ring.contains("packed_vq=1");
     assert_eq!(
-        features & F_RING_PACKED,
-        0,
-        "not the split ring: {features:#x}"
+        features & F_RING_PACKED != 0,
+        packed,
+        "ring layout as asked ({ring}): {features:#x}"
     );
+    for (arg, bit) in [("in_order=1", F_IN_ORDER), ("mrg_rxbuf=1", F_MRG_RXBUF)] {
+        if ring.contains(arg) {
+            assert_ne!(features & bit, 0, "{arg} not negotiated: {features:#x}");
+        }
+    }
     assert_ne!(features & F_VERSION_1, 0, "no VERSION_1: {features:#x}");
 
     let at = tp.command("start");
@@ -340,7 +353,7 @@ fn run(mode: &str) -> Option<Counts> {
     let line = be.wait_log("exiting:", SLOW);
     let [tx, tx_bytes, rx, rx_bytes, tx_malformed, rx_malformed] = exit_counts(&line);
     eprintln!(
-        "{mode}: testpmd {got:?}; backend tx {tx} ({tx_bytes} B) rx {rx} ({rx_bytes} B); \
+        "{mode} ({ring}): testpmd {got:?}; backend tx {tx} ({tx_bytes} B) rx {rx} ({rx_bytes} B); \
          while forwarding: testpmd writes (kicks) {kicks}, backend writes (calls) {calls}"
     );
     assert_eq!((tx_malformed, rx_malformed), (0, 0), "{line}");
@@ -382,15 +395,40 @@ fn run(mode: &str) -> Option<Counts> {
 
 #[test]
 fn testpmd_txonly_frames_all_reach_the_backend() {
-    if let Some(c) = run("txonly") {
+    if let Some(c) = run("txonly", SPLIT) {
         assert!(c.tx_packets > 0, "testpmd sent nothing");
     }
 }
 
 #[test]
 fn testpmd_rxonly_receives_every_generated_frame() {
-    if let Some(c) = run("rxonly") {
+    if let Some(c) = run("rxonly", SPLIT) {
         assert!(c.rx_packets > 0, "testpmd received nothing");
         assert_eq!(c.tx_packets, 0);
+    }
+}
+
+/// Packed rings without and with IN_ORDER and MRG_RXBUF.
+const PACKED: [&str; 2] = [
+    "packed_vq=1,in_order=0,mrg_rxbuf=0",
+    "packed_vq=1,in_order=1,mrg_rxbuf=1",
+];
+
+#[test]
+fn testpmd_txonly_on_packed_rings() {
+    for ring in PACKED {
+        if let Some(c) = run("txonly", ring) {
+            assert!(c.tx_packets > 0, "testpmd sent nothing ({ring})");
+        }
+    }
+}
+
+#[test]
+fn testpmd_rxonly_on_packed_rings() {
+    for ring in PACKED {
+        if let Some(c) = run("rxonly", ring) {
+            assert!(c.rx_packets > 0, "testpmd received nothing ({ring})");
+            assert_eq!(c.tx_packets, 0);
+        }
     }
 }

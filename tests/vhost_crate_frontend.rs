@@ -24,6 +24,8 @@ const VERSION_1: u64 = 1 << 32;
 const RING_EVENT_IDX: u64 = 1 << 29;
 const RING_INDIRECT_DESC: u64 = 1 << 28;
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+/// VIRTIO_F_RING_PACKED: offered by the backend, not acked by these split-ring tests.
+const RING_PACKED: u64 = 1 << 34;
 
 /// Guest RAM: one memfd region at guest-physical 0.
 const RAM_SIZE: usize = 1 << 20;
@@ -265,7 +267,8 @@ fn connect(be: &BackendProcess, want: u64, reply_ack: bool) -> (Frontend, u64) {
         fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
     }
     assert_eq!(fe.get_queue_num().unwrap(), 1);
-    let acked = offered & want;
+    // The vhost crate drives split rings here: the layout is not acked.
+    let acked = offered & want & !RING_PACKED;
     fe.set_features(acked).unwrap();
     (fe, acked)
 }
@@ -326,7 +329,7 @@ fn handshake_as_the_vhost_crate_does_it() {
     fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
     assert_eq!(fe.get_queue_num().unwrap(), 1);
     assert_eq!(fe.get_max_mem_slots().unwrap(), 509);
-    fe.set_features(features).unwrap();
+    fe.set_features(features & !RING_PACKED).unwrap();
     // A request the backend refuses comes back as a failed ack, and the connection
     // goes on: without a memory table, a kick fd cannot start ring 0.
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();

@@ -451,7 +451,9 @@ fn queue(mem: &MemoryTable, p: &[u8]) {
     if aligned && q.broken().is_none() {
         q.signal(mem);
         let idx = mem.load::<u16>(addrs.used + 2, std::sync::atomic::Ordering::Acquire);
-        let Ring::Split(r) = q.ring();
+        let Ring::Split(r) = q.ring() else {
+            unreachable!("a split ring was made")
+        };
         assert_eq!(idx.ok(), Some(r.next_used()));
         q.disable_notification(mem).expect("disable_notification");
         q.enable_notification(mem).expect("enable_notification");

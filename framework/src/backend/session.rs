@@ -24,6 +24,7 @@ use crate::sys::unix::SocketPlatformConnection;
 
 /// Transport feature bits the framework implements for every device.
 pub const TRANSPORT_FEATURES: u64 = virtio::VERSION_1
+    | virtio::RING_PACKED
     | virtio::LOG_ALL
     | virtio::RING_INDIRECT_DESC
     | virtio::RING_EVENT_IDX
@@ -301,7 +302,9 @@ impl<D: Device> Session<D> {
                     });
                 }
                 let max = u32::from(self.info.max_queue_size);
-                if s.num == 0 || !s.num.is_power_of_two() || s.num > max {
+                // Split rings take powers of two; packed rings any size up to 2^15.
+                let shape_ok = self.packed() || s.num.is_power_of_two();
+                if s.num == 0 || !shape_ok || s.num > max {
                     return Err(RequestError::BadValue {
                         request: name,
                         what: "ring size",

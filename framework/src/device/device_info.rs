@@ -6,7 +6,7 @@ use crate::protocol::ProtocolFeatures;
 
 /// A device's identity and limits.
 ///
-/// The framework adds the transport feature bits it implements itself (VERSION_1,
+/// The framework adds the transport feature bits it implements itself (VERSION_1, RING_PACKED,
 /// LOG_ALL, INDIRECT_DESC, EVENT_IDX, PROTOCOL_FEATURES) to `features`, and the
 /// protocol features it implements (MQ, LOG_SHMFD, REPLY_ACK, CONFIG, BACKEND_REQ,
 /// RESET_DEVICE, CONFIGURE_MEM_SLOTS, STATUS) to what it offers. CONFIG is offered only

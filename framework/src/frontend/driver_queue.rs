@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use super::packed_driver::PackedDriver;
 use super::{Frontend, FrontendError, FrontendMemory};
 use crate::memory::MemoryTable;
 use crate::protocol::payload::VringAddr;
 use crate::protocol::{virtio, FrontendRequest};
+use crate::queue::packed::layout as pl;
 use crate::queue::split::layout as l;
-use crate::queue::Descriptor;
+use crate::queue::{Descriptor, RingState};
 
 /// A used-ring entry: which chain came back and how many bytes the device wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +26,10 @@ pub struct UsedElem {
     pub len: u32,
 }
 
-/// A split ring as a virtio driver runs it: posts buffers, kicks, reaps used entries and
-/// waits for calls, honouring EVENT_IDX and NO_NOTIFY like a guest driver.
+/// A virtqueue as a virtio driver runs it: posts buffers, kicks, reaps used entries and
+/// waits for calls, honouring EVENT_IDX and the device's notification suppression like a
+/// guest driver. Split rings by [`Self::new`], packed rings by [`Self::new_packed`] (with
+/// [`Frontend::negotiate_packed`]); the methods are the same for both.
 ///
 /// See the [module example](super) for use.
 #[derive(Debug)]
@@ -46,6 +50,8 @@ pub struct DriverQueue {
     kick: File,
     call: File,
     kicks: u64,
+    /// A packed ring's driver state (None: split).
+    packed: Option<PackedDriver>,
 }
 
 impl DriverQueue {
@@ -84,7 +90,41 @@ impl DriverQueue {
             kick: new_eventfd()?,
             call: new_eventfd()?,
             kicks: 0,
+            packed: None,
         })
+    }
+
+    /// Allocates a packed ring of `size` entries (1 to 32768) for queue `index` in `mem`.
+    pub fn new_packed(mem: &FrontendMemory, index: u16, size: u16) -> Result<Self, FrontendError> {
+        let desc = mem.alloc(pl::desc_ring_len(size), 4096)?;
+        let driver = mem.alloc(pl::EVENT_AREA_LEN, 64)?;
+        let device = mem.alloc(pl::EVENT_AREA_LEN, 64)?;
+        let t = mem.table();
+        t.write(desc, &vec![0u8; pl::desc_ring_len(size) as usize])?;
+        t.write(driver, &[0; 4])?;
+        t.write(device, &[0; 4])?;
+        let mut q = Self::new(mem, index, 1)?;
+        q.size = size;
+        (q.desc, q.avail, q.used) = (desc, driver, device);
+        q.free = Vec::new();
+        q.chain_len = Vec::new();
+        q.packed = Some(PackedDriver::new(size, desc, driver, device));
+        Ok(q)
+    }
+
+    /// Whether this is a packed ring.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// What SET_VRING_BASE carries for this ring now.
+    pub fn ring_state(&self) -> RingState {
+        match &self.packed {
+            Some(p) => p.state(),
+            None => RingState::Split {
+                next_avail: self.avail_idx,
+            },
+        }
     }
 
     /// Queue index.
@@ -99,6 +139,9 @@ impl DriverQueue {
 
     /// Free descriptors.
     pub fn free_descriptors(&self) -> usize {
+        if let Some(p) = &self.packed {
+            return p.free_descriptors();
+        }
         self.free.len()
     }
 
@@ -119,9 +162,18 @@ impl DriverQueue {
     /// PROTOCOL_FEATURES was negotiated. Call after SET_MEM_TABLE.
     pub fn attach(&mut self, fe: &mut Frontend, mem: &FrontendMemory) -> Result<(), FrontendError> {
         self.event_idx = fe.features() & virtio::RING_EVENT_IDX != 0;
+        if let Some(p) = &mut self.packed {
+            p.event_idx = self.event_idx;
+        }
+        let packed = fe.features() & virtio::RING_PACKED != 0;
+        if packed != self.packed.is_some() {
+            return Err(FrontendError::Io(std::io::Error::other(
+                "the ring layout does not match the negotiated VIRTIO_F_RING_PACKED",
+            )));
+        }
         let i = u32::from(self.index);
         fe.set_vring_num(i, self.size.into())?;
-        fe.set_vring_base(i, self.avail_idx.into())?;
+        fe.set_vring_base(i, self.ring_state().encode())?;
         fe.set_vring_addr(&self.vring_addr(mem))?;
         fe.set_vring_fd(
             FrontendRequest::SET_VRING_CALL,
@@ -160,6 +212,9 @@ impl DriverQueue {
         mem: &MemoryTable,
         bufs: &[(u64, u32, bool)],
     ) -> Result<u16, FrontendError> {
+        if let Some(p) = &mut self.packed {
+            return p.add(mem, bufs);
+        }
         if bufs.is_empty() || bufs.len() > self.free.len() {
             return Err(FrontendError::QueueFull);
         }
@@ -188,6 +243,9 @@ impl DriverQueue {
         table: u64,
         bufs: &[(u64, u32, bool)],
     ) -> Result<u16, FrontendError> {
+        if let Some(p) = &mut self.packed {
+            return p.add_indirect(mem, table, bufs);
+        }
         let id = self.free.pop().ok_or(FrontendError::QueueFull)?;
         for (k, &(addr, len, write)) in bufs.iter().enumerate() {
             let last = k + 1 == bufs.len();
@@ -222,6 +280,29 @@ impl DriverQueue {
         Ok(mem.write(self.desc + l::desc_entry(index % self.size), &d.to_bytes())?)
     }
 
+    /// Writes raw packed descriptors into the next slots, the first one's flags last,
+    /// without any check (hostile tests of packed rings). The AVAIL/USED bits are the
+    /// caller's: [`Self::packed_avail_bits`] gives the ones that mean "available".
+    pub fn post_packed_raw(
+        &mut self,
+        mem: &MemoryTable,
+        descs: &[pl::PackedDescriptor],
+    ) -> Result<(), FrontendError> {
+        match &mut self.packed {
+            Some(p) => p.post_raw(mem, descs),
+            None => Err(FrontendError::Io(std::io::Error::other(
+                "not a packed ring",
+            ))),
+        }
+    }
+
+    /// The AVAIL/USED bits that make a descriptor in the next slot available (packed).
+    pub fn packed_avail_bits(&self) -> u16 {
+        self.packed
+            .as_ref()
+            .map_or(0, PackedDriver::next_avail_bits)
+    }
+
     /// Makes head `head` available without touching descriptors (hostile tests).
     pub fn publish_raw(&mut self, mem: &MemoryTable, head: u16) -> Result<(), FrontendError> {
         self.publish(mem, head)
@@ -239,7 +320,9 @@ impl DriverQueue {
     /// EVENT_IDX). Returns whether a kick was written.
     pub fn kick(&mut self, mem: &MemoryTable) -> Result<bool, FrontendError> {
         fence(Ordering::SeqCst);
-        let want = if self.event_idx {
+        let want = if let Some(p) = &mut self.packed {
+            p.kick_wanted(mem)?
+        } else if self.event_idx {
             let event =
                 mem.load::<u16>(self.used + l::avail_event(self.size), Ordering::Acquire)?;
             // Kick when avail_event lies in what was published since the previous
@@ -265,6 +348,9 @@ impl DriverQueue {
 
     /// Reaps one used entry, if any, freeing its descriptors.
     pub fn pop_used(&mut self, mem: &MemoryTable) -> Result<Option<UsedElem>, FrontendError> {
+        if let Some(p) = &mut self.packed {
+            return Ok(p.pop_used(mem)?.map(|(id, len)| UsedElem { id, len }));
+        }
         let used_idx = mem.load::<u16>(self.used + l::USED_IDX, Ordering::Acquire)?;
         if used_idx == self.last_used {
             return Ok(None);

@@ -47,6 +47,12 @@ pub enum FrontendError {
     /// The queue has no free descriptors.
     #[error("queue full")]
     QueueFull,
+    /// The backend used a buffer id that is not outstanding.
+    #[error("backend used buffer id {id}, which is not outstanding")]
+    BadUsed {
+        /// The id.
+        id: u16,
+    },
     /// Nothing was used before the timeout.
     #[error("timed out waiting for the backend")]
     Timeout,

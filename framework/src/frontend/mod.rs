@@ -19,6 +19,7 @@
 mod driver_queue;
 mod frontend_error;
 mod frontend_memory;
+pub(crate) mod packed_driver;
 mod vhost_frontend;
 
 pub use driver_queue::{DriverQueue, UsedElem};

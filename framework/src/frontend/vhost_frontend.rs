@@ -109,7 +109,30 @@ impl Frontend {
 
     /// SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES and SET_FEATURES, acking
     /// what both sides have within `want` / `want_protocol`. Returns what was acked.
+    ///
+    /// The ring layout is the driver's choice, not a feature to take whenever it is
+    /// offered: `negotiate` never acks `VIRTIO_F_RING_PACKED` (split rings, for
+    /// [`DriverQueue::new`](super::DriverQueue::new)); [`Self::negotiate_packed`] does.
     pub fn negotiate(&mut self, want: u64, want_protocol: u64) -> Result<(u64, ProtocolFeatures)> {
+        self.negotiate_layout(want & !virtio::RING_PACKED, want_protocol)
+    }
+
+    /// [`Self::negotiate`] for packed rings
+    /// ([`DriverQueue::new_packed`](super::DriverQueue::new_packed)): acks
+    /// `VIRTIO_F_RING_PACKED` with the rest of `want`.
+    pub fn negotiate_packed(
+        &mut self,
+        want: u64,
+        want_protocol: u64,
+    ) -> Result<(u64, ProtocolFeatures)> {
+        self.negotiate_layout(want | virtio::RING_PACKED, want_protocol)
+    }
+
+    fn negotiate_layout(
+        &mut self,
+        want: u64,
+        want_protocol: u64,
+    ) -> Result<(u64, ProtocolFeatures)> {
         self.set_owner()?;
         let offered = self.get_features()?;
         if offered & virtio::PROTOCOL_FEATURES != 0 {

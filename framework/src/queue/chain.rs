@@ -75,14 +75,7 @@ impl DescriptorChain {
         head: u16,
         indirect_allowed: bool,
     ) -> Result<Self, QueueError> {
-        let mut chain = DescriptorChain {
-            head,
-            token: ChainToken::default(),
-            descs: ChainDescs::default(),
-            first_writable: 0,
-            readable_len: 0,
-            writable_len: 0,
-        };
+        let mut chain = DescriptorChain::start(head);
         let mut index = head;
         let mut seen: u32 = 0;
         loop {
@@ -157,8 +150,23 @@ impl DescriptorChain {
         }
     }
 
+    /// An empty chain for buffer `id`, to be filled with [`Self::push`] (a packed ring
+    /// builds its chains this way).
+    pub(crate) fn start(id: u16) -> Self {
+        DescriptorChain {
+            head: id,
+            token: ChainToken::default(),
+            descs: ChainDescs::default(),
+            first_writable: 0,
+            readable_len: 0,
+            writable_len: 0,
+        }
+    }
+
+    /// Appends a buffer: readable ones must come before writable ones, and the lengths
+    /// must fit in 32 bits.
     #[inline]
-    fn push(&mut self, desc: Descriptor) -> Result<(), QueueError> {
+    pub(crate) fn push(&mut self, desc: Descriptor) -> Result<(), QueueError> {
         let head = self.head;
         let overflow = || QueueError::ChainLengthOverflow { head };
         if desc.is_write() {
@@ -181,7 +189,7 @@ impl DescriptorChain {
     }
 
     /// Checks that every buffer lies in `mem`.
-    fn check_buffers(&self, mem: &MemoryTable) -> Result<(), QueueError> {
+    pub(crate) fn check_buffers(&self, mem: &MemoryTable) -> Result<(), QueueError> {
         for d in self.descs.as_slice() {
             mem.check_range(d.addr, d.len.into())?;
         }

@@ -1,7 +1,8 @@
 //! Virtqueues, device side: popping descriptor chains, reading and writing their
 //! buffers, publishing used entries and deciding when to notify.
 //!
-//! [`Virtqueue`] is one running queue: its [`Ring`] (the layout: [`SplitRing`]), the
+//! [`Virtqueue`] is one running queue: its [`Ring`] (the layout: [`SplitRing`] or
+//! [`PackedRing`]), the
 //! chains in flight, its eventfds and its broken state. Device code sees it through
 //! [`crate::device::Queue`].
 
@@ -11,6 +12,7 @@ mod chain_reader;
 mod chain_writer;
 mod descriptor;
 mod in_flight;
+pub mod packed;
 mod queue_error;
 mod ring;
 mod ring_state;
@@ -22,6 +24,7 @@ pub use chain_reader::ChainReader;
 pub use chain_writer::ChainWriter;
 pub use descriptor::Descriptor;
 pub use in_flight::StopAccount;
+pub use packed::PackedRing;
 pub use queue_error::QueueError;
 pub use ring::Ring;
 pub use ring_state::RingState;

@@ -123,10 +123,17 @@ pub enum QueueError {
         /// Queue size.
         size: u16,
     },
-    /// Something the queue layer does not implement.
-    #[error("{0} are not supported")]
-    Unsupported(&'static str),
     /// The ring broke (the cause was logged and reported on the err eventfd).
     #[error("ring broken: {0}")]
     Broken(String),
+    /// A packed ring's parts are not aligned (descriptors 16 bytes, event areas 4).
+    #[error("packed ring parts misaligned: descriptors {desc:#x}, driver area {driver:#x}, device area {device:#x}")]
+    Misaligned {
+        /// Descriptor ring.
+        desc: u64,
+        /// Driver event suppression area.
+        driver: u64,
+        /// Device event suppression area.
+        device: u64,
+    },
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Popped, QueueError, RingAddrs, RingState, SplitRing};
+use super::{PackedRing, Popped, QueueError, RingAddrs, RingState, SplitRing};
 use crate::memory::{DirtyLog, MemoryTable};
 
 /// The device side of one ring in its layout.
@@ -20,6 +20,8 @@ use crate::memory::{DirtyLog, MemoryTable};
 pub enum Ring {
     /// A split ring (descriptor table, avail ring, used ring).
     Split(SplitRing),
+    /// A packed ring (descriptor ring, driver and device event suppression areas).
+    Packed(PackedRing),
 }
 
 impl Ring {
@@ -37,15 +39,20 @@ impl Ring {
             RingState::Split { next_avail } => Ok(Ring::Split(SplitRing::new(
                 mem, size, addrs, next_avail, event_idx, indirect,
             )?)),
-            RingState::Packed { .. } => Err(QueueError::Unsupported("packed rings")),
+            RingState::Packed { .. } => Ok(Ring::Packed(PackedRing::new(
+                mem, size, addrs, state, event_idx, indirect,
+            )?)),
         }
     }
 
     /// Bytes of guest memory the descriptor, driver and device parts of a ring of `size`
     /// entries take.
     pub fn part_lengths(packed: bool, size: u16) -> [u64; 3] {
-        let _ = packed;
-        SplitRing::part_lengths(size)
+        if packed {
+            PackedRing::part_lengths(size)
+        } else {
+            SplitRing::part_lengths(size)
+        }
     }
 
     /// Queue size.
@@ -53,6 +60,7 @@ impl Ring {
     pub fn size(&self) -> u16 {
         match self {
             Ring::Split(r) => r.size(),
+            Ring::Packed(r) => r.size(),
         }
     }
 
@@ -60,6 +68,7 @@ impl Ring {
     pub fn state(&self) -> RingState {
         match self {
             Ring::Split(r) => r.state(),
+            Ring::Packed(r) => r.state(),
         }
     }
 
@@ -67,6 +76,7 @@ impl Ring {
     pub fn rewind(&mut self, position: u16) {
         match self {
             Ring::Split(r) => r.rewind(position),
+            Ring::Packed(r) => r.rewind(position),
         }
     }
 
@@ -74,6 +84,7 @@ impl Ring {
     pub fn check_rings(&self, mem: &MemoryTable) -> Result<(), QueueError> {
         match self {
             Ring::Split(r) => r.check_rings(mem),
+            Ring::Packed(r) => r.check_rings(mem),
         }
     }
 
@@ -81,6 +92,7 @@ impl Ring {
     pub fn set_addrs(&mut self, addrs: RingAddrs) {
         match self {
             Ring::Split(r) => r.set_addrs(addrs),
+            Ring::Packed(r) => r.set_addrs(addrs),
         }
     }
 
@@ -88,6 +100,9 @@ impl Ring {
     pub fn set_used_log(&mut self, log: Option<(Arc<DirtyLog>, u64)>) {
         match self {
             Ring::Split(r) => r.set_used_log(log),
+            // Packed rings have no used ring of their own: what the device writes is
+            // logged where it lies.
+            Ring::Packed(r) => r.set_log(log.map(|(log, _)| log)),
         }
     }
 
@@ -96,13 +111,7 @@ impl Ring {
     pub fn next(&mut self, mem: &MemoryTable) -> Result<Option<Popped>, QueueError> {
         match self {
             Ring::Split(r) => r.next(mem),
-        }
-    }
-
-    /// Walks a chain read earlier (handed back) again.
-    pub fn rewalk(&mut self, mem: &MemoryTable, id: u16, position: u16) -> Popped {
-        match self {
-            Ring::Split(r) => r.rewalk(mem, id, position),
+            Ring::Packed(r) => r.next(mem),
         }
     }
 
@@ -111,6 +120,7 @@ impl Ring {
     pub fn has_available(&self, mem: &MemoryTable) -> Result<bool, QueueError> {
         match self {
             Ring::Split(r) => r.has_available(mem),
+            Ring::Packed(r) => r.has_available(mem),
         }
     }
 
@@ -123,9 +133,9 @@ impl Ring {
         len: u32,
         slots: u16,
     ) -> Result<(), QueueError> {
-        let _ = slots;
         match self {
             Ring::Split(r) => r.add_used(mem, id, len),
+            Ring::Packed(r) => r.add_used(mem, id, len, slots),
         }
     }
 
@@ -133,6 +143,7 @@ impl Ring {
     pub fn publish_used(&mut self, mem: &MemoryTable) -> Result<(), QueueError> {
         match self {
             Ring::Split(r) => r.publish_used(mem),
+            Ring::Packed(r) => r.publish_used(mem),
         }
     }
 
@@ -141,6 +152,7 @@ impl Ring {
     pub fn disable_notification(&mut self, mem: &MemoryTable) -> Result<(), QueueError> {
         match self {
             Ring::Split(r) => r.disable_notification(mem),
+            Ring::Packed(r) => r.disable_notification(mem),
         }
     }
 
@@ -148,6 +160,7 @@ impl Ring {
     pub fn enable_notification(&mut self, mem: &MemoryTable) -> Result<bool, QueueError> {
         match self {
             Ring::Split(r) => r.enable_notification(mem),
+            Ring::Packed(r) => r.enable_notification(mem),
         }
     }
 
@@ -155,6 +168,7 @@ impl Ring {
     pub fn needs_notification(&mut self, mem: &MemoryTable) -> Result<bool, QueueError> {
         match self {
             Ring::Split(r) => r.needs_notification(mem),
+            Ring::Packed(r) => r.needs_notification(mem),
         }
     }
 }

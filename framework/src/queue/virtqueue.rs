@@ -50,6 +50,9 @@ pub struct Virtqueue {
     index: u16,
     ring: Ring,
     in_flight: InFlight,
+    /// Chains handed back, by buffer id: offered again as they were checked (on a
+    /// packed ring their slots may already hold used descriptors).
+    returned: Vec<Option<DescriptorChain>>,
     generation: u64,
     broken: Option<QueueError>,
     invalid_chains: u64,
@@ -70,6 +73,7 @@ impl Virtqueue {
             index,
             ring,
             in_flight: InFlight::new(size, in_order),
+            returned: Vec::new(),
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             broken: None,
             invalid_chains: 0,
@@ -95,6 +99,11 @@ impl Virtqueue {
     /// The ring layout.
     pub fn ring(&self) -> &Ring {
         &self.ring
+    }
+
+    /// The ring layout, for what only it knows (tests, benchmarks).
+    pub fn ring_mut(&mut self) -> &mut Ring {
+        &mut self.ring
     }
 
     /// Queue size.
@@ -234,20 +243,12 @@ impl Virtqueue {
         let mut refused: u16 = 0;
         loop {
             if let Some(t) = self.in_flight.take_returned() {
-                match self.ring.rewalk(mem, t.id, t.position) {
-                    Popped::Chain(mut c) => {
-                        c.token.generation = self.generation;
-                        c.token.seq = t.seq;
-                        return Ok(Some(c));
-                    }
-                    Popped::Refused { error, .. } => {
-                        self.count_invalid(&error);
-                        let (ring, in_flight) = (&mut self.ring, &mut self.in_flight);
-                        in_flight.complete(t.id, t.seq, 0, |(id, len, slots)| {
-                            ring.add_used(mem, id, len, slots)
-                        })?;
-                        continue;
-                    }
+                if let Some(c) = self
+                    .returned
+                    .get_mut(usize::from(t.id))
+                    .and_then(Option::take)
+                {
+                    return Ok(Some(c));
                 }
             }
             match self.ring.next(mem)? {
@@ -350,7 +351,13 @@ impl Virtqueue {
     /// back.
     pub fn give_back(&mut self, chain: &DescriptorChain) -> Result<(), QueueError> {
         self.check_own(chain)?;
-        self.in_flight.give_back(chain.id(), chain.token.seq)
+        self.in_flight.give_back(chain.id(), chain.token.seq)?;
+        let id = usize::from(chain.id());
+        if self.returned.len() <= id {
+            self.returned.resize_with(id + 1, || None);
+        }
+        self.returned[id] = Some(chain.clone());
+        Ok(())
     }
 
     /// Stops the ring and says where it resumes (what GET_VRING_BASE returns).
@@ -381,6 +388,7 @@ impl Virtqueue {
                 let _ = self.ring.publish_used(mem);
             }
         }
+        self.returned.clear();
         self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
         (self.ring.state(), account)
     }

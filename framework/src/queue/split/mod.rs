@@ -237,12 +237,6 @@ impl SplitRing {
         Ok(Some(self.walk(mem, view.as_ref(), head, position)))
     }
 
-    /// Walks the chain at `head` again (one that was handed back), as read at `position`.
-    pub fn rewalk(&mut self, mem: &MemoryTable, head: u16, position: u16) -> Popped {
-        let view = self.view(mem);
-        self.walk(mem, view.as_ref(), head, position)
-    }
-
     fn walk(&self, mem: &MemoryTable, view: Option<&RingView>, head: u16, position: u16) -> Popped {
         let walked =
             DescriptorChain::walk_in(mem, self.addrs.desc, view, self.size, head, self.indirect);
