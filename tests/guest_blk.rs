@@ -51,6 +51,15 @@ fn field<'a>(run: &'a GuestRun, test: &str, boot: u32, key: &str) -> &'a str {
 
 #[test]
 fn guest_disk_survives_driver_reload_and_reboot() {
+    disk_survives_reload_and_reboot(false);
+}
+
+#[test]
+fn guest_disk_on_a_packed_ring_survives_driver_reload_and_reboot() {
+    disk_survives_reload_and_reboot(true);
+}
+
+fn disk_survives_reload_and_reboot(packed: bool) {
     let Some(image) = guest::require_guest() else {
         return;
     };
@@ -65,6 +74,7 @@ fn guest_disk_survives_driver_reload_and_reboot() {
     let run = image.run(&GuestConfig {
         blk_socket: Some(be.socket.clone()),
         reboot: true,
+        packed,
         extra_cmdline: format!("vhu.blk_marker={MARKER} vhu.blk_mib=2 vhu.blk_off_mib=1"),
         ..GuestConfig::with_tests(&["info", "blk", "reload_blk"])
     });
@@ -76,6 +86,11 @@ fn guest_disk_survives_driver_reload_and_reboot() {
     for boot in 1..=2 {
         assert_eq!(field(&run, "info", boot, "virtio0.id"), "0x0002");
         assert_eq!(field(&run, "info", boot, "virtio0.driver"), "virtio_blk");
+        let features = run
+            .result_in_boot("info", boot)
+            .and_then(|r| r.field_u64("virtio0.features"))
+            .unwrap_or_else(|| panic!("no feature bits\n{}", run.report()));
+        assert_eq!(features & (1 << 34) != 0, packed, "{features:#x}");
         assert_eq!(
             field(&run, "blk", boot, "sectors"),
             (32 * MIB / 512).to_string()

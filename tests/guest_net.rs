@@ -413,6 +413,15 @@ fn guest_traffic_through_tap_backend() {
 /// before and after each.
 #[test]
 fn guest_driver_reload_and_reboot_on_one_backend() {
+    reload_and_reboot(false);
+}
+
+#[test]
+fn guest_driver_reload_and_reboot_on_packed_rings() {
+    reload_and_reboot(true);
+}
+
+fn reload_and_reboot(packed: bool) {
     // The session's debug lines say when the rings start.
     let rust_log = format!(
         "{},vhost_user_sync::backend::session=debug",
@@ -423,6 +432,7 @@ fn guest_driver_reload_and_reboot_on_one_backend() {
     };
     let run = image.run(&GuestConfig {
         reboot: true,
+        packed,
         ..net_config(&host, &["info", "ping", "reload_net"])
     });
     eprintln!(
@@ -432,6 +442,11 @@ fn guest_driver_reload_and_reboot_on_one_backend() {
     run.assert_pass();
     for boot in 1..=2 {
         check_info(&run, Some(boot));
+        let features = run
+            .result_in_boot("info", boot)
+            .and_then(|r| r.field_u64("virtio0.features"))
+            .unwrap_or(0);
+        assert_eq!(features & virtio::RING_PACKED != 0, packed, "{features:#x}");
         check_ping(&run, run.result_in_boot("ping", boot).unwrap());
         let reload = run.result_in_boot("reload_net", boot).unwrap();
         assert!(reload.pass, "{}", run.report());

@@ -15,9 +15,10 @@ use vhost_user_sync::protocol::virtio;
 
 const T: Duration = Duration::from_secs(30);
 
-fn boot(image: &GuestImage, be: &BackendProcess, tests: &[&str]) -> GuestRun {
+fn boot(image: &GuestImage, be: &BackendProcess, tests: &[&str], packed: bool) -> GuestRun {
     let run = image.run(&GuestConfig {
         rng_socket: Some(be.socket.clone()),
+        packed,
         ..GuestConfig::with_tests(tests)
     });
     eprintln!("guest run took {:.2}s", run.elapsed.as_secs_f64());
@@ -39,11 +40,20 @@ fn check_rng(run: &GuestRun, test: &str, bytes: u64) {
 
 #[test]
 fn guest_reads_entropy_from_rng_backend() {
+    reads_entropy(false);
+}
+
+#[test]
+fn guest_reads_entropy_on_a_packed_ring() {
+    reads_entropy(true);
+}
+
+fn reads_entropy(packed: bool) {
     let Some(image) = guest::require_guest() else {
         return;
     };
     let be = BackendProcess::start("rng_backend", &[]);
-    let run = boot(&image, &be, &["info", "rng", "reload_rng"]);
+    let run = boot(&image, &be, &["info", "rng", "reload_rng"], packed);
 
     let info = run.expect_pass("info");
     assert_eq!(info.field("devices"), Some("1"), "{}", run.report());
@@ -58,6 +68,7 @@ fn guest_reads_entropy_from_rng_backend() {
         .field_u64("virtio0.features")
         .unwrap_or_else(|| panic!("no feature bits\n{}", run.report()));
     assert_ne!(features & virtio::VERSION_1, 0, "{features:#x}");
+    assert_eq!(features & virtio::RING_PACKED != 0, packed, "{features:#x}");
     // Nothing beyond what the backend offers, less the vhost-user-only
     // PROTOCOL_FEATURES bit.
     let offered = TRANSPORT_FEATURES & !virtio::PROTOCOL_FEATURES;
@@ -83,7 +94,7 @@ fn one_backend_serves_two_guests_in_a_row() {
     let mut be = BackendProcess::start("rng_backend", &[]);
     let mut digests = Vec::new();
     for boot_number in 1..=2 {
-        let run = boot(&image, &be, &["rng"]);
+        let run = boot(&image, &be, &["rng"], false);
         check_rng(&run, "rng", 65536);
         digests.push(run.expect_pass("rng").field("md5").map(str::to_owned));
         be.wait_log("frontend connected", T);

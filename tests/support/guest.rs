@@ -91,6 +91,8 @@ pub struct GuestConfig {
     pub mem_mib: u32,
     /// Appended to the QEMU command line as they are.
     pub extra_qemu_args: Vec<String>,
+    /// Packed virtqueues (`packed=on`) on every vhost-user device.
+    pub packed: bool,
     /// Run the tests, reset the guest from inside (`reboot -f`) and run them
     /// again in the same QEMU process (`vhu.reboot=1`, see `tests/guest/init`);
     /// QEMU then runs without `-no-reboot`.
@@ -113,6 +115,7 @@ impl Default for GuestConfig {
             timeout: Duration::from_secs(120),
             mem_mib: 256,
             extra_qemu_args: Vec::new(),
+            packed: false,
             reboot: false,
             console: None,
         }
@@ -610,17 +613,18 @@ impl GuestImage {
             format!("file:{}", utf8(serial_log)),
         ]);
 
+        let packed = if cfg.packed { ",packed=on" } else { "" };
         if let Some(sock) = &cfg.rng_socket {
             args.extend([
                 "-chardev".to_string(),
                 format!("socket,id=vhu_rng,path={}", qemu_escape(sock)),
                 "-device".to_string(),
-                "vhost-user-rng-pci,chardev=vhu_rng".to_string(),
+                format!("vhost-user-rng-pci,chardev=vhu_rng{packed}"),
             ]);
         }
         if let Some(sock) = &cfg.net_socket {
             let opts = std::env::var("VHU_NET_OPTS").unwrap_or_else(|_| "vectors=0".to_string());
-            let mut device = format!("virtio-net-pci,netdev=vhu_net0,mac={GUEST_MAC}");
+            let mut device = format!("virtio-net-pci,netdev=vhu_net0,mac={GUEST_MAC}{packed}");
             if !opts.is_empty() {
                 device.push(',');
                 device.push_str(&opts);
@@ -639,7 +643,7 @@ impl GuestImage {
                 "-chardev".to_string(),
                 format!("socket,id=vhu_blk,path={}", qemu_escape(sock)),
                 "-device".to_string(),
-                "vhost-user-blk-pci,chardev=vhu_blk,num-queues=1".to_string(),
+                format!("vhost-user-blk-pci,chardev=vhu_blk,num-queues=1{packed}"),
             ]);
         }
         args.extend(cfg.extra_qemu_args.iter().cloned());
