@@ -20,6 +20,8 @@ mod memory_table;
 mod messages;
 #[path = "../fuzz/targets/net_hdr.rs"]
 mod net_hdr;
+#[path = "../fuzz/targets/packed_walk.rs"]
+mod packed_walk;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -57,6 +59,12 @@ const TARGETS: &[Target] = &[
         name: "chain_walk",
         run: chain_walk::run,
         generate: gen_chain_walk,
+        count: 3000,
+    },
+    Target {
+        name: "packed_walk",
+        run: packed_walk::run,
+        generate: gen_packed_walk,
         count: 3000,
     },
     Target {
@@ -574,6 +582,93 @@ fn lay_chain(rng: &mut Rng, img: &mut Image, table: u64, size: u16, head: u16, n
         );
         index = next;
     }
+}
+
+/// A packed ring with chains laid out as a driver in its first lap would (AVAIL set,
+/// USED clear, NEXT on all but the last, the id in the last), then mutated.
+fn gen_packed_walk(rng: &mut Rng) -> Vec<u8> {
+    use vhost_user_sync::queue::packed::layout::{
+        PackedDescriptor, F_AVAIL, F_INDIRECT, F_NEXT, F_WRITE,
+    };
+    let mut img = Image::new();
+    let any = rng.below(0x8001) as u16;
+    let size = rng.pick(&[1u16, 3, 4, 8, 16, 64, any]);
+    let desc = if rng.chance(240) {
+        16 * rng.below(0x40)
+    } else {
+        rng.below(0x10000)
+    };
+    let (driver, device) = if rng.chance(240) {
+        (0x1800 + 4 * rng.below(8), 0x1c00 + 4 * rng.below(8))
+    } else {
+        (rng.below(0x10000), rng.below(0x10000))
+    };
+    let mut flags = 0u8;
+    for f in [
+        packed_walk::F_EVENT_IDX,
+        packed_walk::F_INDIRECT,
+        packed_walk::F_IN_ORDER,
+    ] {
+        if rng.chance(128) {
+            flags |= f;
+        }
+    }
+    let mut out = vec![flags];
+    for v in [size, desc as u16, driver as u16, device as u16] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&rng.bytes(packed_walk::OPS));
+    let mut slot = 0u16;
+    let mut ids: Vec<u16> = (0..size.min(64)).collect();
+    while slot < size.min(64) && rng.chance(230) {
+        let n = (rng.below(3) + 1).min(u64::from(size - slot)) as u16;
+        let id = if rng.chance(248) && !ids.is_empty() {
+            ids.swap_remove(rng.below(ids.len() as u64) as usize)
+        } else {
+            rng.next() as u16
+        };
+        let indirect = n == 1 && rng.chance(48);
+        let readable = rng.below(u64::from(n) + 1) as u16;
+        for k in 0..n {
+            let (addr, len) = buffer(rng);
+            let mut f = F_AVAIL | if k + 1 < n { F_NEXT } else { 0 };
+            if k >= readable {
+                f |= F_WRITE;
+            }
+            let mut d = PackedDescriptor {
+                addr,
+                len,
+                id,
+                flags: f,
+            };
+            if indirect {
+                let table = 0x6000 + 16 * rng.below(0x100);
+                let entries = rng.below(4) + 1;
+                for e in 0..entries {
+                    let (addr, len) = buffer(rng);
+                    let w = if e + 1 == entries { F_WRITE } else { 0 };
+                    let t = PackedDescriptor {
+                        addr,
+                        len,
+                        id: 0,
+                        flags: w,
+                    };
+                    img.put(table + 16 * e, &t.to_bytes());
+                }
+                d = PackedDescriptor {
+                    addr: table,
+                    len: 16 * entries as u32,
+                    id,
+                    flags: F_AVAIL | F_INDIRECT,
+                };
+            }
+            img.put(desc + 16 * u64::from(slot + k), &d.to_bytes());
+        }
+        slot += n;
+    }
+    out.extend_from_slice(&img.bytes[..img.used]);
+    mutate(rng, &mut out);
+    out
 }
 
 fn gen_chain_walk(rng: &mut Rng) -> Vec<u8> {
