@@ -270,12 +270,7 @@ impl PackedRing {
                 self.walk_indirect(mem, &mut chain, d)?;
                 break;
             }
-            chain.push(Descriptor {
-                addr: d.addr,
-                len: d.len,
-                flags: d.flags & l::F_WRITE,
-                next: 0,
-            })?;
+            chain.push(buffer(d))?;
         }
         chain.check_buffers(mem)?;
         Ok(chain)
@@ -306,12 +301,7 @@ impl PackedRing {
                 return Err(QueueError::NestedIndirect { head: chain.id() });
             }
             // Inside a table only WRITE means anything; NEXT and the id are ignored.
-            chain.push(Descriptor {
-                addr: d.addr,
-                len: d.len,
-                flags: d.flags & l::F_WRITE,
-                next: 0,
-            })?;
+            chain.push(buffer(&d))?;
         }
         Ok(())
     }
@@ -438,6 +428,17 @@ impl PackedRing {
         self.signalled = (self.next_used, self.used_wrap);
         self.used_since_signal = false;
         Ok(need)
+    }
+}
+
+/// The buffer a packed descriptor describes, as a chain holds it: only its direction
+/// is kept of the flags.
+fn buffer(d: &PackedDescriptor) -> Descriptor {
+    Descriptor {
+        addr: d.addr,
+        len: d.len,
+        flags: d.flags & l::F_WRITE,
+        next: 0,
     }
 }
 
