@@ -215,17 +215,15 @@ impl NetWorker {
                 // (its kick brings us back); the frame stays in the tap.
                 return Ok(());
             }
-            let chains = if mrg { pool.chains.len() } else { 1 };
+            let (chains, room) = if mrg {
+                (pool.chains.len(), pool.room)
+            } else {
+                (1, pool.chains[0].writable_len() as usize)
+            };
             self.rx_descs.clear();
             for c in pool.chains.iter().take(chains) {
                 self.rx_descs.extend_from_slice(c.writable());
             }
-            let room: usize = pool
-                .chains
-                .iter()
-                .take(chains)
-                .map(|c| c.writable_len() as usize)
-                .sum();
             let tap = self.pairs[slot].tap.as_ref().map(|t| t.file().as_fd());
             let Some(tap) = tap else { return Ok(()) };
             let n = match ChainWriter::new(q.mem(), &self.rx_descs).read_from_fd(tap, room) {

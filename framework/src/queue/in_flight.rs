@@ -155,11 +155,6 @@ impl InFlight {
         self.complete(id, seq, 0, emit)
     }
 
-    /// Whether chain (`id`, `seq`) is held by the device.
-    pub(crate) fn check(&mut self, id: u16, seq: u64) -> Result<(), QueueError> {
-        self.check_held(id, seq).map(|_| ())
-    }
-
     fn check_held(&mut self, id: u16, seq: u64) -> Result<&mut Slot, QueueError> {
         let slot = self.slot(id)?;
         if slot.state != SlotState::Held || slot.seq != seq {

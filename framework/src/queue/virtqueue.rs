@@ -320,9 +320,25 @@ impl Virtqueue {
         if self.broken.is_some() {
             return Ok(());
         }
-        let t = chain.token;
-        self.in_flight.check(chain.id(), t.seq)?;
         let len = len.min(chain.writable_len());
+        let (ring, in_flight) = (&mut self.ring, &mut self.in_flight);
+        let written = in_flight.complete(chain.id(), chain.token.seq, len, |(id, len, slots)| {
+            ring.add_used(mem, id, len, slots)
+        });
+        match written {
+            // Not held: nothing was written, nothing is logged.
+            Err(e @ (QueueError::ChainNotInFlight { .. } | QueueError::BadIndex { .. })) => {
+                return Err(e)
+            }
+            Err(e) => {
+                let copy = e.to_string();
+                self.set_broken(e);
+                return Err(QueueError::Broken(copy));
+            }
+            Ok(()) => {}
+        }
+        // The bytes are marked before the ring stops (and the log is read), whether the
+        // used entry went out now or waits for its turn with IN_ORDER.
         if let Some(log) = &self.buffer_log {
             let mut left = u64::from(len);
             for d in chain.writable() {
@@ -333,15 +349,6 @@ impl Virtqueue {
                 log.mark(d.addr, n);
                 left -= n;
             }
-        }
-        let (ring, in_flight) = (&mut self.ring, &mut self.in_flight);
-        let written = in_flight.complete(chain.id(), t.seq, len, |(id, len, slots)| {
-            ring.add_used(mem, id, len, slots)
-        });
-        if let Err(e) = written {
-            let copy = e.to_string();
-            self.set_broken(e);
-            return Err(QueueError::Broken(copy));
         }
         Ok(())
     }
