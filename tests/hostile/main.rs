@@ -34,6 +34,7 @@ macro_rules! case {
 mod disconnect;
 mod host;
 mod messages;
+mod packed;
 mod panics;
 mod rings;
 
@@ -91,6 +92,7 @@ fn table() -> Vec<&'static Case> {
     messages::CASES
         .iter()
         .chain(rings::CASES)
+        .chain(packed::CASES)
         .chain(disconnect::CASES)
         .collect()
 }

@@ -186,7 +186,7 @@ fn chain_readable_after_writable(ctx: &Ctx<'_>) {
 
 /// A ring the guest broke: the device stops it and says so; requests are still
 /// answered and other queues and connections go on.
-fn expect_ring_broken(ctx: &Ctx<'_>, r: &mut Rings) {
+pub(crate) fn expect_ring_broken(ctx: &Ctx<'_>, r: &mut Rings) {
     ctx.proc
         .wait_device_log(ctx.kind.device_name(), "is broken");
     expect_alive(&mut r.h.fe);

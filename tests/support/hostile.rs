@@ -20,6 +20,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
 use vhost_user_sync::message::{read_message, Message};
 use vhost_user_sync::protocol::{FrontendRequest as R, HeaderFlags};
+use vhost_user_sync::queue::packed::layout::PackedDescriptor;
 use vhost_user_sync::queue::Descriptor;
 use vhost_user_sync_net::request::{NetHdr, NET_HDR_LEN};
 
@@ -545,8 +546,28 @@ const QSIZE: u16 = 16;
 
 impl Healthy {
     pub fn open(kind: Kind, socket: &Path) -> Healthy {
+        Self::open_layout(kind, socket, false)
+    }
+
+    /// [`Self::open`] with `VIRTIO_F_RING_PACKED` negotiated and packed rings.
+    pub fn open_packed(kind: Kind, socket: &Path) -> Healthy {
+        Self::open_layout(kind, socket, true)
+    }
+
+    fn open_layout(kind: Kind, socket: &Path, packed: bool) -> Healthy {
         let mem = FrontendMemory::new(&[(0, 1 << 20)]).expect("memory");
-        let mut fe = negotiated(socket);
+        let mut fe = connect(socket);
+        if packed {
+            fe.negotiate_packed(u64::MAX, u64::MAX)
+                .expect("negotiation");
+            assert_ne!(
+                fe.features() & vhost_user_sync::protocol::virtio::RING_PACKED,
+                0,
+                "the backend offers RING_PACKED"
+            );
+        } else {
+            fe.negotiate(u64::MAX, u64::MAX).expect("negotiation");
+        }
         fe.set_mem_table(&mem).expect("SET_MEM_TABLE");
         let rings: &[u16] = match kind {
             Kind::Rng | Kind::Blk => &[0],
@@ -554,7 +575,12 @@ impl Healthy {
         };
         let mut queues = Vec::new();
         for &i in rings {
-            let mut q = DriverQueue::new(&mem, i, QSIZE).expect("queue");
+            let mut q = if packed {
+                DriverQueue::new_packed(&mem, i, QSIZE)
+            } else {
+                DriverQueue::new(&mem, i, QSIZE)
+            }
+            .expect("queue");
             q.attach(&mut fe, &mem).expect("attach");
             queues.push(q);
         }
@@ -649,8 +675,35 @@ impl Rings {
         }
     }
 
+    /// [`Self::open`] on packed rings.
+    pub fn open_packed(kind: Kind, socket: &Path) -> Rings {
+        Rings {
+            h: Healthy::open_packed(kind, socket),
+        }
+    }
+
     pub fn table(&self) -> &vhost_user_sync::memory::MemoryTable {
         self.h.mem.table()
+    }
+
+    /// Queue `i` of the device and the memory it lives in.
+    pub fn queue(&mut self, i: u16) -> (&mut DriverQueue, &vhost_user_sync::memory::MemoryTable) {
+        let Healthy { mem, queues, .. } = &mut self.h;
+        let q = queues.iter_mut().find(|q| q.index() == i).expect("queue");
+        (q, mem.table())
+    }
+
+    /// Writes `descs` as one chain into the next slots of packed queue `i`, the first
+    /// one's AVAIL/USED bits set to "available" (the others' flags are written as
+    /// given), and kicks.
+    pub fn post_packed(&mut self, i: u16, descs: &[PackedDescriptor]) {
+        let (q, mem) = self.queue(i);
+        let mut descs = descs.to_vec();
+        if let Some(first) = descs.first_mut() {
+            first.flags |= q.packed_avail_bits();
+        }
+        q.post_packed_raw(mem, &descs).expect("post");
+        q.kick_now().expect("kick");
     }
 
     /// The data queue of the device and the memory it lives in.
@@ -723,6 +776,9 @@ impl Rings {
     /// returned used; proves the ring still works.
     pub fn good_chain(&mut self) -> u32 {
         let kind = self.h.kind;
+        if self.parts().0.is_packed() {
+            return self.good_packed_chain();
+        }
         let t = self.h.mem.table();
         let buf = self.h.bufs[3];
         match kind {
@@ -749,6 +805,36 @@ impl Rings {
         self.offer(0);
         let used = self.used();
         assert_eq!(used.id, 0);
+        used.len
+    }
+}
+
+impl Rings {
+    /// A valid chain on a packed data queue, posted the way a driver does; returns the
+    /// used length.
+    fn good_packed_chain(&mut self) -> u32 {
+        let kind = self.h.kind;
+        let buf = self.h.bufs[3];
+        let (q, t) = self.parts();
+        let bufs: Vec<(u64, u32, bool)> = match kind {
+            Kind::Rng => vec![(buf, 64, true)],
+            Kind::Net => {
+                t.write(buf, &NetHdr::default().to_bytes()).expect("hdr");
+                vec![(buf, NET_HDR_LEN as u32 + 60, false)]
+            }
+            Kind::Blk => {
+                t.write(buf, &blk_outhdr(0, 0)).expect("hdr");
+                vec![
+                    (buf, 16, false),
+                    (buf + 64, 512, true),
+                    (buf + 1024, 1, true),
+                ]
+            }
+        };
+        let id = q.add(t, &bufs).expect("add");
+        q.kick_now().expect("kick");
+        let used = q.wait_used(t, T).expect("a used entry");
+        assert_eq!(used.id, id, "the good chain came back");
         used.len
     }
 }
@@ -876,6 +962,7 @@ pub mod class {
     pub const DESC_OUTSIDE: &str = "descriptors pointing outside guest memory, zero-length";
     pub const CHAINS: &str = "chains that loop or exceed the queue size";
     pub const INDIRECT: &str = "nested or zero-length indirect tables";
+    pub const PACKED: &str = "packed rings: stale wrap bits, buffer ids out of range or reused in flight, chains longer than the ring, indirect abuse, event areas and ring states out of range";
     pub const TOCTOU: &str = "descriptors changed by the guest after validation";
     pub const HEADERS: &str = "headers (virtio_net_hdr, virtio_blk_outhdr) split across many descriptors or shorter than required";
     pub const OFFLOAD: &str = "offload fields (csum_start, csum_offset, gso_size) beyond the frame";

@@ -166,6 +166,18 @@ impl PackedDriver {
             mem.store::<u16>(at + l::DESC_FLAGS, first.flags, Ordering::Release)?;
         }
         (self.next_avail, self.avail_wrap) = l::advance(slot, wrap, 1, self.size);
+        // Track the buffer the device will return (its id is in the last descriptor),
+        // so that reaping it works; an id out of range or already outstanding is the
+        // caller's hostile choice and is not tracked.
+        if let Some(last) = descs.last() {
+            let id = last.id;
+            if self.slots.get(usize::from(id)) == Some(&0) {
+                let n = descs.len() as u16;
+                self.slots[usize::from(id)] = n;
+                self.free_ids.retain(|&f| f != id);
+                self.free_slots = self.free_slots.saturating_sub(n);
+            }
+        }
         Ok(())
     }
 
