@@ -159,7 +159,6 @@ impl WorkerHandle {
         }
     }
 
-    /// Switches the worker to `mem`; returns once it no longer uses the old table.
     /// Switches dirty logging; returns once the worker applies it.
     pub(crate) fn set_log(&self, log: Option<Arc<DirtyLog>>, rings: Vec<(u16, Option<u64>)>) {
         let (done, rx) = bounded(1);
@@ -168,6 +167,7 @@ impl WorkerHandle {
         }
     }
 
+    /// Switches the worker to `mem`; returns once it no longer uses the old table.
     pub(crate) fn set_memory(&self, mem: Arc<MemoryTable>, rings: Vec<(u16, RingAddrs)>) {
         let (done, rx) = bounded(1);
         if self.send(WorkerCommand::SetMemory { mem, rings, done }) {
@@ -537,5 +537,285 @@ impl QueueAccess for QueueSet<'_> {
             }
         }
         q.signal(self.mem);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Descriptor, DescriptorChain, Ring};
+    use crossbeam_channel::RecvTimeoutError;
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+
+    const A: RingAddrs = RingAddrs {
+        desc: 0,
+        avail: 0x1000,
+        used: 0x2000,
+    };
+    const SIZE: u16 = 8;
+    const T: Duration = Duration::from_secs(5);
+
+    /// What the test device does with the chains it pops.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        /// Uses every chain (8 bytes).
+        Use,
+        /// Uses the first chain it ever pops and holds every later one.
+        UseFirstHoldRest,
+        /// Panics in `process_queue`.
+        Panic,
+    }
+
+    /// What the worker saw, in order.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Running(u16, bool),
+        Popped(u16),
+    }
+
+    struct TestWorker {
+        mode: Mode,
+        held: Vec<DescriptorChain>,
+        used_one: bool,
+        seen: Sender<Seen>,
+        _alive: Arc<()>,
+    }
+
+    impl QueueWorker for TestWorker {
+        fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError> {
+            if self.mode == Mode::Panic {
+                panic!("device bug");
+            }
+            while let Some(chain) = queue.pop() {
+                let _ = self.seen.send(Seen::Popped(chain.id()));
+                if self.mode == Mode::Use || !self.used_one {
+                    self.used_one = true;
+                    queue.add_used(&chain, 8)?;
+                } else {
+                    self.held.push(chain);
+                }
+            }
+            Ok(())
+        }
+
+        fn queue_state_changed(&mut self, index: u16, running: bool) {
+            if !running {
+                self.held.clear();
+            }
+            let _ = self.seen.send(Seen::Running(index, running));
+        }
+    }
+
+    fn eventfd() -> File {
+        let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap();
+        File::from(std::os::fd::OwnedFd::from(fd))
+    }
+
+    /// Memory with a split ring of 8 at `A` whose descriptors are 8-byte writable
+    /// buffers.
+    fn memory() -> Arc<MemoryTable> {
+        let m = crate::memory::test_table(0x10000);
+        for i in 0..SIZE {
+            let d = Descriptor {
+                addr: 0x4000 + 0x100 * u64::from(i),
+                len: 8,
+                flags: Descriptor::F_WRITE,
+                next: 0,
+            };
+            m.write(16 * u64::from(i), &d.to_bytes()).unwrap();
+        }
+        Arc::new(m)
+    }
+
+    /// The driver offers `heads`.
+    fn offer(m: &MemoryTable, heads: &[u16]) {
+        let mut idx = m.load::<u16>(A.avail + 2, Ordering::Acquire).unwrap();
+        for &h in heads {
+            let at = A.avail + 4 + 2 * u64::from(idx % SIZE);
+            m.store::<u16>(at, h, Ordering::Relaxed).unwrap();
+            idx = idx.wrapping_add(1);
+        }
+        m.store::<u16>(A.avail + 2, idx, Ordering::Release).unwrap();
+    }
+
+    fn used_idx(m: &MemoryTable) -> u16 {
+        m.load::<u16>(A.used + 2, Ordering::Acquire).unwrap()
+    }
+
+    fn signal(f: &File) {
+        nix::unistd::write(f, &1u64.to_ne_bytes()).unwrap();
+    }
+
+    /// Waits until `f` (an eventfd) is signalled.
+    fn wait_signalled(f: &File) -> bool {
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(f),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).unwrap() == 1
+    }
+
+    struct Setup {
+        mem: Arc<MemoryTable>,
+        handle: WorkerHandle,
+        seen: Receiver<Seen>,
+        kick: File,
+        call: Arc<File>,
+        failure: Arc<FailureSignal>,
+        failure_poll: Poll,
+        alive: Arc<()>,
+    }
+
+    fn spawn(mode: Mode) -> Setup {
+        let mem = memory();
+        let (tx, seen) = crossbeam_channel::unbounded();
+        let alive = Arc::new(());
+        let worker = TestWorker {
+            mode,
+            held: Vec::new(),
+            used_one: false,
+            seen: tx,
+            _alive: alive.clone(),
+        };
+        let failure_poll = Poll::new().unwrap();
+        let failure = Arc::new(FailureSignal {
+            failed: AtomicBool::new(false),
+            waker: Arc::new(Waker::new(failure_poll.registry(), Token(7)).unwrap()),
+        });
+        let handle = WorkerHandle::spawn(
+            "test-worker".into(),
+            worker,
+            mem.clone(),
+            failure.clone(),
+            Duration::ZERO,
+        )
+        .unwrap();
+        Setup {
+            mem,
+            handle,
+            seen,
+            kick: eventfd(),
+            call: Arc::new(eventfd()),
+            failure,
+            failure_poll,
+            alive,
+        }
+    }
+
+    impl Setup {
+        /// Starts queue 0 on the worker.
+        fn start(&self, enabled: bool) {
+            let ring =
+                Ring::new(&self.mem, SIZE, A, RingState::initial(false), false, false).unwrap();
+            let mut vq = Virtqueue::new(0, ring, false);
+            vq.set_kick(Some(self.kick.try_clone().unwrap()));
+            vq.set_call(Some(self.call.clone()));
+            vq.set_enabled(enabled);
+            assert!(self.handle.send(WorkerCommand::Start(Box::new(vq))));
+        }
+
+        fn next_seen(&self) -> Seen {
+            self.seen.recv_timeout(T).expect("the worker reports")
+        }
+    }
+
+    #[test]
+    fn a_kick_runs_the_queue_and_the_guest_is_called() {
+        let s = spawn(Mode::Use);
+        s.start(true);
+        assert_eq!(s.next_seen(), Seen::Running(0, true));
+        offer(&s.mem, &[3, 5]);
+        signal(&s.kick);
+        assert!(wait_signalled(&s.call), "the guest was called");
+        assert_eq!(s.next_seen(), Seen::Popped(3));
+        assert_eq!(s.next_seen(), Seen::Popped(5));
+        assert_eq!(used_idx(&s.mem), 2);
+    }
+
+    #[test]
+    fn a_stop_answers_where_the_ring_resumes_after_the_used_chains() {
+        // Chain 0 used, chains 1 and 2 held when the ring stops: they are the unused
+        // tail, so the ring resumes at 1 and the device is told to drop them.
+        let s = spawn(Mode::UseFirstHoldRest);
+        s.start(true);
+        assert_eq!(s.next_seen(), Seen::Running(0, true));
+        offer(&s.mem, &[0, 1, 2]);
+        signal(&s.kick);
+        for id in 0..3 {
+            assert_eq!(s.next_seen(), Seen::Popped(id));
+        }
+        assert_eq!(
+            s.handle.stop_queue(0),
+            Some(RingState::Split { next_avail: 1 })
+        );
+        assert_eq!(s.next_seen(), Seen::Running(0, false));
+        assert_eq!(used_idx(&s.mem), 1);
+        // A queue that is not running has no state to give.
+        assert_eq!(s.handle.stop_queue(0), None);
+        assert_eq!(s.handle.stop_queue(200), None);
+    }
+
+    #[test]
+    fn a_disabled_queue_is_left_alone_until_enabled() {
+        let s = spawn(Mode::Use);
+        s.start(false);
+        assert_eq!(s.next_seen(), Seen::Running(0, true));
+        offer(&s.mem, &[4]);
+        signal(&s.kick);
+        // A command round trip: the kick, written before it, was handled first.
+        s.handle.set_log(None, Vec::new());
+        assert_eq!(used_idx(&s.mem), 0, "a disabled queue was processed");
+        assert!(matches!(
+            s.seen.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Empty)
+        ));
+        s.handle.set_enabled(0, true);
+        assert!(wait_signalled(&s.call));
+        assert_eq!(s.next_seen(), Seen::Popped(4));
+        assert_eq!(used_idx(&s.mem), 1);
+    }
+
+    #[test]
+    fn a_panic_in_device_code_raises_the_failure_signal_and_ends_the_worker() {
+        let mut s = spawn(Mode::Panic);
+        s.start(true);
+        assert_eq!(s.next_seen(), Seen::Running(0, true));
+        offer(&s.mem, &[0]);
+        signal(&s.kick);
+        let mut events = Events::with_capacity(4);
+        let deadline = Instant::now() + T;
+        while !s.failure.failed.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "no failure signal");
+            s.failure_poll.poll(&mut events, Some(T)).unwrap();
+        }
+        // The worker is gone: commands are refused, and the device state was dropped.
+        let deadline = Instant::now() + T;
+        while s.handle.send(WorkerCommand::SetCall {
+            index: 0,
+            call: None,
+        }) {
+            assert!(Instant::now() < deadline, "the worker still takes commands");
+            std::thread::yield_now();
+        }
+        assert_eq!(s.handle.stop_queue(0), None);
+        assert!(matches!(
+            s.seen.recv_timeout(T),
+            Err(RecvTimeoutError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn dropping_the_handle_joins_the_thread_and_drops_the_device() {
+        let s = spawn(Mode::Use);
+        s.start(true);
+        assert_eq!(s.next_seen(), Seen::Running(0, true));
+        let Setup { handle, alive, .. } = s;
+        assert_eq!(Arc::strong_count(&alive), 2);
+        drop(handle);
+        assert_eq!(
+            Arc::strong_count(&alive),
+            1,
+            "the worker's state outlived it"
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::io;
 
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::backend::Shutdown;
+use super::Shutdown;
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and so in every thread it spawns
 /// afterwards) and starts a thread that triggers `shutdown` when one arrives. Call it

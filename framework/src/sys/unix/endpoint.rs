@@ -1,5 +1,6 @@
-//! `VhostUserListener`: where frontends come from (a socket path, an inherited fd, or a
-//! frontend we connect to), and the serve loop that runs a device for each of them.
+//! `Endpoint`: where frontend connections come from, at the socket level (a listening
+//! socket at a path, an inherited fd, or a frontend we connect to), and the socket file
+//! it owns.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -14,16 +15,14 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use thiserror::Error;
 
-use super::SocketPlatformConnection;
-use crate::backend::{serve_connection_with, ServeError, ServeOptions, Shutdown};
-use crate::device::Device;
+use super::Shutdown;
 
-/// Default mode of a socket file created by [`VhostUserListener::new`].
+/// Default mode of a socket file created by [`Endpoint::bind`].
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 
-/// Errors of the listener.
+/// Errors of an endpoint.
 #[derive(Debug, Error)]
-pub enum ListenerError {
+pub enum EndpointError {
     /// Something that is not a socket (or a symlink) sits at the socket path.
     #[error("{path}: exists and is not a socket; refusing to replace it")]
     PathInUse {
@@ -40,17 +39,14 @@ pub enum ListenerError {
         /// The error.
         source: io::Error,
     },
-    /// A connection ended with an error (after it was served as far as possible).
-    #[error(transparent)]
-    Serve(#[from] ServeError),
 }
 
-fn io_err(what: &'static str, path: impl Into<String>) -> impl FnOnce(io::Error) -> ListenerError {
+fn io_err(what: &'static str, path: impl Into<String>) -> impl FnOnce(io::Error) -> EndpointError {
     let path = path.into();
-    move |source| ListenerError::Io { what, path, source }
+    move |source| EndpointError::Io { what, path, source }
 }
 
-enum Endpoint {
+enum Source {
     /// A listening socket: accept one frontend at a time.
     Listening(UnixListener),
     /// An already connected socket (`--fd` of a connected stream): one connection.
@@ -59,9 +55,9 @@ enum Endpoint {
     Client { path: PathBuf, retry: Duration },
 }
 
-/// Owns the socket file of a listener; dropping it removes the file. Returned by
-/// [`VhostUserListener::take_parent_process_resources`] so that a parent can clean up
-/// after a sandboxed child that runs the device.
+/// Owns the socket file of an endpoint; dropping it removes the file. Returned by
+/// [`Endpoint::take_parent_process_resources`] so that a parent can clean up after a
+/// sandboxed child that runs the device.
 #[derive(Debug)]
 pub struct ParentResources {
     path: PathBuf,
@@ -81,71 +77,53 @@ fn remove_socket_file(path: &Path) {
     }
 }
 
-/// Accepts frontends and serves a device to each, one connection at a time.
+/// Where frontend connections come from: [`Endpoint::next_stream`] yields them one at a
+/// time, each a connected unix stream. The backend's listener serves a device on each.
 ///
 /// # Example
-/// ```no_run
-/// # use vhost_user_sync::VhostUserListener;
-/// # fn make_device() -> impl vhost_user_sync::device::Device { unimplemented!() as MyDev }
-/// # struct MyDev; impl vhost_user_sync::device::Device for MyDev { type Worker = W; fn info(&self) -> vhost_user_sync::device::DeviceInfo { unimplemented!() } fn create_worker(&mut self, _: usize) -> std::io::Result<W> { unimplemented!() } }
-/// # struct W; impl vhost_user_sync::device::QueueWorker for W { fn process_queue(&mut self, _: &mut vhost_user_sync::device::Queue<'_>) -> Result<(), vhost_user_sync::device::DeviceError> { Ok(()) } }
-/// let mut listener = VhostUserListener::new("/tmp/dev.sock", None).unwrap();
-/// // Serve until shut down; each frontend connection gets a fresh device.
-/// listener.serve(make_device).unwrap();
 /// ```
-pub struct VhostUserListener {
-    endpoint: Endpoint,
-    /// The socket file this listener created and removes when dropped.
+/// use vhost_user_sync::sys::unix::{Endpoint, DEFAULT_SOCKET_MODE};
+/// let path = std::env::temp_dir().join(format!("endpoint-doc-{}.sock", std::process::id()));
+/// let endpoint = Endpoint::bind(path.to_str().unwrap(), DEFAULT_SOCKET_MODE).unwrap();
+/// assert_eq!(endpoint.path(), Some(path.as_path()));
+/// drop(endpoint); // removes the socket file
+/// assert!(!path.exists());
+/// ```
+pub struct Endpoint {
+    source: Source,
+    /// The socket file this endpoint created and removes when dropped.
     owned_path: Option<PathBuf>,
-    shutdown: Shutdown,
-    options: ServeOptions,
 }
 
-impl VhostUserListener {
+impl Endpoint {
     /// Listens on `path` (a stale socket there is replaced; anything else, symlinks
-    /// included, is refused). The file is created with mode 0600. If `keep_rds` is
-    /// given, the fds the listener needs are pushed onto it (for a sandbox that closes
-    /// all others).
-    pub fn new(path: &str, keep_rds: Option<&mut Vec<RawFd>>) -> Result<Self, ListenerError> {
-        Self::with_mode(path, DEFAULT_SOCKET_MODE, keep_rds)
-    }
-
-    /// Like [`Self::new`] with the socket file's mode given.
-    pub fn with_mode(
-        path: &str,
-        mode: u32,
-        keep_rds: Option<&mut Vec<RawFd>>,
-    ) -> Result<Self, ListenerError> {
+    /// included, is refused), the socket file created with `mode`.
+    pub fn bind(path: &str, mode: u32) -> Result<Self, EndpointError> {
         let p = PathBuf::from(path);
         match std::fs::symlink_metadata(&p) {
             Ok(meta) if meta.file_type().is_socket() => {
                 std::fs::remove_file(&p).map_err(io_err("removing stale socket", path))?;
             }
-            Ok(_) => return Err(ListenerError::PathInUse { path: p }),
+            Ok(_) => return Err(EndpointError::PathInUse { path: p }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("inspecting", path)(e)),
         }
         let listener = UnixListener::bind(&p).map_err(io_err("binding", path))?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
             .map_err(io_err("setting mode of", path))?;
-        if let Some(keep) = keep_rds {
-            keep.push(listener.as_raw_fd());
-        }
-        Ok(VhostUserListener {
-            endpoint: Endpoint::Listening(listener),
+        Ok(Endpoint {
+            source: Source::Listening(listener),
             owned_path: Some(p),
-            shutdown: Shutdown::new(),
-            options: ServeOptions::default(),
         })
     }
 
     /// Uses an inherited socket (socket activation, `--fd`): a listening socket is
-    /// accepted on; a connected one serves exactly one connection.
+    /// accepted on; a connected one yields exactly one connection.
     ///
     /// # Safety contract
     /// `fd` must be an open socket that the caller hands over (it is closed when the
-    /// listener drops). Anything else is refused with an error.
-    pub fn from_fd(fd: RawFd) -> Result<Self, ListenerError> {
+    /// endpoint drops). Anything else is refused with an error.
+    pub fn from_fd(fd: RawFd) -> Result<Self, EndpointError> {
         let owned = nix::fcntl::fcntl(
             // SAFETY: only used to query flags of the fd the caller named; the borrow
             // does not outlive this call.
@@ -158,54 +136,40 @@ impl VhostUserListener {
         .map(|_| unsafe { OwnedFd::from_raw_fd(fd) })?;
         let accepting = nix::sys::socket::getsockopt(&owned, nix::sys::socket::sockopt::AcceptConn)
             .map_err(|e| io_err("inspecting fd", fd.to_string())(e.into()))?;
-        let endpoint = if accepting {
-            Endpoint::Listening(UnixListener::from(owned))
+        let source = if accepting {
+            Source::Listening(UnixListener::from(owned))
         } else {
-            Endpoint::Connected(Some(UnixStream::from(owned)))
+            Source::Connected(Some(UnixStream::from(owned)))
         };
-        Ok(VhostUserListener {
-            endpoint,
+        Ok(Endpoint {
+            source,
             owned_path: None,
-            shutdown: Shutdown::new(),
-            options: ServeOptions::default(),
         })
     }
 
     /// Connects to a frontend listening on `path` (QEMU `server=on`), retrying every
-    /// `retry` until it is there; after a disconnect it connects again.
+    /// `retry` until it is there; each further connection connects again.
     pub fn client(path: &str, retry: Duration) -> Self {
-        VhostUserListener {
-            endpoint: Endpoint::Client {
+        Endpoint {
+            source: Source::Client {
                 path: path.into(),
                 retry,
             },
             owned_path: None,
-            shutdown: Shutdown::new(),
-            options: ServeOptions::default(),
         }
     }
 
-    /// The trigger that stops [`Self::serve`] and the connection being served.
-    pub fn shutdown_handle(&self) -> Shutdown {
-        self.shutdown.clone()
+    /// The fd a sandbox must keep open for this endpoint (the listening socket), if it
+    /// has one.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        match &self.source {
+            Source::Listening(l) => Some(l.as_raw_fd()),
+            Source::Connected(s) => s.as_ref().map(|s| s.as_raw_fd()),
+            Source::Client { .. } => None,
+        }
     }
 
-    /// Uses `shutdown` (shared with other listeners or a signal thread) instead of the
-    /// listener's own trigger.
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
-        self.shutdown = shutdown;
-        self
-    }
-
-    /// Every device served polls its rings for `time` after the last chain before it
-    /// sleeps (see [`DeviceInfo::busy_poll`](crate::device::DeviceInfo::busy_poll));
-    /// zero turns polling off whatever the device asks for.
-    pub fn with_busy_poll(mut self, time: Duration) -> Self {
-        self.options.busy_poll = Some(time);
-        self
-    }
-
-    /// The socket path this listener created, if any.
+    /// The socket path this endpoint created, if any.
     pub fn path(&self) -> Option<&Path> {
         self.owned_path.as_deref()
     }
@@ -215,54 +179,31 @@ impl VhostUserListener {
         self.owned_path.take().map(|path| ParentResources { path })
     }
 
-    /// Waits for the next frontend. `Ok(None)` after shutdown, or when an inherited
-    /// connected socket was already used.
-    pub fn accept(&mut self) -> Result<Option<SocketPlatformConnection>, ListenerError> {
-        if self.shutdown.is_triggered() {
+    /// Whether no connection can come any more (an inherited connected socket that was
+    /// used).
+    pub fn is_spent(&self) -> bool {
+        matches!(self.source, Source::Connected(None))
+    }
+
+    /// Waits for the next frontend: accepts, connects (retrying), or yields the
+    /// inherited connection. `Ok(None)` once `shutdown` is triggered or the endpoint is
+    /// spent. The stream returned is blocking.
+    pub fn next_stream(
+        &mut self,
+        shutdown: &Shutdown,
+    ) -> Result<Option<UnixStream>, EndpointError> {
+        if shutdown.is_triggered() {
             return Ok(None);
         }
-        let stream = match &mut self.endpoint {
-            Endpoint::Connected(s) => s.take(),
-            Endpoint::Listening(l) => accept_or_shutdown(l, &self.shutdown)?,
-            Endpoint::Client { path, retry } => connect_or_shutdown(path, *retry, &self.shutdown)?,
-        };
-        stream
-            .map(|s| SocketPlatformConnection::new(s).map_err(io_err("configuring", "connection")))
-            .transpose()
-    }
-
-    /// Accepts one frontend and serves `device` until it disconnects.
-    pub fn run_device<D: Device>(&mut self, device: D) -> Result<(), ListenerError> {
-        match self.accept()? {
-            Some(conn) => Ok(serve_connection_with(
-                conn,
-                device,
-                &self.shutdown,
-                &self.options,
-            )?),
-            None => Ok(()),
+        match &mut self.source {
+            Source::Connected(s) => Ok(s.take()),
+            Source::Listening(l) => accept_or_shutdown(l, shutdown),
+            Source::Client { path, retry } => connect_or_shutdown(path, *retry, shutdown),
         }
-    }
-
-    /// Serves frontends one after the other, each with a fresh device from `factory`,
-    /// until shutdown. A connection that fails is logged; the loop goes on.
-    pub fn serve<D: Device, F: FnMut() -> D>(
-        &mut self,
-        mut factory: F,
-    ) -> Result<(), ListenerError> {
-        while let Some(conn) = self.accept()? {
-            if let Err(e) = serve_connection_with(conn, factory(), &self.shutdown, &self.options) {
-                warn!("connection ended with an error: {e}; accepting the next frontend");
-            }
-            if matches!(self.endpoint, Endpoint::Connected(None)) {
-                break;
-            }
-        }
-        Ok(())
     }
 }
 
-impl Drop for VhostUserListener {
+impl Drop for Endpoint {
     fn drop(&mut self) {
         if let Some(p) = &self.owned_path {
             remove_socket_file(p);
@@ -276,7 +217,7 @@ const WAKE: Token = Token(1);
 fn accept_or_shutdown(
     l: &UnixListener,
     shutdown: &Shutdown,
-) -> Result<Option<UnixStream>, ListenerError> {
+) -> Result<Option<UnixStream>, EndpointError> {
     l.set_nonblocking(true)
         .map_err(io_err("configuring", "listener"))?;
     let mut poll = Poll::new().map_err(io_err("creating poll for", "listener"))?;
@@ -316,7 +257,7 @@ fn connect_or_shutdown(
     path: &Path,
     retry: Duration,
     shutdown: &Shutdown,
-) -> Result<Option<UnixStream>, ListenerError> {
+) -> Result<Option<UnixStream>, EndpointError> {
     let mut poll = Poll::new().map_err(io_err("creating poll for", "client"))?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(io_err("creating waker", ""))?);
     shutdown.watch(&waker);

@@ -1,0 +1,49 @@
+//! The device's workers: spawned per connection, rebuilt after a reset.
+
+use std::sync::Arc;
+
+use super::{Result, Session};
+use crate::backend::vring_config::VringConfig;
+use crate::backend::worker::{FailureSignal, WorkerHandle};
+use crate::backend::RequestError;
+use crate::device::{Device, DeviceInfo};
+use crate::memory::MemoryTable;
+
+impl<D: Device> Session<D> {
+    /// RESET_DEVICE: rings stopped and forgotten, features cleared, fresh workers.
+    pub(super) fn reset(&mut self) -> Result<()> {
+        for i in 0..self.vrings.len() {
+            self.stop_ring(i);
+        }
+        self.workers.clear();
+        self.vrings
+            .iter_mut()
+            .for_each(|v| *v = VringConfig::default());
+        self.acked_features = 0;
+        self.status = 0;
+        self.device.reset();
+        self.workers = spawn_workers(&mut self.device, &self.info, &self.mem, &self.failure)
+            .map_err(|e| RequestError::Device(e.into()))?;
+        Ok(())
+    }
+}
+
+pub(super) fn spawn_workers<D: Device>(
+    device: &mut D,
+    info: &DeviceInfo,
+    mem: &Arc<MemoryTable>,
+    failure: &Arc<FailureSignal>,
+) -> std::io::Result<Vec<WorkerHandle>> {
+    (0..device.worker_count().max(1))
+        .map(|i| {
+            let w = device.create_worker(i)?;
+            WorkerHandle::spawn(
+                format!("{}-worker{i}", info.name),
+                w,
+                mem.clone(),
+                failure.clone(),
+                info.busy_poll,
+            )
+        })
+        .collect()
+}
