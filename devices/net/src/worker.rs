@@ -38,7 +38,8 @@ pub struct NetWorker {
     max_pairs: u16,
     null_frame: Vec<u8>,
     /// Chains taken for one batch of generated RX packets (kept to reuse its storage).
-    rx_batch: Vec<DescriptorChain>,
+    /// Chains popped as one batch (RX without a tap, and TX).
+    batch: Vec<DescriptorChain>,
     /// Per pair slot: RX buffers taken from the ring and not filled yet.
     rx_pools: Vec<RxPool>,
     /// The buffers of the chains one tap read goes into (kept to reuse its storage).
@@ -60,8 +61,8 @@ struct RxPool {
     frame_room: usize,
 }
 
-/// Chains the null backend takes before it fills them.
-const RX_BATCH: usize = 32;
+/// Chains taken from a ring at a time (TX, and RX without a tap).
+const BATCH: usize = 32;
 
 /// Device fd token of the link watch (pair taps use their slot number).
 const LINK_TOKEN: usize = 1 << 19;
@@ -91,7 +92,7 @@ impl NetWorker {
             ctrl_queue,
             max_pairs,
             null_frame: null_frame(mac, null_frame_len),
-            rx_batch: Vec::with_capacity(RX_BATCH),
+            batch: Vec::with_capacity(BATCH),
             acked,
             state,
             metrics,
@@ -135,28 +136,41 @@ impl NetWorker {
     fn tx(&mut self, q: &mut Queue<'_>, slot: usize) -> Result<(), QueueError> {
         let features = self.acked.load(Ordering::Acquire);
         let (mut packets, mut bytes) = (0u64, 0u64);
-        while let Some(chain) = q.pop() {
-            match tx_one(q, &chain, self.pairs[slot].tap.as_ref(), features) {
-                Ok(TxOutcome::Sent) => {
-                    packets += 1;
-                    bytes += u64::from(chain.readable_len()) - NET_HDR_LEN as u64;
-                    q.add_used(&chain, 0)?;
+        // The chains are taken in batches (walked where they are kept); on a full tap
+        // the rest of the batch goes back, oldest first, for the tap's writable event.
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut tap_full = false;
+        while !tap_full && q.pop_batch(&mut batch, BATCH) > 0 {
+            // By reference: a chain is not moved out of its slot (see `pop_batch`).
+            for chain in &batch {
+                if tap_full {
+                    q.give_back(chain)?;
+                    continue;
                 }
-                Ok(TxOutcome::TapFull) => {
-                    // The tap's writable event resumes TX with this chain.
-                    q.give_back(&chain)?;
-                    break;
-                }
-                Err(TxError::Malformed(e)) => {
-                    self.metrics.malformed(&self.metrics.tx_malformed, &e);
-                    q.add_used(&chain, 0)?;
-                }
-                Err(TxError::Io(e)) => {
-                    log::warn!("net: tap write failed: {e}");
-                    q.add_used(&chain, 0)?;
+                match tx_one(q, chain, self.pairs[slot].tap.as_ref(), features) {
+                    Ok(TxOutcome::Sent) => {
+                        packets += 1;
+                        bytes += u64::from(chain.readable_len()) - NET_HDR_LEN as u64;
+                        q.add_used(chain, 0)?;
+                    }
+                    Ok(TxOutcome::TapFull) => {
+                        q.give_back(chain)?;
+                        tap_full = true;
+                    }
+                    Err(TxError::Malformed(e)) => {
+                        self.metrics.malformed(&self.metrics.tx_malformed, &e);
+                        q.add_used(chain, 0)?;
+                    }
+                    Err(TxError::Io(e)) => {
+                        log::warn!("net: tap write failed: {e}");
+                        q.add_used(chain, 0)?;
+                    }
                 }
             }
+            batch.clear();
         }
+        batch.clear();
+        self.batch = batch;
         // Counted once per batch: shared counters cost a cache line each.
         self.metrics
             .tx_packets
@@ -268,18 +282,18 @@ impl NetWorker {
 
     fn rx_null(&mut self, q: &mut Queue<'_>) -> Result<(), QueueError> {
         let (mut packets, mut bytes) = (0u64, 0u64);
-        let mut batch = std::mem::take(&mut self.rx_batch);
+        let mut batch = std::mem::take(&mut self.batch);
         // A batch of chains first, then filling them: their cache-line transfers from
         // the driver's CPU overlap (see `Queue::pop_batch`).
         let frame_len = self.null_frame.len();
-        while q.pop_batch(&mut batch, RX_BATCH) > 0 {
+        while q.pop_batch(&mut batch, BATCH) > 0 {
             for c in &batch {
                 if let Some(d) = c.writable().first() {
                     q.mem()
                         .prefetch_for_write(d.addr, frame_len.min(d.len as usize));
                 }
             }
-            for c in batch.drain(..) {
+            for c in &batch {
                 if c.writable()
                     .first()
                     .is_none_or(|d| (d.len as usize) < NET_HDR_LEN)
@@ -288,18 +302,19 @@ impl NetWorker {
                         &self.metrics.rx_malformed,
                         &NetError::HeaderTooShort { len: 0 },
                     );
-                    q.add_used(&c, 0)?;
+                    q.add_used(c, 0)?;
                     continue;
                 }
                 // Header and frame in one write (the packet is prepared once per worker).
                 let mut w = c.writer(q.mem());
                 let n = w.write(&self.null_frame).unwrap_or(0);
-                q.add_used(&c, n as u32)?;
+                q.add_used(c, n as u32)?;
                 packets += 1;
                 bytes += n.saturating_sub(NET_HDR_LEN) as u64;
             }
+            batch.clear();
         }
-        self.rx_batch = batch;
+        self.batch = batch;
         self.metrics
             .rx_packets
             .fetch_add(packets, Ordering::Relaxed);

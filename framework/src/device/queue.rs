@@ -73,13 +73,20 @@ impl<'a> Queue<'a> {
     /// logged, reported to the frontend and stays stopped until restarted). Chains the
     /// device handed back come first.
     pub fn pop(&mut self) -> Option<DescriptorChain> {
-        match self.vq.pop(self.mem) {
-            Ok(None) => {
+        let mut chain = DescriptorChain::start(0);
+        self.pop_into(&mut chain).then_some(chain)
+    }
+
+    /// Pops into `chain` (replacing it); whether a chain was taken.
+    #[inline]
+    fn pop_into(&mut self, chain: &mut DescriptorChain) -> bool {
+        match self.vq.pop_into(self.mem, chain) {
+            Ok(true) => true,
+            Ok(false) => {
                 self.ran_dry = true;
-                None
+                false
             }
-            Ok(c) => c,
-            Err(_) => None,
+            Err(_) => false,
         }
     }
 
@@ -102,7 +109,15 @@ impl<'a> Queue<'a> {
     /// ```
     pub fn pop_batch(&mut self, out: &mut Vec<DescriptorChain>, max: usize) -> usize {
         let before = out.len();
-        out.extend(std::iter::from_fn(|| self.pop()).take(max));
+        // Each chain is walked where it stays: a slot is pushed, then filled.
+        for _ in 0..max {
+            out.push(DescriptorChain::start(0));
+            let last = out.len() - 1;
+            if !self.pop_into(&mut out[last]) {
+                out.truncate(last);
+                break;
+            }
+        }
         out.len() - before
     }
 

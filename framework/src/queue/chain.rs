@@ -62,20 +62,38 @@ impl DescriptorChain {
         head: u16,
         indirect_allowed: bool,
     ) -> Result<Self, QueueError> {
-        let chain = Self::walk_links(mem, table, view, size, head, indirect_allowed)?;
-        chain.check_buffers(mem)?;
+        let mut chain = DescriptorChain::start(head);
+        chain.fill_split(mem, table, view, size, head, indirect_allowed)?;
         Ok(chain)
     }
 
-    fn walk_links(
+    /// Walks the split-ring chain at `head` into `self` (whatever it held before is
+    /// replaced): the ring's hot path builds each chain where it will be kept instead of
+    /// moving it out through every layer.
+    #[inline]
+    pub(crate) fn fill_split(
+        &mut self,
         mem: &MemoryTable,
         table: u64,
         view: Option<&RingView>,
         size: u16,
         head: u16,
         indirect_allowed: bool,
-    ) -> Result<Self, QueueError> {
-        let mut chain = DescriptorChain::start(head);
+    ) -> Result<(), QueueError> {
+        self.reset(head);
+        self.walk_links(mem, table, view, size, indirect_allowed)?;
+        self.check_buffers(mem)
+    }
+
+    fn walk_links(
+        &mut self,
+        mem: &MemoryTable,
+        table: u64,
+        view: Option<&RingView>,
+        size: u16,
+        indirect_allowed: bool,
+    ) -> Result<(), QueueError> {
+        let head = self.head;
         let mut index = head;
         let mut seen: u32 = 0;
         loop {
@@ -98,15 +116,14 @@ impl DescriptorChain {
                 None => read_desc(mem, table, index)?,
             };
             if desc.is_indirect() {
-                if !indirect_allowed || desc.has_next() || !chain.descs.as_slice().is_empty() {
+                if !indirect_allowed || desc.has_next() || !self.descs.as_slice().is_empty() {
                     return Err(QueueError::IndirectNotAllowed { flags: desc.flags });
                 }
-                chain.walk_indirect(mem, &desc)?;
-                return Ok(chain);
+                return self.walk_indirect(mem, &desc);
             }
-            chain.push(desc)?;
+            self.push(desc)?;
             if !desc.has_next() {
-                return Ok(chain);
+                return Ok(());
             }
             index = desc.next;
         }
@@ -161,6 +178,17 @@ impl DescriptorChain {
             readable_len: 0,
             writable_len: 0,
         }
+    }
+
+    /// Empties the chain for buffer `id`, keeping its allocation.
+    #[inline]
+    pub(crate) fn reset(&mut self, id: u16) {
+        self.head = id;
+        self.token = ChainToken::default();
+        self.descs.clear();
+        self.first_writable = 0;
+        self.readable_len = 0;
+        self.writable_len = 0;
     }
 
     /// Appends a buffer: readable ones must come before writable ones, and the lengths
@@ -266,6 +294,12 @@ struct ChainDescs {
 const INLINE_DESCS: usize = 4;
 
 impl ChainDescs {
+    #[inline]
+    fn clear(&mut self) {
+        self.len = 0;
+        self.spill.clear();
+    }
+
     #[inline]
     fn push(&mut self, d: Descriptor) {
         if self.len < INLINE_DESCS {

@@ -62,8 +62,16 @@ pub struct StopAccount {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     slots: Vec<Slot>,
-    /// Ids in avail order while IN_ORDER is negotiated (completion goes by it).
-    order: VecDeque<u16>,
+    /// Ids in avail order while IN_ORDER is negotiated (completion goes by it): the id
+    /// of sequence number `seq` at `seq & order_mask`, for `order_head <= seq <
+    /// next_seq`. At most one entry per id is in flight, so a power of two at least the
+    /// ring size holds them all.
+    order: Vec<u16>,
+    order_mask: u64,
+    /// Sequence number of the oldest chain not yet written back (IN_ORDER).
+    order_head: u64,
+    /// Chains used and waiting for older ones (IN_ORDER).
+    waiting: u32,
     /// Ids handed back, in avail order.
     returned: VecDeque<u16>,
     next_seq: u64,
@@ -75,7 +83,14 @@ impl InFlight {
     pub(crate) fn new(size: u16, in_order: bool) -> Self {
         InFlight {
             slots: vec![FREE; usize::from(size)],
-            order: VecDeque::new(),
+            order: if in_order {
+                vec![0; usize::from(size).next_power_of_two()]
+            } else {
+                Vec::new()
+            },
+            order_mask: u64::from(size).next_power_of_two() - 1,
+            order_head: 0,
+            waiting: 0,
             returned: VecDeque::new(),
             next_seq: 0,
             in_order,
@@ -125,7 +140,7 @@ impl InFlight {
             slots,
         };
         if in_order {
-            self.order.push_back(id);
+            self.order[(seq & self.order_mask) as usize] = id;
         }
         self.next_seq += 1;
         self.outstanding += 1;
@@ -182,15 +197,27 @@ impl InFlight {
             *slot = FREE;
             return emit((id, len, slots));
         }
-        slot.state = SlotState::Done(len);
-        while let Some(&front) = self.order.front() {
+        if seq == self.order_head {
+            // The oldest chain: it goes out now, without waiting in the table.
+            let slots = slot.slots;
+            *slot = FREE;
+            self.order_head += 1;
+            emit((id, len, slots))?;
+        } else {
+            slot.state = SlotState::Done(len);
+            self.waiting += 1;
+            return Ok(());
+        }
+        while self.waiting > 0 && self.order_head < self.next_seq {
+            let front = self.order[(self.order_head & self.order_mask) as usize];
             let slot = &mut self.slots[usize::from(front)];
             let SlotState::Done(len) = slot.state else {
                 break;
             };
             let slots = slot.slots;
             *slot = FREE;
-            self.order.pop_front();
+            self.order_head += 1;
+            self.waiting -= 1;
             emit((front, len, slots))?;
         }
         Ok(())
@@ -270,7 +297,8 @@ impl InFlight {
             account.returned_empty += 1;
         }
         self.slots.fill(FREE);
-        self.order.clear();
+        self.order_head = self.next_seq;
+        self.waiting = 0;
         self.returned.clear();
         self.outstanding = 0;
         Ok(account)

@@ -48,3 +48,41 @@ pub enum Popped {
         error: QueueError,
     },
 }
+
+/// What a ring did with one entry when it walked the chain straight into the caller's
+/// [`DescriptorChain`] (the hot path: nothing is moved out through the layers).
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// The driver offered nothing new.
+    Empty,
+    /// A valid chain, now in the caller's chain.
+    Chain,
+    /// A chain that breaks the rules (see [`Popped::Refused`]).
+    Refused {
+        id: u16,
+        position: u16,
+        slots: u16,
+        error: QueueError,
+    },
+}
+
+impl Taken {
+    /// The public shape of the outcome, with the chain walked into `chain`.
+    pub(crate) fn into_popped(self, chain: DescriptorChain) -> Option<Popped> {
+        match self {
+            Taken::Empty => None,
+            Taken::Chain => Some(Popped::Chain(chain)),
+            Taken::Refused {
+                id,
+                position,
+                slots,
+                error,
+            } => Some(Popped::Refused {
+                id,
+                position,
+                slots,
+                error,
+            }),
+        }
+    }
+}

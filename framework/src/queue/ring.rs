@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{PackedRing, Popped, QueueError, RingAddrs, RingState, SplitRing};
+use super::{
+    DescriptorChain, PackedRing, Popped, QueueError, RingAddrs, RingState, SplitRing, Taken,
+};
 use crate::memory::{DirtyLog, MemoryTable};
 
 /// The device side of one ring in its layout.
@@ -107,11 +109,22 @@ impl Ring {
     }
 
     /// The next entry the driver made available.
-    #[inline]
     pub fn next(&mut self, mem: &MemoryTable) -> Result<Option<Popped>, QueueError> {
+        let mut chain = DescriptorChain::start(0);
+        let taken = self.next_into(mem, &mut chain)?;
+        Ok(taken.into_popped(chain))
+    }
+
+    /// [`Self::next`], walking the chain into `chain`.
+    #[inline]
+    pub(crate) fn next_into(
+        &mut self,
+        mem: &MemoryTable,
+        chain: &mut DescriptorChain,
+    ) -> Result<Taken, QueueError> {
         match self {
-            Ring::Split(r) => r.next(mem),
-            Ring::Packed(r) => r.next(mem),
+            Ring::Split(r) => r.next_into(mem, chain),
+            Ring::Packed(r) => r.next_into(mem, chain),
         }
     }
 

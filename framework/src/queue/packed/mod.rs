@@ -2,13 +2,15 @@
 //! both write, with wrap counters instead of indices, device side.
 
 pub mod layout;
+mod ring_view;
 
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use self::layout as l;
 use self::layout::PackedDescriptor;
-use super::{Descriptor, DescriptorChain, Popped, QueueError, RingAddrs, RingState};
+use self::ring_view::DescRingView;
+use super::{Descriptor, DescriptorChain, Popped, QueueError, RingAddrs, RingState, Taken};
 use crate::memory::{DirtyLog, MemoryTable};
 
 /// The device's side of a packed ring: where it reads the next available descriptor and
@@ -57,6 +59,12 @@ pub struct PackedRing {
     log: Option<Arc<DirtyLog>>,
     /// DISABLE is stored in the device area and not cleared since.
     disabled: bool,
+    /// The descriptors of the chain being walked (kept to reuse its allocation).
+    scratch: Vec<PackedDescriptor>,
+    /// Host address of the descriptor ring in the table last used (when it fits).
+    view: Option<DescRingView>,
+    /// Id of the table `view` was worked out for.
+    view_table: Option<u64>,
 }
 
 impl PackedRing {
@@ -108,6 +116,9 @@ impl PackedRing {
             used_since_signal: false,
             log: None,
             disabled: false,
+            scratch: Vec::new(),
+            view: None,
+            view_table: None,
         };
         ring.check_rings(mem)?;
         Ok(ring)
@@ -141,6 +152,28 @@ impl PackedRing {
     pub fn set_addrs(&mut self, addrs: RingAddrs) {
         self.addrs = addrs;
         self.disabled = false;
+        self.view = None;
+        self.view_table = None;
+    }
+
+    /// Works the descriptor ring's host view out again when the table changed.
+    #[inline]
+    fn refresh_view(&mut self, mem: &MemoryTable) {
+        if self.view_table != Some(mem.id()) {
+            self.rebuild_view(mem);
+        }
+    }
+
+    #[cold]
+    fn rebuild_view(&mut self, mem: &MemoryTable) {
+        self.view = DescRingView::new(mem, self.addrs.desc, self.size);
+        self.view_table = Some(mem.id());
+    }
+
+    /// The view, if it was worked out for `mem`.
+    #[inline]
+    fn view_of(&self, mem: &MemoryTable) -> Option<&DescRingView> {
+        self.view.as_ref().filter(|v| v.table_id == mem.id())
     }
 
     /// Logs the device's ring writes (None: stop).
@@ -175,13 +208,30 @@ impl PackedRing {
     }
 
     fn load_flags(&self, mem: &MemoryTable, slot: u16) -> Result<u16, QueueError> {
-        Ok(mem.load::<u16>(self.desc_at(slot) + l::DESC_FLAGS, Ordering::Acquire)?)
+        match self.view_of(mem) {
+            Some(v) => Ok(v.flags(slot)),
+            None => Ok(mem.load::<u16>(self.desc_at(slot) + l::DESC_FLAGS, Ordering::Acquire)?),
+        }
     }
 
     fn read_desc(&self, mem: &MemoryTable, slot: u16) -> Result<PackedDescriptor, QueueError> {
+        if let Some(v) = self.view_of(mem) {
+            return Ok(v.descriptor(slot));
+        }
         let mut raw = [0u8; 16];
         mem.read(self.desc_at(slot), &mut raw)?;
         Ok(PackedDescriptor::from_bytes(&raw))
+    }
+
+    /// Stores the flags of descriptor `slot` with release ordering.
+    fn store_flags(&self, mem: &MemoryTable, slot: u16, flags: u16) -> Result<(), QueueError> {
+        match self.view_of(mem) {
+            Some(v) => v.set_flags(slot, flags),
+            None => {
+                mem.store::<u16>(self.desc_at(slot) + l::DESC_FLAGS, flags, Ordering::Release)?
+            }
+        }
+        Ok(())
     }
 
     /// Whether the driver made a descriptor available at the device's read position.
@@ -194,39 +244,56 @@ impl PackedRing {
     /// A chain that breaks the rules comes back as [`Popped::Refused`] (its slots are
     /// passed over); an error breaks the ring.
     pub fn next(&mut self, mem: &MemoryTable) -> Result<Option<Popped>, QueueError> {
+        let mut chain = DescriptorChain::start(0);
+        let taken = self.next_into(mem, &mut chain)?;
+        Ok(taken.into_popped(chain))
+    }
+
+    /// [`Self::next`], walking the chain into `chain`.
+    pub(crate) fn next_into(
+        &mut self,
+        mem: &MemoryTable,
+        chain: &mut DescriptorChain,
+    ) -> Result<Taken, QueueError> {
+        self.refresh_view(mem);
         if !self.has_available(mem)? {
-            return Ok(None);
+            return Ok(Taken::Empty);
         }
         let position = l::position(self.next_avail, self.avail_wrap);
-        let (popped, slots) = self.walk(mem, self.next_avail)?;
+        let mut descs = std::mem::take(&mut self.scratch);
+        let walked = self.walk(mem, self.next_avail, &mut descs, chain);
+        self.scratch = descs;
+        let (built, slots) = walked?;
         let (slot, wrap) = l::advance(self.next_avail, self.avail_wrap, slots, self.size);
         self.next_avail = slot;
         self.avail_wrap = wrap;
-        Ok(Some(match popped {
-            Ok(mut chain) => {
+        Ok(match built {
+            Ok(()) => {
                 chain.token.position = position;
                 chain.token.slots = slots;
-                Popped::Chain(chain)
+                Taken::Chain
             }
-            Err((id, error)) => Popped::Refused {
-                id,
+            Err(error) => Taken::Refused {
+                id: chain.id(),
                 position,
                 slots,
                 error,
             },
-        }))
+        })
     }
 
-    /// The chain starting at `slot`: its extent first (ring slots while NEXT is set,
-    /// bounded by the ring), then its buffers. `Err` for the ring when the extent or the
-    /// buffer id cannot be trusted; the inner `Err` refuses the chain alone.
-    #[allow(clippy::type_complexity)]
+    /// The chain starting at `slot`, into `chain`: its extent first (ring slots while
+    /// NEXT is set, bounded by the ring, copied into `descs`), then its buffers. `Err`
+    /// for the ring when the extent or the buffer id cannot be trusted; the inner `Err`
+    /// refuses the chain alone (`chain` then names its buffer id).
     fn walk(
         &self,
         mem: &MemoryTable,
         slot: u16,
-    ) -> Result<(Result<DescriptorChain, (u16, QueueError)>, u16), QueueError> {
-        let mut descs: Vec<PackedDescriptor> = Vec::new();
+        descs: &mut Vec<PackedDescriptor>,
+        chain: &mut DescriptorChain,
+    ) -> Result<(Result<(), QueueError>, u16), QueueError> {
+        descs.clear();
         let mut at = slot;
         loop {
             if descs.len() == usize::from(self.size) {
@@ -251,29 +318,28 @@ impl PackedRing {
                 size: self.size.into(),
             });
         }
-        Ok((self.build(mem, id, &descs).map_err(|e| (id, e)), slots))
+        chain.reset(id);
+        Ok((self.build(mem, descs, chain), slots))
     }
 
     fn build(
         &self,
         mem: &MemoryTable,
-        id: u16,
         descs: &[PackedDescriptor],
-    ) -> Result<DescriptorChain, QueueError> {
-        let mut chain = DescriptorChain::start(id);
+        chain: &mut DescriptorChain,
+    ) -> Result<(), QueueError> {
         for (k, d) in descs.iter().enumerate() {
             if d.flags & l::F_INDIRECT != 0 {
                 // An indirect table is the whole buffer: one descriptor, no NEXT.
                 if !self.indirect || descs.len() != 1 || k != 0 {
                     return Err(QueueError::IndirectNotAllowed { flags: d.flags });
                 }
-                self.walk_indirect(mem, &mut chain, d)?;
+                self.walk_indirect(mem, chain, d)?;
                 break;
             }
             chain.push(buffer(d))?;
         }
-        chain.check_buffers(mem)?;
-        Ok(chain)
+        chain.check_buffers(mem)
     }
 
     fn walk_indirect(
@@ -323,15 +389,21 @@ impl PackedRing {
                 size: self.size,
             });
         }
+        self.refresh_view(mem);
         let at = self.desc_at(self.next_used);
-        mem.store::<u32>(at + 8, len, Ordering::Relaxed)?;
-        mem.store::<u16>(at + 12, id, Ordering::Relaxed)?;
+        match self.view_of(mem) {
+            Some(v) => v.set_used(self.next_used, len, id),
+            None => {
+                mem.store::<u32>(at + 8, len, Ordering::Relaxed)?;
+                mem.store::<u16>(at + 12, id, Ordering::Relaxed)?;
+            }
+        }
         let flags = l::used_bits(self.used_wrap) | if len > 0 { l::F_WRITE } else { 0 };
         if self.held_flags.is_none() {
             self.held_flags = Some((self.next_used, flags));
         } else {
             fence(Ordering::Release);
-            mem.store::<u16>(at + l::DESC_FLAGS, flags, Ordering::Release)?;
+            self.store_flags(mem, self.next_used, flags)?;
         }
         if let Some(log) = &self.log {
             log.mark(at, l::DESC_SIZE);
@@ -355,8 +427,7 @@ impl PackedRing {
             return Ok(());
         };
         fence(Ordering::Release);
-        mem.store::<u16>(self.desc_at(slot) + l::DESC_FLAGS, flags, Ordering::Release)?;
-        Ok(())
+        self.store_flags(mem, slot, flags)
     }
 
     fn write_device_event(

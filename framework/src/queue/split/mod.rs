@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use self::layout as l;
 use self::ring_view::RingView;
-use super::{DescriptorChain, Popped, QueueError, RingState};
+use super::{DescriptorChain, Popped, QueueError, RingState, Taken};
 use crate::memory::{DirtyLog, MemoryTable};
 
 /// Guest-physical addresses of a ring's three parts (split: descriptor table, avail
@@ -200,6 +200,18 @@ impl SplitRing {
     /// length 0. An error means the ring itself is broken (index overrun, bad head,
     /// unmapped ring).
     pub fn next(&mut self, mem: &MemoryTable) -> Result<Option<Popped>, QueueError> {
+        let mut chain = DescriptorChain::start(0);
+        let taken = self.next_into(mem, &mut chain)?;
+        Ok(taken.into_popped(chain))
+    }
+
+    /// [`Self::next`], walking the chain into `chain`.
+    #[inline]
+    pub(crate) fn next_into(
+        &mut self,
+        mem: &MemoryTable,
+        chain: &mut DescriptorChain,
+    ) -> Result<Taken, QueueError> {
         let view = self.view(mem);
         // The shared avail index is read only when the entries seen are used up: one
         // cache-line transfer per batch, not per chain.
@@ -209,7 +221,7 @@ impl SplitRing {
         let avail = self.avail_seen;
         let pending = avail.wrapping_sub(self.next_avail);
         if pending == 0 {
-            return Ok(None);
+            return Ok(Taken::Empty);
         }
         if pending > self.size {
             return Err(QueueError::AvailOverrun {
@@ -234,25 +246,27 @@ impl SplitRing {
             });
         }
         self.next_avail = self.next_avail.wrapping_add(1);
-        Ok(Some(self.walk(mem, view.as_ref(), head, position)))
-    }
-
-    fn walk(&self, mem: &MemoryTable, view: Option<&RingView>, head: u16, position: u16) -> Popped {
-        let walked =
-            DescriptorChain::walk_in(mem, self.addrs.desc, view, self.size, head, self.indirect);
-        match walked {
-            Ok(mut chain) => {
+        let walked = chain.fill_split(
+            mem,
+            self.addrs.desc,
+            view.as_ref(),
+            self.size,
+            head,
+            self.indirect,
+        );
+        Ok(match walked {
+            Ok(()) => {
                 chain.token.position = position;
                 chain.token.slots = 1;
-                Popped::Chain(chain)
+                Taken::Chain
             }
-            Err(error) => Popped::Refused {
+            Err(error) => Taken::Refused {
                 id: head,
                 position,
                 slots: 1,
                 error,
             },
-        }
+        })
     }
 
     /// Makes the used entries added so far visible to the guest (one release store of
