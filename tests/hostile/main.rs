@@ -33,6 +33,7 @@ macro_rules! case {
 
 mod disconnect;
 mod host;
+mod memory_faults;
 mod messages;
 mod packed;
 mod panics;
@@ -93,6 +94,7 @@ fn table() -> Vec<&'static Case> {
         .iter()
         .chain(rings::CASES)
         .chain(packed::CASES)
+        .chain(memory_faults::CASES)
         .chain(disconnect::CASES)
         .collect()
 }

@@ -971,6 +971,8 @@ pub mod class {
     pub const CONNECT_FLOOD: &str = "floods: repeated connect/disconnect";
     pub const VALUES: &str = "values never offered (features, request numbers, header flags)";
     pub const PANIC: &str = "a device that panics (a bug in device code)";
+    pub const TRUNCATED: &str =
+        "shared memory (guest regions, dirty log) truncated by the frontend after it was mapped";
 }
 
 /// Sends a header claiming `size` bytes followed by `body` (which may be shorter), with

@@ -1,7 +1,7 @@
 //! The connection thread: a mio poll over the socket and a waker, reading one message
 //! at a time, validating it and replying.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,10 +17,11 @@ use super::{RequestError, ServeOptions, Shutdown};
 use crate::device::Device;
 use crate::message::{read_message, write_message, Message, ReadError};
 use crate::protocol::{FrontendRequest, HeaderFlags, ProtocolError};
-use crate::sys::unix::{ConnectionError, SocketPlatformConnection};
+use crate::sys::unix::{ConnectionError, FaultNotice, SocketPlatformConnection};
 
 const SOCKET: Token = Token(0);
 const WAKE: Token = Token(1);
+const FAULT: Token = Token(2);
 
 /// Why a connection ended.
 #[derive(Debug, Error)]
@@ -34,6 +35,10 @@ pub enum ServeError {
     /// Device code panicked on a worker.
     #[error("device worker failed")]
     DeviceFailed,
+    /// A file the frontend shared shrank under its mapping (or its memory could not be
+    /// provided): the access completed on zeroes and the connection was closed.
+    #[error("shared memory became inaccessible ({0}): did the frontend truncate it?")]
+    MemoryFault(String),
     /// Setting up poll or threads failed.
     #[error("setup failed: {0}")]
     Setup(#[from] std::io::Error),
@@ -73,7 +78,11 @@ pub fn serve_connection_with<D: Device>(
         failed: false.into(),
         waker,
     });
-    let mut session = Session::new(device, failure.clone(), options)?;
+    let notice = FaultNotice::new()?;
+    let notice_fd = notice.as_fd().as_raw_fd();
+    poll.registry()
+        .register(&mut SourceFd(&notice_fd), FAULT, Interest::READABLE)?;
+    let mut session = Session::new(device, failure.clone(), notice.clone(), options)?;
     info!("{}: frontend connected", session.name());
     let mut events = Events::with_capacity(8);
     let result = loop {
@@ -88,6 +97,9 @@ pub fn serve_connection_with<D: Device>(
                 continue;
             }
             break Err(e.into());
+        }
+        if events.iter().any(|e| e.token() == FAULT) && notice.take() {
+            break Err(ServeError::MemoryFault(session.fault_report()));
         }
         if events.iter().any(|e| e.token() == SOCKET) {
             if let Err(e) = drain_socket(&conn, &mut session) {

@@ -3,12 +3,14 @@
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use nix::sys::mman::{MapFlags, ProtFlags};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Bytes, FileOffset, MmapRegion, VolatileMemory};
 
 use super::MemoryError;
+use crate::sys::unix::{FaultGuard, FaultNotice};
 
 /// Page size of the dirty log: one bit per 4 KiB of guest-physical memory.
 pub const LOG_PAGE_SIZE: u64 = 0x1000;
@@ -28,14 +30,27 @@ pub const LOG_PAGE_SIZE: u64 = 0x1000;
 /// ```
 #[derive(Debug)]
 pub struct DirtyLog {
+    /// Declared before `map`: taken out of the fault table before the unmap.
+    guard: Option<FaultGuard>,
     map: MmapRegion,
     offset: usize,
     size: u64,
 }
 
 impl DirtyLog {
-    /// Maps `size` bytes of log at `offset` in `file`.
+    /// Maps `size` bytes of log at `offset` in `file`, guarded against the file
+    /// shrinking under the mapping (see [`FaultGuard`]).
     pub fn map(file: File, size: u64, offset: u64) -> Result<Self, MemoryError> {
+        Self::map_watched(file, size, offset, None)
+    }
+
+    /// [`Self::map`], with a fault in the mapping signalled on `notice`.
+    pub fn map_watched(
+        file: File,
+        size: u64,
+        offset: u64,
+        notice: Option<Arc<FaultNotice>>,
+    ) -> Result<Self, MemoryError> {
         let st = nix::sys::stat::fstat(file.as_fd()).map_err(|e| MemoryError::Map {
             size,
             source: e.into(),
@@ -60,7 +75,12 @@ impl DirtyLog {
                 size,
                 source: std::io::Error::other(e.to_string()),
             })?;
+        // SAFETY: `map` is one whole mapping owned by this log and unmapped only after the
+        // guard (declared first) drops; the log is only ever or-ed into, so zeroes after a
+        // fault do no harm here.
+        let guard = unsafe { FaultGuard::new(map.as_ptr(), map.size(), notice) };
         Ok(DirtyLog {
+            guard,
             map,
             offset: offset as usize,
             size,
@@ -88,6 +108,13 @@ impl DirtyLog {
                 r.fetch_or(bit, Ordering::SeqCst);
             }
         }
+    }
+
+    /// Whether the mapping faulted (the frontend's file shrank under it).
+    pub fn faulted(&self) -> bool {
+        self.guard
+            .as_ref()
+            .is_some_and(|g| g.fault_offset().is_some())
     }
 
     /// The log byte at `index` (for tests and diagnostics).

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use nix::sys::mman::{MapFlags, ProtFlags};
 use nix::sys::stat::{fstat, SFlag};
@@ -10,6 +11,7 @@ use vm_memory::{FileOffset, MmapRegion, VolatileMemory, VolatileSlice};
 
 use super::MemoryError;
 use crate::protocol::payload::MemoryRegionDesc;
+use crate::sys::unix::{FaultGuard, FaultNotice};
 
 /// A region of guest memory mapped from the fd the frontend sent.
 ///
@@ -32,12 +34,24 @@ use crate::protocol::payload::MemoryRegionDesc;
 #[derive(Debug)]
 pub struct GuestRegion {
     desc: MemoryRegionDesc,
+    /// Declared before `map`: taken out of the fault table before the unmap.
+    guard: Option<FaultGuard>,
     map: MmapRegion,
 }
 
 impl GuestRegion {
-    /// Checks the fd and maps the region.
+    /// Checks the fd and maps the region, guarded against the file shrinking under the
+    /// mapping (see [`FaultGuard`]) with no one to tell.
     pub fn map(desc: MemoryRegionDesc, file: File) -> Result<Self, MemoryError> {
+        Self::map_watched(desc, file, None)
+    }
+
+    /// [`Self::map`], with a fault in the mapping signalled on `notice`.
+    pub fn map_watched(
+        desc: MemoryRegionDesc,
+        file: File,
+        notice: Option<Arc<FaultNotice>>,
+    ) -> Result<Self, MemoryError> {
         desc.validate("memory region")
             .map_err(|e| MemoryError::Access(e.to_string()))?;
         let st = fstat(file.as_fd()).map_err(|e| MemoryError::Map {
@@ -67,7 +81,18 @@ impl GuestRegion {
                 size: need,
                 source: std::io::Error::other(e.to_string()),
             })?;
-        Ok(GuestRegion { desc, map })
+        // SAFETY: `map` is one whole mapping that this region owns and unmaps only after
+        // the guard (declared first) has dropped; device code reads guest memory as
+        // untrusted bytes, so zeroes after a fault are acceptable.
+        let guard = unsafe { FaultGuard::new(map.as_ptr(), map.size(), notice) };
+        Ok(GuestRegion { desc, guard, map })
+    }
+
+    /// Where the mapping faulted (offset in the region), once the frontend's file shrank
+    /// under it or its memory could not be provided; `None` while intact.
+    pub fn fault_offset(&self) -> Option<u64> {
+        let at = self.guard.as_ref()?.fault_offset()? as u64;
+        Some(at.saturating_sub(self.desc.mmap_offset))
     }
 
     /// The frontend's description of the region.

@@ -9,6 +9,7 @@ use vm_memory::{Bytes, VolatileSlice};
 
 use super::{GuestRegion, MemoryError};
 use crate::protocol::payload::MemoryRegionDesc;
+use crate::sys::unix::FaultNotice;
 
 /// Memory slots advertised through GET_MAX_MEM_SLOTS.
 pub const MAX_MEM_SLOTS: usize = 509;
@@ -37,6 +38,8 @@ pub const MAX_MEM_SLOTS: usize = 509;
 #[derive(Debug, Default, Clone)]
 pub struct MemoryTable {
     regions: Vec<Arc<GuestRegion>>,
+    /// Where the regions of this table, and of the tables made from it, signal a fault.
+    notice: Option<Arc<FaultNotice>>,
     /// Unique per set of regions (0: the empty table): host addresses taken from a table
     /// stay valid while any table with the same id is alive.
     id: u64,
@@ -54,13 +57,65 @@ impl MemoryTable {
         MemoryTable::default()
     }
 
+    /// An empty table whose regions (and those of every table made from it with
+    /// [`Self::with_region`] or [`Self::replaced`]) signal `notice` when a fault hits
+    /// them: the frontend's file shrank under the mapping (see
+    /// [`FaultGuard`](crate::sys::unix::FaultGuard)).
+    ///
+    /// # Example
+    /// ```
+    /// use vhost_user_sync::memory::MemoryTable;
+    /// use vhost_user_sync::protocol::payload::MemoryRegionDesc;
+    /// use vhost_user_sync::sys::unix::FaultNotice;
+    /// let fd = nix::sys::memfd::memfd_create("guest", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    /// let file = std::fs::File::from(fd);
+    /// file.set_len(0x2000).unwrap();
+    /// let notice = FaultNotice::new().unwrap();
+    /// let desc = MemoryRegionDesc { guest_phys_addr: 0, memory_size: 0x2000, userspace_addr: 0, mmap_offset: 0 };
+    /// let table = MemoryTable::watched(notice.clone()).replaced(&[desc], vec![file.try_clone().unwrap()]).unwrap();
+    /// file.set_len(0).unwrap();
+    /// let mut buf = [1u8; 4];
+    /// table.read(0x1000, &mut buf).unwrap();
+    /// assert_eq!(buf, [0; 4]);
+    /// assert!(notice.take());
+    /// assert_eq!(table.faults().collect::<Vec<_>>(), vec![(0, 0x1000)]);
+    /// ```
+    pub fn watched(notice: Arc<FaultNotice>) -> Self {
+        MemoryTable {
+            notice: Some(notice),
+            ..MemoryTable::default()
+        }
+    }
+
     /// Maps every region of a SET_MEM_TABLE, one fd each, refusing overlaps.
     pub fn from_regions(descs: &[MemoryRegionDesc], files: Vec<File>) -> Result<Self, MemoryError> {
-        let mut table = MemoryTable::empty();
+        MemoryTable::empty().replaced(descs, files)
+    }
+
+    /// A table of exactly these regions (SET_MEM_TABLE) in place of this one's, with this
+    /// table's fault notice.
+    pub fn replaced(
+        &self,
+        descs: &[MemoryRegionDesc],
+        files: Vec<File>,
+    ) -> Result<Self, MemoryError> {
+        let mut table = MemoryTable {
+            regions: Vec::new(),
+            notice: self.notice.clone(),
+            id: 0,
+        };
         for (desc, file) in descs.iter().zip(files) {
             table = table.with_region(*desc, file)?;
         }
         Ok(table)
+    }
+
+    /// The regions that faulted: (guest-physical address of the region, offset of the
+    /// first fault in it).
+    pub fn faults(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.regions
+            .iter()
+            .filter_map(|r| r.fault_offset().map(|at| (r.gpa(), at)))
     }
 
     /// A new table with one more region (ADD_MEM_REG).
@@ -81,11 +136,11 @@ impl MemoryTable {
                 other_size: other.desc().memory_size,
             });
         }
-        let region = Arc::new(GuestRegion::map(desc, file)?);
+        let region = Arc::new(GuestRegion::map_watched(desc, file, self.notice.clone())?);
         let mut regions = self.regions.clone();
         let at = regions.partition_point(|r| r.gpa() < gpa);
         regions.insert(at, region);
-        Ok(MemoryTable::with_regions(regions))
+        Ok(MemoryTable::with_regions(regions, self.notice.clone()))
     }
 
     /// A new table without the region matching gpa, size and uaddr (REM_MEM_REG).
@@ -106,12 +161,13 @@ impl MemoryTable {
             })?;
         let mut regions = self.regions.clone();
         regions.remove(pos);
-        Ok(MemoryTable::with_regions(regions))
+        Ok(MemoryTable::with_regions(regions, self.notice.clone()))
     }
 
-    fn with_regions(regions: Vec<Arc<GuestRegion>>) -> Self {
+    fn with_regions(regions: Vec<Arc<GuestRegion>>, notice: Option<Arc<FaultNotice>>) -> Self {
         MemoryTable {
             regions,
+            notice,
             id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
         }
     }

@@ -19,7 +19,7 @@ impl<D: Device> Session<D> {
     pub(super) fn set_mem_table(&mut self, req: R, body: &[u8], fds: Vec<File>) -> Result<Reply> {
         self.need_owner(req)?;
         let table = MemoryTableDesc::decode(body)?;
-        let mem = MemoryTable::from_regions(&table.regions, fds)?;
+        let mem = self.mem.replaced(&table.regions, fds)?;
         info!(
             "{}: memory table with {} region(s)",
             self.info.name,
@@ -70,10 +70,11 @@ impl<D: Device> Session<D> {
             request: name,
             why: "no fd",
         })?;
-        self.log = Some(Arc::new(DirtyLog::map(
+        self.log = Some(Arc::new(DirtyLog::map_watched(
             file,
             base.mmap_size,
             base.mmap_offset,
+            Some(self.notice.clone()),
         )?));
         self.push_log_state();
         u64_reply(0)

@@ -23,6 +23,7 @@ use crate::memory::{DirtyLog, MemoryTable, MAX_MEM_SLOTS};
 use crate::message::Message;
 use crate::protocol::payload::{ConfigAccess, InflightInfo, RingFd, VringState};
 use crate::protocol::{virtio, FdRule, FrontendRequest as R, ProtocolFeatures as P, ReplyRule};
+use crate::sys::unix::FaultNotice;
 use workers::spawn_workers;
 
 /// Transport feature bits the framework implements for every device.
@@ -71,6 +72,8 @@ pub(crate) struct Session<D: Device> {
     vrings: Vec<VringConfig>,
     workers: Vec<WorkerHandle>,
     failure: Arc<FailureSignal>,
+    /// Signalled when a mapping of this connection's files faults (see `FaultGuard`).
+    notice: Arc<FaultNotice>,
 }
 
 type Result<T> = std::result::Result<T, RequestError>;
@@ -84,6 +87,7 @@ impl<D: Device> Session<D> {
     pub(crate) fn new(
         mut device: D,
         failure: Arc<FailureSignal>,
+        notice: Arc<FaultNotice>,
         options: &ServeOptions,
     ) -> std::io::Result<Self> {
         let mut info = device.info();
@@ -95,7 +99,7 @@ impl<D: Device> Session<D> {
         if info.config_size == 0 {
             offered_protocol = P::from_bits(offered_protocol.bits() & !P::CONFIG.bits());
         }
-        let mem = Arc::new(MemoryTable::empty());
+        let mem = Arc::new(MemoryTable::watched(notice.clone()));
         let workers = spawn_workers(&mut device, &info, &mem, &failure)?;
         let vrings = (0..info.num_queues)
             .map(|_| VringConfig::default())
@@ -115,7 +119,25 @@ impl<D: Device> Session<D> {
             vrings,
             workers,
             failure,
+            notice,
         })
+    }
+
+    /// What faulted, after the fault notice fired: the regions (and the log) whose
+    /// files shrank under their mappings.
+    pub(crate) fn fault_report(&self) -> String {
+        let mut parts: Vec<String> = self
+            .mem
+            .faults()
+            .map(|(gpa, at)| format!("memory region at gpa {gpa:#x} (offset {at:#x})"))
+            .collect();
+        if self.log.as_ref().is_some_and(|l| l.faulted()) {
+            parts.push("dirty log".into());
+        }
+        if parts.is_empty() {
+            parts.push("a mapping no longer in use".into());
+        }
+        parts.join(", ")
     }
 
     pub(crate) fn name(&self) -> &str {
