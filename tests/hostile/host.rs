@@ -1,5 +1,6 @@
 //! A backend process serving several devices at once, one listener per thread (as
-//! architecture.md describes): rng, net (null) and `panicky`, a device with a bug. It
+//! architecture.md describes): rng, net (null), `panicky`, a device with a bug, and
+//! `fragile`, whose workers cannot be rebuilt after a reset. It
 //! is this test binary itself, started again with `VHU_HOSTILE_HOST=DIR`.
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ pub const HOST_ENV: &str = "VHU_HOSTILE_HOST";
 /// The running host process.
 pub struct Host {
     pub proc: Proc,
-    /// Where its sockets are: `rng.sock`, `net.sock`, `panicky.sock`.
+    /// Where its sockets are: `rng.sock`, `net.sock`, `panicky.sock`, `fragile.sock`.
     pub dir: PathBuf,
 }
 
@@ -30,13 +31,13 @@ impl Host {
     }
 }
 
-/// Starts the host and waits until its three listeners are up.
+/// Starts the host and waits until its four listeners are up.
 pub fn start() -> Host {
     let dir = TempDir::new("hostile-host");
     let path = dir.path().to_path_buf();
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
     cmd.env(HOST_ENV, &path);
-    let proc = Proc::spawn("host", cmd, dir, 3);
+    let proc = Proc::spawn("host", cmd, dir, 4);
     Host { proc, dir: path }
 }
 
@@ -63,6 +64,26 @@ impl QueueWorker for PanickyWorker {
     }
 }
 
+/// A device whose workers cannot be built a second time: RESET_DEVICE's rebuild fails
+/// (a resource the worker needs is gone).
+struct Fragile {
+    built: usize,
+}
+
+impl Device for Fragile {
+    type Worker = PanickyWorker;
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo::new("fragile", 4, 1)
+    }
+    fn create_worker(&mut self, _: usize) -> std::io::Result<PanickyWorker> {
+        self.built += 1;
+        if self.built > 1 {
+            return Err(std::io::Error::other("the worker's resource is gone"));
+        }
+        Ok(PanickyWorker)
+    }
+}
+
 fn listen(dir: &Path, name: &str) -> VhostUserListener {
     let path = dir.join(format!("{name}.sock"));
     let l = VhostUserListener::new(&path.to_string_lossy(), None)
@@ -77,6 +98,7 @@ pub fn run(dir: PathBuf) {
     let mut rng = listen(&dir, "rng");
     let mut net = listen(&dir, "net");
     let mut panicky = listen(&dir, "panicky");
+    let mut fragile = listen(&dir, "fragile");
     let metrics = Arc::new(NetMetrics::default());
     let threads = vec![
         std::thread::spawn(move || {
@@ -91,6 +113,9 @@ pub fn run(dir: PathBuf) {
         }),
         std::thread::spawn(move || {
             let _ = panicky.serve(|| Panicky);
+        }),
+        std::thread::spawn(move || {
+            let _ = fragile.serve(|| Fragile { built: 0 });
         }),
     ];
     for t in threads {

@@ -46,12 +46,24 @@ pub static CASES: &[Case] = &[
     case!(memory_fd_smaller_than_the_region, class::FDS_TYPE, ALL),
     // Rings.
     case!(ring_index_out_of_range, class::RING_INDEX, ALL),
+    case!(get_vring_base_out_of_range_closes, class::RING_INDEX, ALL),
     case!(ring_fd_index_out_of_range, class::RING_INDEX, ALL),
     case!(ring_size_invalid, class::RING_SIZE, ALL),
     case!(ring_address_unmapped, class::RING_ADDR, ALL),
     case!(ring_address_misaligned, class::RING_ADDR, ALL),
     case!(ring_address_straddles_regions, class::RING_ADDR, ALL),
     case!(ring_region_removed_while_running, class::RING_ADDR, ALL),
+    case!(ring_address_refused_on_arrival, class::RING_ADDR, ALL),
+    case!(
+        ring_address_refused_without_reply_ack_closes,
+        class::RING_ADDR,
+        ALL
+    ),
+    case!(
+        stopped_ring_forgets_addresses_the_new_table_lacks,
+        class::RING_ADDR,
+        ALL
+    ),
     // Memory regions.
     case!(regions_overlapping, class::REGIONS, ALL),
     case!(regions_zero_sized, class::REGIONS, ALL),
@@ -197,9 +209,11 @@ fn size_too_small_is_refused(ctx: &Ctx<'_>) {
     expect_nack(&mut fe, R::SET_VRING_ADDR, &[0; 8], &[]);
     expect_nack(&mut fe, R::SET_MEM_TABLE, &[1, 0, 0, 0, 0, 0, 0, 0], &[]);
     expect_nack(&mut fe, R::ADD_MEM_REG, &[0; 39], &[&memfd(4096)]);
-    let reply = expect_reply(&mut fe, R::GET_VRING_BASE, &[0; 4], &[]);
-    assert_eq!(reply.len(), 8, "GET_VRING_BASE failure reply");
     expect_alive(&mut fe);
+    // GET_VRING_BASE has no failure reply: a short one closes the connection.
+    fe.send_raw(R::GET_VRING_BASE.number(), PLAIN, &[0; 4], &[])
+        .expect("send");
+    ctx.expect_closed(&fe);
 }
 
 fn size_too_large_is_refused(ctx: &Ctx<'_>) {
@@ -360,9 +374,12 @@ fn fds_on_requests_that_always_reply(ctx: &Ctx<'_>) {
     );
     expect_reply(&mut fe, R::GET_QUEUE_NUM, &[], &[&f]);
     expect_reply(&mut fe, R::GET_PROTOCOL_FEATURES, &[], &[&f]);
-    expect_reply(&mut fe, R::GET_VRING_BASE, &state_body(0, 0), &[&f]);
     expect_reply(&mut fe, R::GET_MAX_MEM_SLOTS, &[], &[&f]);
     expect_alive(&mut fe);
+    // GET_VRING_BASE has no failure reply: with an fd it closes the connection.
+    fe.send_raw(R::GET_VRING_BASE.number(), PLAIN, &state_body(0, 0), &[&f])
+        .expect("send");
+    ctx.expect_closed(&fe);
 }
 
 fn ring_fd_flag_and_fd_count_disagree(ctx: &Ctx<'_>) {
@@ -526,9 +543,145 @@ fn ring_index_out_of_range(ctx: &Ctx<'_>) {
         expect_nack(&mut fe, R::SET_VRING_BASE, &state_body(i, 0), &[]);
         expect_nack(&mut fe, R::SET_VRING_ENABLE, &state_body(i, 1), &[]);
         expect_nack(&mut fe, R::SET_VRING_ADDR, &addr_body(i, 0, 0, 0), &[]);
-        let reply = expect_reply(&mut fe, R::GET_VRING_BASE, &state_body(i, 0), &[]);
-        assert_eq!(reply.len(), 8);
     }
+    expect_alive(&mut fe);
+}
+
+/// GET_VRING_BASE has no failure reply: any state sent back would read as the state of
+/// a ring that exists. A ring index out of range closes the connection, logged with it.
+fn get_vring_base_out_of_range_closes(ctx: &Ctx<'_>) {
+    let nq = ctx.num_queues();
+    for i in [nq, 255, 65536, u32::MAX] {
+        let fe = ctx.negotiated();
+        fe.connection()
+            .send_message(
+                &header(R::GET_VRING_BASE.number(), PLAIN, 8),
+                &state_body(i, 0),
+                &[],
+                None,
+            )
+            .expect("send");
+        match next_outcome(&fe, T) {
+            Outcome::Closed => {}
+            other => {
+                panic!("GET_VRING_BASE of ring {i}: {other:?}, expected the connection closed")
+            }
+        }
+        let line = ctx
+            .proc
+            .wait_device_log(ctx.kind.device_name(), "connection closed:");
+        assert!(
+            line.contains(&format!("ring {i} does not exist")),
+            "the close does not name ring {i}: {line}"
+        );
+    }
+}
+
+/// Ring addresses are checked when SET_VRING_ADDR arrives, not at the kick: outside
+/// every region, across a region's end, misaligned, or before any memory table.
+fn ring_address_refused_on_arrival(ctx: &Ctx<'_>) {
+    let mut fe = ctx.negotiated();
+    let mem = FrontendMemory::new(&[(0, 1 << 20)]).expect("memory");
+    let good = DriverQueue::new(&mem, 0, 16)
+        .expect("queue")
+        .vring_addr(&mem);
+    expect_ack(&mut fe, R::SET_VRING_NUM, &state_body(0, 16), &[]);
+    // No memory table yet.
+    expect_nack(
+        &mut fe,
+        R::SET_VRING_ADDR,
+        &addr_body(0, good.desc, good.used, good.avail),
+        &[],
+    );
+    fe.set_mem_table(&mem).expect("SET_MEM_TABLE");
+    let end = mem.regions()[0].userspace_addr + (1 << 20);
+    for (d, u, a) in [
+        (0x7fff_0000_0000u64, good.used, good.avail),
+        (good.desc, 0x10, good.avail),
+        (end - 64, good.used, good.avail),
+        (good.desc, end - 8, good.avail),
+        (good.desc, good.used, end - 2),
+        (good.desc + 8, good.used, good.avail),
+        (good.desc, good.used + 2, good.avail),
+        (good.desc, good.used, good.avail + 1),
+    ] {
+        expect_nack(&mut fe, R::SET_VRING_ADDR, &addr_body(0, d, u, a), &[]);
+        // A refused address is not kept: the kick has no ring to start.
+        expect_nack(
+            &mut fe,
+            R::SET_VRING_KICK,
+            &ring_fd_body(0, false),
+            &[&eventfd()],
+        );
+    }
+    expect_ack(
+        &mut fe,
+        R::SET_VRING_ADDR,
+        &addr_body(0, good.desc, good.used, good.avail),
+        &[],
+    );
+    expect_alive(&mut fe);
+}
+
+/// Without REPLY_ACK the frontend cannot learn that its ring address was refused: the
+/// backend closes the connection rather than go on with rings it does not have.
+fn ring_address_refused_without_reply_ack_closes(ctx: &Ctx<'_>) {
+    let mut fe = ctx.connect();
+    let without_ack = !vhost_user_sync::protocol::ProtocolFeatures::REPLY_ACK.bits();
+    fe.negotiate(u64::MAX, without_ack).expect("negotiation");
+    let mem = FrontendMemory::new(&[(0, 1 << 20)]).expect("memory");
+    fe.set_mem_table(&mem).expect("SET_MEM_TABLE");
+    fe.send_raw(R::SET_VRING_NUM.number(), PLAIN, &state_body(0, 16), &[])
+        .expect("send");
+    fe.send_raw(
+        R::SET_VRING_ADDR.number(),
+        PLAIN,
+        &addr_body(0, 0x7fff_0000_0000, 0x7fff_0000_1000, 0x7fff_0000_2000),
+        &[],
+    )
+    .expect("send");
+    ctx.expect_closed(&fe);
+}
+
+/// A stopped ring whose memory a new table no longer holds forgets its addresses: the
+/// kick is refused until SET_VRING_ADDR places the ring in the new memory.
+fn stopped_ring_forgets_addresses_the_new_table_lacks(ctx: &Ctx<'_>) {
+    let (mut fe, mem) = with_memory(ctx);
+    let old = DriverQueue::new(&mem, 0, 16)
+        .expect("queue")
+        .vring_addr(&mem);
+    expect_ack(&mut fe, R::SET_VRING_NUM, &state_body(0, 16), &[]);
+    expect_ack(
+        &mut fe,
+        R::SET_VRING_ADDR,
+        &addr_body(0, old.desc, old.used, old.avail),
+        &[],
+    );
+    // The same guest memory, now at other frontend addresses.
+    let moved = memfd(1 << 20);
+    let base = mem.regions()[0].userspace_addr + (1 << 30);
+    let t = table_body(&[region(0, 1 << 20, base, 0)]);
+    expect_ack(&mut fe, R::SET_MEM_TABLE, &t, &[&moved]);
+    expect_nack(
+        &mut fe,
+        R::SET_VRING_KICK,
+        &ring_fd_body(0, false),
+        &[&eventfd()],
+    );
+    let shift = |a: u64| a + (1 << 30);
+    expect_ack(
+        &mut fe,
+        R::SET_VRING_ADDR,
+        &addr_body(0, shift(old.desc), shift(old.used), shift(old.avail)),
+        &[],
+    );
+    expect_ack(&mut fe, R::SET_VRING_BASE, &state_body(0, 0), &[]);
+    expect_ack(
+        &mut fe,
+        R::SET_VRING_KICK,
+        &ring_fd_body(0, false),
+        &[&eventfd()],
+    );
     expect_alive(&mut fe);
 }
 

@@ -971,6 +971,8 @@ pub mod class {
     pub const CONNECT_FLOOD: &str = "floods: repeated connect/disconnect";
     pub const VALUES: &str = "values never offered (features, request numbers, header flags)";
     pub const PANIC: &str = "a device that panics (a bug in device code)";
+    pub const ACCEPT: &str = "accept failing for want of file descriptors (EMFILE)";
+    pub const REBUILD: &str = "a device whose workers cannot be rebuilt after RESET_DEVICE";
     pub const TRUNCATED: &str =
         "shared memory (guest regions, dirty log) truncated by the frontend after it was mapped";
 }

@@ -39,6 +39,17 @@ pub enum ServeError {
     /// provided): the access completed on zeroes and the connection was closed.
     #[error("shared memory became inaccessible ({0}): did the frontend truncate it?")]
     MemoryFault(String),
+    /// A request was refused in a way that leaves no consistent session: a refusal the
+    /// frontend could not be told about (a ring address or memory table without
+    /// REPLY_ACK), GET_VRING_BASE (its reply cannot say failure), or workers that could
+    /// not be rebuilt.
+    #[error("{request} refused, and the session cannot go on: {source}")]
+    Refused {
+        /// The request.
+        request: &'static str,
+        /// Why it was refused.
+        source: RequestError,
+    },
     /// Setting up poll or threads failed.
     #[error("setup failed: {0}")]
     Setup(#[from] std::io::Error),
@@ -185,11 +196,25 @@ fn handle_message<D: Device>(
         }
         Err(e) => {
             warn!("{}: {} refused: {e}", session.name(), req.name());
-            if always {
-                let body = session.failure_reply(req, &body_copy);
-                write_message(conn, number, HeaderFlags::REPLY_FLAGS, &body, &[])?;
+            let answered = if always {
+                match session.failure_reply(req, &body_copy) {
+                    Some(body) => {
+                        write_message(conn, number, HeaderFlags::REPLY_FLAGS, &body, &[])?;
+                        true
+                    }
+                    None => false,
+                }
             } else if ack {
                 send_ack(conn, number, 1)?;
+                true
+            } else {
+                !session.closes_when_unanswered(req)
+            };
+            if !answered || e.ends_connection() {
+                return Err(ServeError::Refused {
+                    request: req.name(),
+                    source: e,
+                });
             }
         }
     }

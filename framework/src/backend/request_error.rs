@@ -7,8 +7,11 @@ use crate::memory::MemoryError;
 use crate::protocol::ProtocolError;
 use crate::queue::QueueError;
 
-/// Why a request was refused. The connection goes on; the frontend gets a NACK or an
-/// error reply where the protocol has one.
+/// Why a request was refused. The frontend gets a NACK or an error reply where the
+/// protocol has one, and the connection goes on, except after the errors for which
+/// [`RequestError::ends_connection`] holds, and after a refused ring or memory request
+/// the frontend cannot be told about (no REPLY_ACK) or whose only reply would look like
+/// success (GET_VRING_BASE).
 ///
 /// # Example
 /// ```
@@ -80,4 +83,21 @@ pub enum RequestError {
     /// An unknown request number.
     #[error("unknown request number {0}")]
     Unknown(u32),
+    /// The device's workers could not be started again (after a reset): the session has
+    /// nothing to run its rings on and the connection is closed.
+    #[error("{request}: the device's workers could not be started: {source}")]
+    NoWorkers {
+        /// The request.
+        request: &'static str,
+        /// Why (the device's `create_worker`, or the thread spawn).
+        source: std::io::Error,
+    },
+}
+
+impl RequestError {
+    /// Whether the session cannot go on after this refusal: the connection is closed
+    /// once the frontend has been answered.
+    pub fn ends_connection(&self) -> bool {
+        matches!(self, RequestError::NoWorkers { .. })
+    }
 }

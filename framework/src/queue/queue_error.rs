@@ -126,8 +126,9 @@ pub enum QueueError {
     /// The ring broke (the cause was logged and reported on the err eventfd).
     #[error("ring broken: {0}")]
     Broken(String),
-    /// A packed ring's parts are not aligned (descriptors 16 bytes, event areas 4).
-    #[error("packed ring parts misaligned: descriptors {desc:#x}, driver area {driver:#x}, device area {device:#x}")]
+    /// A ring's parts are not aligned (split: descriptors 16 bytes, avail 2, used 4;
+    /// packed: descriptors 16, event areas 4).
+    #[error("ring parts misaligned: descriptors {desc:#x}, driver area {driver:#x}, device area {device:#x}")]
     Misaligned {
         /// Descriptor ring.
         desc: u64,

@@ -57,6 +57,22 @@ impl Ring {
         }
     }
 
+    /// Checks that a ring of `size` entries in the given layout, at `addrs`, lies in
+    /// `mem` with its parts aligned: what SET_VRING_ADDR is checked against when it
+    /// arrives, and a running ring again when the memory table changes.
+    pub fn check_placement(
+        mem: &MemoryTable,
+        packed: bool,
+        size: u16,
+        addrs: &RingAddrs,
+    ) -> Result<(), QueueError> {
+        if packed {
+            PackedRing::check_placement(mem, size, addrs)
+        } else {
+            SplitRing::check_placement(mem, size, addrs)
+        }
+    }
+
     /// Queue size.
     #[inline]
     pub fn size(&self) -> u16 {

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::sync::Arc;
 
-use log::info;
+use log::{info, warn};
 
 use super::{u64_reply, Reply, Result, Session};
 use crate::backend::RequestError;
@@ -107,11 +107,7 @@ impl<D: Device> Session<D> {
         let log = self.active_log();
         let mut per_worker: Vec<Vec<(u16, Option<u64>)>> = vec![Vec::new(); self.workers.len()];
         for i in 0..self.vrings.len() {
-            if self.vrings[i].started {
-                let w = self
-                    .device
-                    .queue_worker(i as u16)
-                    .min(self.workers.len() - 1);
+            if let (true, Some(w)) = (self.vrings[i].started, self.worker_index(i)) {
                 per_worker[w].push((i as u16, self.used_log_addr(i)));
             }
         }
@@ -121,17 +117,31 @@ impl<D: Device> Session<D> {
     }
 
     /// Sends a new table to every worker and waits until each has switched; the old
-    /// table is unmapped when the last reference (ours) drops here.
+    /// table is unmapped when the last reference (ours) drops here. A running ring that
+    /// the new table does not hold refuses the change; a stopped ring's addresses that it
+    /// does not hold are forgotten (SET_VRING_ADDR must set them again).
     pub(super) fn install_memory(&mut self, mem: MemoryTable) -> Result<()> {
         let mut per_worker: Vec<Vec<(u16, RingAddrs)>> = vec![Vec::new(); self.workers.len()];
         for i in 0..self.vrings.len() {
             if self.vrings[i].started {
                 let addrs = self.ring_addrs(&mem, i)?;
-                let w = self
-                    .device
-                    .queue_worker(i as u16)
-                    .min(self.workers.len() - 1);
-                per_worker[w].push((i as u16, addrs));
+                if let Some(w) = self.worker_index(i) {
+                    per_worker[w].push((i as u16, addrs));
+                }
+            }
+        }
+        for i in 0..self.vrings.len() {
+            let v = &self.vrings[i];
+            if v.started || v.addr.is_none() {
+                continue;
+            }
+            if let Err(e) = self.ring_addrs(&mem, i) {
+                warn!(
+                    "{}: ring {i}'s addresses do not fit the new memory table ({e}); \
+                     they are forgotten until SET_VRING_ADDR sets them again",
+                    self.info.name
+                );
+                self.vrings[i].addr = None;
             }
         }
         let mem = Arc::new(mem);

@@ -21,7 +21,7 @@ use super::ServeOptions;
 use crate::device::{Device, DeviceInfo};
 use crate::memory::{DirtyLog, MemoryTable, MAX_MEM_SLOTS};
 use crate::message::Message;
-use crate::protocol::payload::{ConfigAccess, InflightInfo, RingFd, VringState};
+use crate::protocol::payload::{ConfigAccess, InflightInfo, RingFd};
 use crate::protocol::{virtio, FdRule, FrontendRequest as R, ProtocolFeatures as P, ReplyRule};
 use crate::sys::unix::FaultNotice;
 use workers::spawn_workers;
@@ -162,9 +162,11 @@ impl<D: Device> Session<D> {
         self.dispatch(req, &msg.body, msg.fds)
     }
 
-    /// The body sent when a request that always gets a reply fails.
-    pub(crate) fn failure_reply(&self, req: R, body: &[u8]) -> Vec<u8> {
-        match req {
+    /// The body sent when a request that always gets a reply fails; `None` when the
+    /// protocol has no failure reply for it (GET_VRING_BASE: any state would read as
+    /// valid), and the connection is closed instead.
+    pub(crate) fn failure_reply(&self, req: R, body: &[u8]) -> Option<Vec<u8>> {
+        Some(match req {
             R::GET_CONFIG => {
                 // The full reply length with a size field of 0: frontends read as many
                 // bytes as they asked for, then see the failure.
@@ -183,12 +185,7 @@ impl<D: Device> Session<D> {
                 reply.resize(ConfigAccess::HEADER_SIZE + wanted, 0);
                 reply
             }
-            R::GET_VRING_BASE => {
-                let index = body
-                    .get(..4)
-                    .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-                VringState { index, num: 0 }.encode()
-            }
+            R::GET_VRING_BASE => return None,
             R::GET_INFLIGHT_FD => InflightInfo {
                 mmap_size: 0,
                 mmap_offset: 0,
@@ -204,7 +201,17 @@ impl<D: Device> Session<D> {
                 b
             }
             _ => 1u64.to_ne_bytes().to_vec(),
-        }
+        })
+    }
+
+    /// Whether a refused `req` that the frontend cannot be told about (no REPLY_ACK
+    /// asked for) closes the connection: after a refused ring address or memory table
+    /// the two sides disagree about where the rings and guest memory are.
+    pub(crate) fn closes_when_unanswered(&self, req: R) -> bool {
+        matches!(
+            req,
+            R::SET_VRING_ADDR | R::SET_MEM_TABLE | R::ADD_MEM_REG | R::REM_MEM_REG
+        )
     }
 
     fn need(&self, req: R, feature: P, name: &'static str) -> Result<()> {
@@ -255,13 +262,13 @@ impl<D: Device> Session<D> {
                 Ok(Reply::Done)
             }
             R::RESET_OWNER => {
-                self.reset()?;
+                self.reset(req)?;
                 self.owner = false;
                 Ok(Reply::Done)
             }
             R::RESET_DEVICE => {
                 self.need(req, P::RESET_DEVICE, "RESET_DEVICE")?;
-                self.reset()?;
+                self.reset(req)?;
                 Ok(Reply::Done)
             }
             R::SET_MEM_TABLE => self.set_mem_table(req, body, fds),

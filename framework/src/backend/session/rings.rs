@@ -8,7 +8,7 @@ use std::sync::Arc;
 use log::debug;
 
 use super::{Reply, Result, Session};
-use crate::backend::worker::{WorkerCommand, WorkerHandle};
+use crate::backend::worker::WorkerCommand;
 use crate::backend::RequestError;
 use crate::device::Device;
 use crate::memory::MemoryTable;
@@ -43,7 +43,9 @@ impl<D: Device> Session<D> {
         Ok(Reply::Done)
     }
 
-    /// SET_VRING_ADDR: a stopped ring's addresses; a running ring may only switch used-ring logging.
+    /// SET_VRING_ADDR: a stopped ring's addresses, checked on arrival against the memory
+    /// table (in one region each, aligned); a running ring may only switch used-ring
+    /// logging.
     pub(super) fn set_vring_addr(&mut self, req: R, body: &[u8]) -> Result<Reply> {
         let name = req.name();
         self.need_owner(req)?;
@@ -64,6 +66,17 @@ impl<D: Device> Session<D> {
             self.push_log_state();
             return Ok(Reply::Done);
         }
+        // A refused SET_VRING_ADDR leaves the ring without addresses, not with old ones.
+        self.vrings[i].addr = None;
+        if self.mem.is_empty() {
+            return Err(RequestError::BadOrder {
+                request: name,
+                why: "no memory table to place the ring in",
+            });
+        }
+        // The size may still change (SET_VRING_NUM usually comes first): the kick checks
+        // the ring again at its final size.
+        self.place_ring(&self.mem, &addr, self.vrings[i].num.max(1))?;
         self.vrings[i].addr = Some(addr);
         Ok(Reply::Done)
     }
@@ -152,7 +165,9 @@ impl<D: Device> Session<D> {
             WorkerCommand::SetErr { index, err: fd }
         };
         if self.vrings[i].started {
-            self.worker_for(i).send(cmd);
+            if let Some(w) = self.worker_for(i) {
+                w.send(cmd);
+            }
         }
         Ok(Reply::Done)
     }
@@ -179,33 +194,36 @@ impl<D: Device> Session<D> {
         Ok(Reply::Done)
     }
 
-    pub(super) fn worker_for(&self, ring: usize) -> &WorkerHandle {
-        let w = self
-            .device
-            .queue_worker(ring as u16)
-            .min(self.workers.len() - 1);
-        &self.workers[w]
-    }
-
     pub(super) fn set_enabled(&mut self, i: usize, enabled: bool) {
         self.vrings[i].enabled = enabled;
         if self.vrings[i].started {
-            self.worker_for(i).set_enabled(i as u16, enabled);
+            if let Some(w) = self.worker_for(i) {
+                w.set_enabled(i as u16, enabled);
+            }
         }
     }
 
+    /// Ring `i`'s guest-physical addresses in `mem`, checked for its size and layout.
     pub(super) fn ring_addrs(&self, mem: &MemoryTable, i: usize) -> Result<RingAddrs> {
         let v = &self.vrings[i];
         let addr = v.addr.ok_or(RequestError::BadOrder {
             request: "SET_VRING_KICK",
             why: "ring addresses not set",
         })?;
-        let [desc, avail, used] = Ring::part_lengths(self.packed(), v.num.max(1));
-        Ok(RingAddrs {
+        self.place_ring(mem, &addr, v.num.max(1))
+    }
+
+    /// Translates the frontend's ring addresses into `mem` for a ring of `size` entries
+    /// in the negotiated layout, and checks its placement.
+    fn place_ring(&self, mem: &MemoryTable, addr: &VringAddr, size: u16) -> Result<RingAddrs> {
+        let [desc, avail, used] = Ring::part_lengths(self.packed(), size);
+        let addrs = RingAddrs {
             desc: mem.uaddr_to_gpa(addr.desc, desc)?,
             avail: mem.uaddr_to_gpa(addr.avail, avail)?,
             used: mem.uaddr_to_gpa(addr.used, used)?,
-        })
+        };
+        Ring::check_placement(mem, self.packed(), size, &addrs)?;
+        Ok(addrs)
     }
 
     /// Whether the rings use the packed layout (VIRTIO_F_RING_PACKED acked).
@@ -251,7 +269,10 @@ impl<D: Device> Session<D> {
         vq.set_call(self.vrings[i].call.clone());
         vq.set_err(self.vrings[i].err.clone());
         vq.set_enabled(self.vrings[i].enabled);
-        if !self.worker_for(i).send(WorkerCommand::Start(Box::new(vq))) {
+        let sent = self
+            .worker_for(i)
+            .is_some_and(|w| w.send(WorkerCommand::Start(Box::new(vq))));
+        if !sent {
             return Err(RequestError::BadOrder {
                 request: name,
                 why: "worker has stopped",
@@ -269,7 +290,7 @@ impl<D: Device> Session<D> {
         if !self.vrings[i].started {
             return;
         }
-        if let Some(state) = self.worker_for(i).stop_queue(i as u16) {
+        if let Some(state) = self.worker_for(i).and_then(|w| w.stop_queue(i as u16)) {
             self.vrings[i].base = state.encode();
         }
         self.vrings[i].started = false;

@@ -131,18 +131,28 @@ impl PackedRing {
 
     /// Checks that the ring's parts lie in `mem` and are aligned for their fields.
     pub fn check_rings(&self, mem: &MemoryTable) -> Result<(), QueueError> {
-        let [desc, driver, device] = Self::part_lengths(self.size);
-        mem.check_range(self.addrs.desc, desc)?;
-        mem.check_range(self.addrs.avail, driver)?;
-        mem.check_range(self.addrs.used, device)?;
-        let aligned = self.addrs.desc.is_multiple_of(16)
-            && self.addrs.avail.is_multiple_of(4)
-            && self.addrs.used.is_multiple_of(4);
+        Self::check_placement(mem, self.size, &self.addrs)
+    }
+
+    /// Checks that a ring of `size` entries at `addrs` lies in `mem` and that its parts
+    /// are aligned for their fields (descriptor ring 16, event areas 4).
+    pub fn check_placement(
+        mem: &MemoryTable,
+        size: u16,
+        addrs: &RingAddrs,
+    ) -> Result<(), QueueError> {
+        let [desc, driver, device] = Self::part_lengths(size);
+        mem.check_range(addrs.desc, desc)?;
+        mem.check_range(addrs.avail, driver)?;
+        mem.check_range(addrs.used, device)?;
+        let aligned = addrs.desc.is_multiple_of(16)
+            && addrs.avail.is_multiple_of(4)
+            && addrs.used.is_multiple_of(4);
         if !aligned {
             return Err(QueueError::Misaligned {
-                desc: self.addrs.desc,
-                driver: self.addrs.avail,
-                device: self.addrs.used,
+                desc: addrs.desc,
+                driver: addrs.avail,
+                device: addrs.used,
             });
         }
         Ok(())

@@ -123,10 +123,30 @@ impl SplitRing {
 
     /// Checks that the three ring parts lie in `mem` (after a memory table change).
     pub fn check_rings(&self, mem: &MemoryTable) -> Result<(), QueueError> {
-        let [desc, avail, used] = Self::part_lengths(self.size);
-        mem.check_range(self.addrs.desc, desc)?;
-        mem.check_range(self.addrs.avail, avail)?;
-        mem.check_range(self.addrs.used, used)?;
+        Self::check_placement(mem, self.size, &self.addrs)
+    }
+
+    /// Checks that a ring of `size` entries at `addrs` lies in `mem` and that its parts
+    /// are aligned as the spec requires (descriptor table 16, avail ring 2, used ring 4).
+    pub fn check_placement(
+        mem: &MemoryTable,
+        size: u16,
+        addrs: &RingAddrs,
+    ) -> Result<(), QueueError> {
+        let [desc, avail, used] = Self::part_lengths(size);
+        mem.check_range(addrs.desc, desc)?;
+        mem.check_range(addrs.avail, avail)?;
+        mem.check_range(addrs.used, used)?;
+        let aligned = addrs.desc.is_multiple_of(16)
+            && addrs.avail.is_multiple_of(2)
+            && addrs.used.is_multiple_of(4);
+        if !aligned {
+            return Err(QueueError::Misaligned {
+                desc: addrs.desc,
+                driver: addrs.avail,
+                device: addrs.used,
+            });
+        }
         Ok(())
     }
 

@@ -213,6 +213,10 @@ impl Drop for Endpoint {
 
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
+/// The first wait before accepting again after an accept failed.
+const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(10);
+/// The longest wait between retries of a failing accept.
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 fn accept_or_shutdown(
     l: &UnixListener,
@@ -228,24 +232,37 @@ fn accept_or_shutdown(
     let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(io_err("creating waker", ""))?);
     shutdown.watch(&waker);
     let mut events = Events::with_capacity(4);
+    // After a failed accept (EMFILE, ENFILE, ENOBUFS...) the connection is still queued,
+    // and an edge-triggered poll would not report it again until another one arrives:
+    // retry on a timer instead, backing off from 10 ms to 1 s.
+    let mut retry: Option<Duration> = None;
     loop {
         if shutdown.is_triggered() {
             return Ok(None);
         }
         match l.accept() {
             Ok((s, _)) => {
+                if retry.is_some() {
+                    info!("accepting again");
+                }
                 s.set_nonblocking(false)
                     .map_err(io_err("configuring", "connection"))?;
                 return Ok(Some(s));
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => retry = None,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                // EMFILE and the like: log, wait for the next event rather than spin.
-                warn!("accept failed: {e}");
+                let next = match retry {
+                    None => {
+                        warn!("accept failed: {e}; retrying until it succeeds");
+                        ACCEPT_RETRY_FIRST
+                    }
+                    Some(t) => (t * 2).min(ACCEPT_RETRY_MAX),
+                };
+                retry = Some(next);
             }
         }
-        if let Err(e) = poll.poll(&mut events, None) {
+        if let Err(e) = poll.poll(&mut events, retry) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(io_err("polling", "listener")(e));
             }
