@@ -290,7 +290,7 @@ fn main() {
             }
         }
         type Runner = fn(&Mutex<Proc>, &Path, &Mutex<Healthy>, &Mutex<Healthy>);
-        let runners: [Runner; 2] = [panics::run, panics::run_fragile];
+        let runners: [Runner; 3] = [panics::run, panics::run_fragile, panics::run_stuck];
         for ((name, _), run) in panics::NAMES.iter().zip(runners) {
             if !selected(name) {
                 continue;

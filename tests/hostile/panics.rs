@@ -7,7 +7,11 @@ use std::sync::Mutex;
 
 use vhost_user_sync::frontend::{DriverQueue, FrontendMemory};
 
-use crate::hostile::{class, expect_closed, negotiated, wait_snapshot, Healthy, Proc, Snapshot, T};
+use vhost_user_sync::protocol::FrontendRequest as R;
+
+use crate::hostile::{
+    class, expect_closed, negotiated, state_body, wait_snapshot, Healthy, Proc, Snapshot, PLAIN, T,
+};
 
 pub const NAMES: &[(&str, &str)] = &[
     (
@@ -18,7 +22,66 @@ pub const NAMES: &[(&str, &str)] = &[
         "host-fragile::failed_worker_rebuild_closes_only_its_connection",
         class::REBUILD,
     ),
+    (
+        "host-stuck::stuck_device_ends_its_own_connection",
+        class::STUCK,
+    ),
 ];
+
+/// A worker blocked in device code: the request that waits for it (GET_VRING_BASE) ends
+/// the connection within the host's worker timeout, the listener serves the next
+/// frontend while the old worker is still blocked, the other devices carry traffic, and
+/// once released the old worker ends and everything it held is gone.
+pub fn run_stuck(proc: &Mutex<Proc>, dir: &Path, rng: &Mutex<Healthy>, net: &Mutex<Healthy>) {
+    let mut p = proc.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = p.pid();
+    let socket = dir.join("stuck.sock");
+    let pump = || {
+        rng.lock().unwrap_or_else(|e| e.into_inner()).pump();
+        net.lock().unwrap_or_else(|e| e.into_inner()).pump();
+    };
+    pump();
+    let base = p.idle.clone().unwrap_or_else(|| Snapshot::take(pid));
+    p.drain_log();
+    let mem = FrontendMemory::new(&[(0, 1 << 20)]).expect("memory");
+    let mut fe = negotiated(&socket);
+    fe.set_mem_table(&mem).expect("SET_MEM_TABLE");
+    let mut q = DriverQueue::new(&mem, 0, 16).expect("queue");
+    q.attach(&mut fe, &mem).expect("attach");
+    let buf = mem.alloc(64, 8).expect("alloc");
+    q.add(mem.table(), &[(buf, 64, true)]).expect("add");
+    q.kick_now().expect("kick");
+    // GET_VRING_BASE waits for the worker, which never answers: no reply comes, the
+    // connection is closed.
+    fe.send_raw(R::GET_VRING_BASE.number(), PLAIN, &state_body(0, 0), &[])
+        .expect("send");
+    expect_closed(&fe);
+    let line = p.wait_log(|l| l.contains("stuck: connection closed"), T);
+    assert!(
+        line.contains("did not stop a ring within"),
+        "the close does not say why: {line}"
+    );
+    pump();
+    // The listener accepts again, with the old worker still blocked.
+    let mut again = negotiated(&socket);
+    again.get_features().expect("a new frontend is served");
+    drop(again);
+    pump();
+    // Release the old worker: it finishes its chain on the closed connection and ends.
+    let mut w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(crate::host::stuck_fifo(dir))
+        .expect("open the FIFO");
+    std::io::Write::write_all(&mut w, b"x").expect("release");
+    drop(w);
+    p.wait_log(|l| l.contains("stuck: released"), T);
+    drop(fe);
+    // One more frontend: the listener's accept poll, made while the old worker still
+    // held its fds, is made again at the numbers it had before.
+    drop(negotiated(&socket));
+    wait_snapshot(pid, &base, T, "after the stuck worker was released");
+    p.assert_alive();
+}
 
 /// RESET_DEVICE whose worker rebuild fails: the frontend gets its NACK, the session
 /// (left without workers) is closed with the reason logged, and the listener and the

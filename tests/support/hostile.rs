@@ -972,6 +972,8 @@ pub mod class {
     pub const VALUES: &str = "values never offered (features, request numbers, header flags)";
     pub const PANIC: &str = "a device that panics (a bug in device code)";
     pub const ACCEPT: &str = "accept failing for want of file descriptors (EMFILE)";
+    pub const STUCK: &str =
+        "a device stuck in process_queue (a blocking call that does not return)";
     pub const REBUILD: &str = "a device whose workers cannot be rebuilt after RESET_DEVICE";
     pub const TRUNCATED: &str =
         "shared memory (guest regions, dirty log) truncated by the frontend after it was mapped";

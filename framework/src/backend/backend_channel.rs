@@ -13,6 +13,12 @@ use crate::sys::unix::{ConnectionError, SocketPlatformConnection};
 /// The socket the frontend gave for backend-initiated messages. Cloneable; device code
 /// may use it from any thread.
 ///
+/// [`Self::send`] (and [`Self::config_changed`]) never wait for the frontend: they ask
+/// for no ack and drop the message with an error when the frontend has stopped reading
+/// the channel, so a worker that announces a change is not held up by the frontend.
+/// [`Self::send_awaiting_ack`] waits for the frontend's answer and is for threads that may
+/// block (not a worker's `process_queue` or `handle_event`).
+///
 /// # Example
 /// ```no_run
 /// # fn f(channel: vhost_user_sync::backend::BackendChannel) {
@@ -28,8 +34,12 @@ pub struct BackendChannel {
 }
 
 impl BackendChannel {
-    /// How long [`BackendChannel::send`] waits for the frontend's ack.
+    /// How long [`BackendChannel::send_awaiting_ack`] waits for the frontend's ack.
     pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// How long [`BackendChannel::send`] waits for another thread's exchange on the
+    /// channel to finish before it gives up.
+    pub const BUSY_TIMEOUT: Duration = Duration::from_millis(20);
 
     pub(crate) fn new(conn: SocketPlatformConnection, reply_ack: bool) -> Self {
         BackendChannel {
@@ -39,11 +49,37 @@ impl BackendChannel {
         }
     }
 
+    /// Sends `request` with `body` without asking for an ack, and without waiting: an
+    /// error when the frontend has not read what it was sent before (the message is not
+    /// sent) or another thread is in [`Self::send_awaiting_ack`].
+    pub fn send(&self, request: BackendRequest, body: &[u8]) -> Result<(), ConnectionError> {
+        let conn = self
+            .conn
+            .try_lock_for(Self::BUSY_TIMEOUT)
+            .ok_or_else(|| busy(request, "another request is waiting for its ack"))?;
+        let mut header = Vec::with_capacity(12);
+        header.extend_from_slice(&request.number().to_ne_bytes());
+        header.extend_from_slice(&HeaderFlags::REQUEST.bits().to_ne_bytes());
+        header.extend_from_slice(&(body.len() as u32).to_ne_bytes());
+        if conn.try_send_message(&header, body)? {
+            Ok(())
+        } else {
+            Err(busy(
+                request,
+                "the frontend is not reading its backend channel",
+            ))
+        }
+    }
+
     /// Sends `request` with `body`; with REPLY_ACK negotiated waits for the ack (at most
     /// [`Self::REPLY_TIMEOUT`]) and returns its value (0 = success). A reply that is not the
     /// ack of this request, or none in time, is an error; the channel should then be
-    /// dropped (its framing can no longer be trusted).
-    pub fn send(&self, request: BackendRequest, body: &[u8]) -> Result<u64, ConnectionError> {
+    /// dropped (its framing can no longer be trusted). Blocks: not for a worker.
+    pub fn send_awaiting_ack(
+        &self,
+        request: BackendRequest,
+        body: &[u8],
+    ) -> Result<u64, ConnectionError> {
         let conn = self.conn.lock();
         let flags = if self.reply_ack {
             HeaderFlags::REQUEST.with_need_reply()
@@ -93,10 +129,19 @@ impl BackendChannel {
         Ok(u64::from_ne_bytes(bytes))
     }
 
-    /// Tells the frontend that the config space changed (CONFIG_CHANGE_MSG).
-    pub fn config_changed(&self) -> Result<u64, ConnectionError> {
+    /// Tells the frontend that the config space changed (CONFIG_CHANGE_MSG), without
+    /// waiting (see [`Self::send`]).
+    pub fn config_changed(&self) -> Result<(), ConnectionError> {
         self.send(BackendRequest::CONFIG_CHANGE_MSG, &[])
     }
+}
+
+/// The error of a [`BackendChannel::send`] that could not go out now.
+fn busy(request: BackendRequest, why: &str) -> ConnectionError {
+    ConnectionError::SocketRetry(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        format!("{} not sent: {why}", request.name()),
+    ))
 }
 
 #[cfg(test)]
@@ -122,19 +167,55 @@ mod tests {
         });
     }
 
+    const CHANGE: BackendRequest = BackendRequest::CONFIG_CHANGE_MSG;
+
     #[test]
     fn the_ack_of_the_request_is_returned() {
         let (ch, fe) = pair(Duration::from_secs(10));
-        let n = BackendRequest::CONFIG_CHANGE_MSG.number();
-        answer(fe, n, HeaderFlags::REPLY_FLAGS, 0u64.to_ne_bytes().to_vec());
-        assert_eq!(ch.config_changed().expect("ack"), 0);
+        answer(
+            fe,
+            CHANGE.number(),
+            HeaderFlags::REPLY_FLAGS,
+            0u64.to_ne_bytes().to_vec(),
+        );
+        assert_eq!(ch.send_awaiting_ack(CHANGE, &[]).expect("ack"), 0);
     }
 
     #[test]
     fn a_frontend_that_never_answers_times_out() {
         let (ch, _fe) = pair(Duration::from_millis(50));
-        let e = ch.config_changed().expect_err("no answer");
+        let e = ch.send_awaiting_ack(CHANGE, &[]).expect_err("no answer");
         assert!(e.to_string().contains("no reply to"), "{e}");
+    }
+
+    #[test]
+    fn send_asks_for_no_ack_even_with_reply_ack() {
+        let (ch, fe) = pair(Duration::from_secs(10));
+        ch.config_changed().expect("sent");
+        let got = read_message(&fe, true).expect("read").expect("message");
+        assert_eq!(got.header.request, CHANGE.number());
+        assert!(!got.header.flags.need_reply());
+    }
+
+    #[test]
+    fn send_gives_up_at_once_on_a_frontend_that_stopped_reading() {
+        let (ch, fe) = pair(Duration::from_secs(10));
+        // Fill the socket: the frontend reads nothing.
+        let body = [0u8; 200];
+        let mut sent = 0usize;
+        let e = loop {
+            match ch.send(CHANGE, &body) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(sent > 0);
+        assert!(e.to_string().contains("not reading"), "{e}");
+        // Every message that went out is whole: the frontend reads them all in step.
+        for _ in 0..sent {
+            let m = read_message(&fe, true).expect("read").expect("message");
+            assert_eq!(m.body.len(), body.len());
+        }
     }
 
     #[test]
@@ -149,7 +230,7 @@ mod tests {
             let (ch, fe) = pair(Duration::from_secs(10));
             answer(fe, request, flags, vec![0; len]);
             assert!(
-                ch.config_changed().is_err(),
+                ch.send_awaiting_ack(CHANGE, &[]).is_err(),
                 "request {request} flags {:#x} body {len}",
                 flags.bits()
             );

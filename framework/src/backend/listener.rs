@@ -98,6 +98,14 @@ impl VhostUserListener {
         self
     }
 
+    /// Every connection gives up on a worker that has not carried out a command (or
+    /// exited) within `time`: a device stuck in `process_queue` ends its own connection
+    /// (see [`ServeOptions::worker_timeout`]).
+    pub fn with_worker_timeout(mut self, time: Duration) -> Self {
+        self.options.worker_timeout = Some(time);
+        self
+    }
+
     /// The socket path this listener created, if any.
     pub fn path(&self) -> Option<&Path> {
         self.endpoint.path()

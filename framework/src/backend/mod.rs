@@ -22,3 +22,4 @@ pub use listener_error::ListenerError;
 pub use request_error::RequestError;
 pub use serve_options::ServeOptions;
 pub use session::{FRAMEWORK_PROTOCOL_FEATURES, TRANSPORT_FEATURES};
+pub use worker::WorkerStuck;

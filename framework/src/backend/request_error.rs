@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+use super::WorkerStuck;
 use crate::device::DeviceError;
 use crate::memory::MemoryError;
 use crate::protocol::ProtocolError;
@@ -92,12 +93,19 @@ pub enum RequestError {
         /// Why (the device's `create_worker`, or the thread spawn).
         source: std::io::Error,
     },
+    /// A worker did not carry out a command in time (device code is stuck): the
+    /// connection is closed.
+    #[error(transparent)]
+    WorkerStuck(#[from] WorkerStuck),
 }
 
 impl RequestError {
     /// Whether the session cannot go on after this refusal: the connection is closed
     /// once the frontend has been answered.
     pub fn ends_connection(&self) -> bool {
-        matches!(self, RequestError::NoWorkers { .. })
+        matches!(
+            self,
+            RequestError::NoWorkers { .. } | RequestError::WorkerStuck(_)
+        )
     }
 }

@@ -65,10 +65,28 @@ pub(crate) enum WorkerCommand {
 
 /// The connection thread's handle on one worker thread.
 pub(crate) struct WorkerHandle {
+    name: String,
     tx: Sender<WorkerCommand>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
     alive: Arc<AtomicBool>,
+    /// Disconnected when the thread ends (its sender is dropped there).
+    exited: Receiver<()>,
+    /// How long to wait for an answer, or for the thread to end.
+    timeout: Duration,
+}
+
+/// A worker that did not answer a command in time: device code is stuck (a blocking
+/// call that does not return). The connection is closed.
+#[derive(Debug, thiserror::Error)]
+#[error("{worker} did not {what} within {waited:?}: device code is stuck")]
+pub struct WorkerStuck {
+    /// The worker thread's name.
+    pub worker: String,
+    /// What it was asked to do.
+    pub what: &'static str,
+    /// How long it was waited for.
+    pub waited: Duration,
 }
 
 /// Set by a worker that died (device panic) so the connection thread closes.
@@ -87,6 +105,7 @@ impl WorkerHandle {
         mem: Arc<MemoryTable>,
         failure: Arc<FailureSignal>,
         busy_poll: Duration,
+        timeout: Duration,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
@@ -96,9 +115,12 @@ impl WorkerHandle {
         let (tx, rx) = crossbeam_channel::unbounded();
         let alive = Arc::new(AtomicBool::new(true));
         let alive2 = alive.clone();
+        let (exit_tx, exited) = bounded::<()>(1);
+        let thread_name = name.clone();
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
+                let _exit = exit_tx;
                 let mut state = WorkerState {
                     name: name.clone(),
                     worker,
@@ -122,11 +144,28 @@ impl WorkerHandle {
                 }
             })?;
         Ok(WorkerHandle {
+            name: thread_name,
             tx,
             waker,
             thread: Some(thread),
             alive,
+            exited,
+            timeout,
         })
+    }
+
+    /// Waits for the answer to a command sent with [`Self::send`]; a worker that ended
+    /// meanwhile (its reply sender dropped) is an answer of `None`.
+    fn answer<T>(&self, rx: &Receiver<T>, what: &'static str) -> Result<Option<T>, WorkerStuck> {
+        match rx.recv_timeout(self.timeout) {
+            Ok(v) => Ok(Some(v)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Ok(None),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(WorkerStuck {
+                worker: self.name.clone(),
+                what,
+                waited: self.timeout,
+            }),
+        }
     }
 
     /// Sends a command; false if the worker is gone.
@@ -137,44 +176,55 @@ impl WorkerHandle {
         self.waker.wake().is_ok()
     }
 
-    /// Stops a queue and waits for where it resumes.
-    pub(crate) fn stop_queue(&self, index: u16) -> Option<RingState> {
+    /// Stops a queue and waits (bounded) for where it resumes.
+    pub(crate) fn stop_queue(&self, index: u16) -> Result<Option<RingState>, WorkerStuck> {
         let (reply, rx) = bounded(1);
         if !self.send(WorkerCommand::Stop { index, reply }) {
-            return None;
+            return Ok(None);
         }
-        rx.recv().ok().flatten()
+        Ok(self.answer(&rx, "stop a ring")?.flatten())
     }
 
     /// Enables or disables a queue; returns once the worker applies it, so that a
     /// frontend that is told the ring is disabled can post buffers it will not see.
-    pub(crate) fn set_enabled(&self, index: u16, enabled: bool) {
+    pub(crate) fn set_enabled(&self, index: u16, enabled: bool) -> Result<(), WorkerStuck> {
         let (done, rx) = bounded(1);
         if self.send(WorkerCommand::Enable {
             index,
             enabled,
             done,
         }) {
-            let _ = rx.recv();
+            self.answer(&rx, "enable or disable a ring")?;
         }
+        Ok(())
     }
 
     /// Switches dirty logging; returns once the worker applies it.
-    pub(crate) fn set_log(&self, log: Option<Arc<DirtyLog>>, rings: Vec<(u16, Option<u64>)>) {
+    pub(crate) fn set_log(
+        &self,
+        log: Option<Arc<DirtyLog>>,
+        rings: Vec<(u16, Option<u64>)>,
+    ) -> Result<(), WorkerStuck> {
         let (done, rx) = bounded(1);
         if self.send(WorkerCommand::SetLog { log, rings, done }) {
-            let _ = rx.recv();
+            self.answer(&rx, "switch dirty logging")?;
         }
+        Ok(())
     }
 
     /// Switches the worker to `mem`; returns once it no longer uses the old table.
-    pub(crate) fn set_memory(&self, mem: Arc<MemoryTable>, rings: Vec<(u16, RingAddrs)>) {
+    pub(crate) fn set_memory(
+        &self,
+        mem: Arc<MemoryTable>,
+        rings: Vec<(u16, RingAddrs)>,
+    ) -> Result<(), WorkerStuck> {
         let (done, rx) = bounded(1);
         if self.send(WorkerCommand::SetMemory { mem, rings, done }) {
-            // A worker that dies meanwhile drops `done`: recv returns and its old
-            // table is gone with it.
-            let _ = rx.recv();
+            // A worker that dies meanwhile drops `done`: the answer is `None` and its
+            // old table is gone with it.
+            self.answer(&rx, "switch to the new memory table")?;
         }
+        Ok(())
     }
 }
 
@@ -184,8 +234,22 @@ impl Drop for WorkerHandle {
         let (tx, _) = crossbeam_channel::unbounded();
         drop(std::mem::replace(&mut self.tx, tx));
         let _ = self.waker.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let Some(t) = self.thread.take() else {
+            return;
+        };
+        match self.exited.recv_timeout(self.timeout) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                // Device code blocked in a call that does not return: the connection
+                // is closed without it. The thread ends, dropping its device state and
+                // memory, when the call returns (it finds its channel closed).
+                error!(
+                    "{}: did not stop within {:?}; left to end on its own when device code returns",
+                    self.name, self.timeout
+                );
+            }
+            _ => {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -564,6 +628,9 @@ mod tests {
         UseFirstHoldRest,
         /// Panics in `process_queue`.
         Panic,
+        /// Blocks in `process_queue` until the test releases it (a read on a source
+        /// that never answers).
+        Block,
     }
 
     /// What the worker saw, in order.
@@ -571,6 +638,7 @@ mod tests {
     enum Seen {
         Running(u16, bool),
         Popped(u16),
+        Blocked,
     }
 
     struct TestWorker {
@@ -578,6 +646,7 @@ mod tests {
         held: Vec<DescriptorChain>,
         used_one: bool,
         seen: Sender<Seen>,
+        release: Option<Receiver<()>>,
         _alive: Arc<()>,
     }
 
@@ -585,6 +654,10 @@ mod tests {
         fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError> {
             if self.mode == Mode::Panic {
                 panic!("device bug");
+            }
+            if let Some(release) = &self.release {
+                let _ = self.seen.send(Seen::Blocked);
+                let _ = release.recv();
             }
             while let Some(chain) = queue.pop() {
                 let _ = self.seen.send(Seen::Popped(chain.id()));
@@ -667,6 +740,10 @@ mod tests {
     }
 
     fn spawn(mode: Mode) -> Setup {
+        spawn_with(mode, T, None)
+    }
+
+    fn spawn_with(mode: Mode, timeout: Duration, release: Option<Receiver<()>>) -> Setup {
         let mem = memory();
         let (tx, seen) = crossbeam_channel::unbounded();
         let alive = Arc::new(());
@@ -675,6 +752,7 @@ mod tests {
             held: Vec::new(),
             used_one: false,
             seen: tx,
+            release,
             _alive: alive.clone(),
         };
         let failure_poll = Poll::new().unwrap();
@@ -688,6 +766,7 @@ mod tests {
             mem.clone(),
             failure.clone(),
             Duration::ZERO,
+            timeout,
         )
         .unwrap();
         Setup {
@@ -745,14 +824,14 @@ mod tests {
             assert_eq!(s.next_seen(), Seen::Popped(id));
         }
         assert_eq!(
-            s.handle.stop_queue(0),
+            s.handle.stop_queue(0).unwrap(),
             Some(RingState::Split { next_avail: 1 })
         );
         assert_eq!(s.next_seen(), Seen::Running(0, false));
         assert_eq!(used_idx(&s.mem), 1);
         // A queue that is not running has no state to give.
-        assert_eq!(s.handle.stop_queue(0), None);
-        assert_eq!(s.handle.stop_queue(200), None);
+        assert_eq!(s.handle.stop_queue(0).unwrap(), None);
+        assert_eq!(s.handle.stop_queue(200).unwrap(), None);
     }
 
     #[test]
@@ -763,16 +842,53 @@ mod tests {
         offer(&s.mem, &[4]);
         signal(&s.kick);
         // A command round trip: the kick, written before it, was handled first.
-        s.handle.set_log(None, Vec::new());
+        s.handle.set_log(None, Vec::new()).unwrap();
         assert_eq!(used_idx(&s.mem), 0, "a disabled queue was processed");
         assert!(matches!(
             s.seen.try_recv(),
             Err(crossbeam_channel::TryRecvError::Empty)
         ));
-        s.handle.set_enabled(0, true);
+        s.handle.set_enabled(0, true).unwrap();
         assert!(wait_signalled(&s.call));
         assert_eq!(s.next_seen(), Seen::Popped(4));
         assert_eq!(used_idx(&s.mem), 1);
+    }
+
+    #[test]
+    fn a_stuck_device_is_given_up_and_ends_once_released() {
+        let (release, blocked) = bounded::<()>(1);
+        let s = spawn_with(Mode::Block, Duration::from_millis(100), Some(blocked));
+        s.start(true);
+        assert_eq!(s.next_seen(), Seen::Running(0, true));
+        offer(&s.mem, &[0]);
+        signal(&s.kick);
+        assert_eq!(s.next_seen(), Seen::Blocked);
+        // The worker cannot answer: the wait ends with an error, not a hang.
+        let e = s.handle.stop_queue(0).expect_err("a stuck worker answered");
+        assert_eq!(e.what, "stop a ring");
+        assert!(e.to_string().contains("test-worker"), "{e}");
+        let e = s.handle.set_log(None, Vec::new()).expect_err("answered");
+        assert_eq!(e.what, "switch dirty logging");
+        // Dropping the handle gives up on joining it...
+        let Setup {
+            handle,
+            seen,
+            alive,
+            ..
+        } = s;
+        drop(handle);
+        assert!(
+            Arc::strong_count(&alive) > 1,
+            "the stuck device was dropped"
+        );
+        // ...and once device code returns, the thread ends and drops the device.
+        release.send(()).unwrap();
+        while seen.recv_timeout(T).is_ok() {}
+        let deadline = Instant::now() + T;
+        while Arc::strong_count(&alive) > 1 {
+            assert!(Instant::now() < deadline, "the released worker did not end");
+            std::thread::yield_now();
+        }
     }
 
     #[test]
@@ -797,7 +913,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the worker still takes commands");
             std::thread::yield_now();
         }
-        assert_eq!(s.handle.stop_queue(0), None);
+        assert_eq!(s.handle.stop_queue(0).unwrap(), None);
         assert!(matches!(
             s.seen.recv_timeout(T),
             Err(RecvTimeoutError::Disconnected)

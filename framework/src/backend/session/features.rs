@@ -26,11 +26,11 @@ impl<D: Device> Session<D> {
         self.acked_features = features;
         self.device.set_features(features);
         if logging_changed {
-            self.push_log_state();
+            self.push_log_state()?;
         }
         if features & virtio::PROTOCOL_FEATURES == 0 {
             for i in 0..self.vrings.len() {
-                self.set_enabled(i, true);
+                self.set_enabled(i, true)?;
             }
         }
         debug!("{}: features acked {features:#x}", self.info.name);

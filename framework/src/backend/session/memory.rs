@@ -76,7 +76,7 @@ impl<D: Device> Session<D> {
             base.mmap_offset,
             Some(self.notice.clone()),
         )?));
-        self.push_log_state();
+        self.push_log_state()?;
         u64_reply(0)
     }
 
@@ -103,7 +103,7 @@ impl<D: Device> Session<D> {
     }
 
     /// Tells every worker whether to log and where each running ring logs its used ring.
-    pub(super) fn push_log_state(&mut self) {
+    pub(super) fn push_log_state(&mut self) -> Result<()> {
         let log = self.active_log();
         let mut per_worker: Vec<Vec<(u16, Option<u64>)>> = vec![Vec::new(); self.workers.len()];
         for i in 0..self.vrings.len() {
@@ -112,8 +112,9 @@ impl<D: Device> Session<D> {
             }
         }
         for (w, rings) in self.workers.iter().zip(per_worker) {
-            w.set_log(log.clone(), rings);
+            w.set_log(log.clone(), rings)?;
         }
+        Ok(())
     }
 
     /// Sends a new table to every worker and waits until each has switched; the old
@@ -146,7 +147,7 @@ impl<D: Device> Session<D> {
         }
         let mem = Arc::new(mem);
         for (w, rings) in self.workers.iter().zip(per_worker) {
-            w.set_memory(mem.clone(), rings);
+            w.set_memory(mem.clone(), rings)?;
         }
         self.mem = mem;
         Ok(())

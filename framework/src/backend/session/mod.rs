@@ -74,6 +74,8 @@ pub(crate) struct Session<D: Device> {
     failure: Arc<FailureSignal>,
     /// Signalled when a mapping of this connection's files faults (see `FaultGuard`).
     notice: Arc<FaultNotice>,
+    /// How long to wait for a worker (`ServeOptions::worker_timeout`).
+    worker_timeout: std::time::Duration,
 }
 
 type Result<T> = std::result::Result<T, RequestError>;
@@ -100,7 +102,8 @@ impl<D: Device> Session<D> {
             offered_protocol = P::from_bits(offered_protocol.bits() & !P::CONFIG.bits());
         }
         let mem = Arc::new(MemoryTable::watched(notice.clone()));
-        let workers = spawn_workers(&mut device, &info, &mem, &failure)?;
+        let worker_timeout = options.worker_timeout();
+        let workers = spawn_workers(&mut device, &info, &mem, &failure, worker_timeout)?;
         let vrings = (0..info.num_queues)
             .map(|_| VringConfig::default())
             .collect();
@@ -120,6 +123,7 @@ impl<D: Device> Session<D> {
             workers,
             failure,
             notice,
+            worker_timeout,
         })
     }
 

@@ -63,7 +63,7 @@ impl<D: Device> Session<D> {
                 });
             }
             self.vrings[i].addr = Some(addr);
-            self.push_log_state();
+            self.push_log_state()?;
             return Ok(Reply::Done);
         }
         // A refused SET_VRING_ADDR leaves the ring without addresses, not with old ones.
@@ -108,7 +108,7 @@ impl<D: Device> Session<D> {
         self.need_owner(req)?;
         let s = VringState::decode(name, body)?;
         let i = self.ring(req, s.index)?;
-        self.stop_ring(i);
+        self.stop_ring(i)?;
         Ok(Reply::Body(
             VringState {
                 index: s.index,
@@ -190,17 +190,18 @@ impl<D: Device> Session<D> {
                 value: s.num.into(),
             });
         }
-        self.set_enabled(i, s.num == 1);
+        self.set_enabled(i, s.num == 1)?;
         Ok(Reply::Done)
     }
 
-    pub(super) fn set_enabled(&mut self, i: usize, enabled: bool) {
+    pub(super) fn set_enabled(&mut self, i: usize, enabled: bool) -> Result<()> {
         self.vrings[i].enabled = enabled;
         if self.vrings[i].started {
             if let Some(w) = self.worker_for(i) {
-                w.set_enabled(i as u16, enabled);
+                w.set_enabled(i as u16, enabled)?;
             }
         }
+        Ok(())
     }
 
     /// Ring `i`'s guest-physical addresses in `mem`, checked for its size and layout.
@@ -233,7 +234,7 @@ impl<D: Device> Session<D> {
 
     pub(super) fn start_ring(&mut self, i: usize, kick: File) -> Result<()> {
         if self.vrings[i].started {
-            self.stop_ring(i);
+            self.stop_ring(i)?;
         }
         let name = R::SET_VRING_KICK.name();
         if self.mem.is_empty() {
@@ -286,11 +287,17 @@ impl<D: Device> Session<D> {
         Ok(())
     }
 
-    pub(super) fn stop_ring(&mut self, i: usize) {
+    /// Stops ring `i` on its worker and keeps where it resumes. A worker that does not
+    /// answer in time is an error that ends the connection.
+    pub(super) fn stop_ring(&mut self, i: usize) -> Result<()> {
         if !self.vrings[i].started {
-            return;
+            return Ok(());
         }
-        if let Some(state) = self.worker_for(i).and_then(|w| w.stop_queue(i as u16)) {
+        let stopped = match self.worker_for(i) {
+            Some(w) => w.stop_queue(i as u16)?,
+            None => None,
+        };
+        if let Some(state) = stopped {
             self.vrings[i].base = state.encode();
         }
         self.vrings[i].started = false;
@@ -298,6 +305,7 @@ impl<D: Device> Session<D> {
             "{}: ring {i} stopped at {:#x}",
             self.info.name, self.vrings[i].base
         );
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The device's workers: spawned per connection, rebuilt after a reset.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Result, Session};
 use crate::backend::vring_config::VringConfig;
@@ -14,7 +15,7 @@ impl<D: Device> Session<D> {
     /// RESET_DEVICE: rings stopped and forgotten, features cleared, fresh workers.
     pub(super) fn reset(&mut self, req: R) -> Result<()> {
         for i in 0..self.vrings.len() {
-            self.stop_ring(i);
+            self.stop_ring(i)?;
         }
         self.workers.clear();
         self.vrings
@@ -24,11 +25,17 @@ impl<D: Device> Session<D> {
         self.status = 0;
         self.device.reset();
         // Without workers the session is not consistent: the error ends the connection.
-        self.workers = spawn_workers(&mut self.device, &self.info, &self.mem, &self.failure)
-            .map_err(|source| RequestError::NoWorkers {
-                request: req.name(),
-                source,
-            })?;
+        self.workers = spawn_workers(
+            &mut self.device,
+            &self.info,
+            &self.mem,
+            &self.failure,
+            self.worker_timeout,
+        )
+        .map_err(|source| RequestError::NoWorkers {
+            request: req.name(),
+            source,
+        })?;
         Ok(())
     }
 
@@ -51,6 +58,7 @@ pub(super) fn spawn_workers<D: Device>(
     info: &DeviceInfo,
     mem: &Arc<MemoryTable>,
     failure: &Arc<FailureSignal>,
+    timeout: Duration,
 ) -> std::io::Result<Vec<WorkerHandle>> {
     (0..device.worker_count().max(1))
         .map(|i| {
@@ -61,6 +69,7 @@ pub(super) fn spawn_workers<D: Device>(
                 mem.clone(),
                 failure.clone(),
                 info.busy_poll,
+                timeout,
             )
         })
         .collect()

@@ -182,6 +182,46 @@ impl SocketPlatformConnection {
         self.send_iovec_all(&mut [hdr, body, payload], fds)
     }
 
+    /// Sends one message (no fds) if the socket has room for it now: `Ok(false)`, with
+    /// nothing sent, when the peer has not drained what it was sent before. A message
+    /// the socket takes only in part is finished as [`Self::send_message`] would, so
+    /// the framing holds either way.
+    ///
+    /// # Example
+    /// ```
+    /// use std::os::unix::net::UnixStream;
+    /// use vhost_user_sync::sys::unix::SocketPlatformConnection;
+    /// let (a, _b) = UnixStream::pair().unwrap();
+    /// let a = SocketPlatformConnection::new(a).unwrap();
+    /// assert!(a.try_send_message(b"head", b"body").unwrap());
+    /// ```
+    pub fn try_send_message(&self, hdr: &[u8], body: &[u8]) -> Result<bool, ConnectionError> {
+        let slices = [IoSlice::new(hdr), IoSlice::new(body)];
+        loop {
+            match sendmsg::<()>(
+                self.sock.as_raw_fd(),
+                &slices,
+                &[],
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                None,
+            ) {
+                Ok(n) if n == hdr.len() + body.len() => return Ok(true),
+                Ok(n) => {
+                    let (h, b) = if n < hdr.len() {
+                        (&hdr[n..], body)
+                    } else {
+                        (&[][..], &body[n - hdr.len()..])
+                    };
+                    self.send_iovec_all(&mut [h, b], None)?;
+                    return Ok(true);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(false),
+                Err(e) => return Err(ConnectionError::from_errno(e)),
+            }
+        }
+    }
+
     /// Waits until the socket has something to read (or the peer closed it) or
     /// `deadline` passes; returns false on time-out.
     ///
