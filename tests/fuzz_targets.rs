@@ -22,6 +22,8 @@ mod messages;
 mod net_hdr;
 #[path = "../fuzz/targets/packed_walk.rs"]
 mod packed_walk;
+#[path = "../fuzz/targets/session.rs"]
+mod session;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -66,6 +68,12 @@ const TARGETS: &[Target] = &[
         run: packed_walk::run,
         generate: gen_packed_walk,
         count: 3000,
+    },
+    Target {
+        name: "session",
+        run: session::run,
+        generate: gen_session,
+        count: 400,
     },
     Target {
         name: "net_hdr",
@@ -187,6 +195,16 @@ fn memory_table_target() {
 #[test]
 fn chain_walk_target() {
     check_target("chain_walk");
+}
+
+#[test]
+fn packed_walk_target() {
+    check_target("packed_walk");
+}
+
+#[test]
+fn session_target() {
+    check_target("session");
 }
 
 #[test]
@@ -920,4 +938,98 @@ fn gen_blk_request(rng: &mut Rng) -> Vec<u8> {
     }
     mutate(rng, &mut out);
     out
+}
+
+// ---- session --------------------------------------------------------------------
+
+/// A frontend's script: usually negotiation, a memory table and a ring placed in it with
+/// a chain posted and kicked, then a few steps of any kind (truncation, stops, resets,
+/// logs, raw messages), then a few bytes changed.
+fn gen_session(rng: &mut Rng) -> Vec<u8> {
+    use session::*;
+    let mut s = vec![rng.below(2) as u8];
+    if rng.chance(240) {
+        s.push(OP_NEGOTIATE);
+        for _ in 0..2 {
+            let mask = if rng.chance(200) {
+                u64::MAX
+            } else {
+                rng.next()
+            };
+            s.extend(mask.to_le_bytes());
+        }
+    }
+    if rng.chance(230) {
+        s.extend([OP_MEM_TABLE, 0, 15, rng.pick(&[0, 0, 0, 3]), 0]);
+    }
+    // rng has one queue, net three (rx, tx, control).
+    let ring = if s[0] == 0 {
+        rng.pick(&[0u8, 0, 0, 0, 1])
+    } else {
+        rng.pick(&[0u8, 1, 1, 2, 3])
+    };
+    if rng.chance(220) {
+        let size: u16 = rng.pick(&[8, 16, 16, 256, 0, 3, 0x8000]);
+        let (d, a, u): (u16, u16, u16) = if rng.chance(200) {
+            (0, 0x1000, 0x2000)
+        } else {
+            (rng.next() as u16, rng.next() as u16, rng.next() as u16)
+        };
+        s.extend([OP_RING, ring]);
+        s.extend(size.to_le_bytes());
+        s.extend(d.to_le_bytes());
+        s.extend(a.to_le_bytes());
+        s.extend(u.to_le_bytes());
+        s.extend(rng.pick(&[0u16, 0, 5, 0xffff]).to_le_bytes());
+        s.push(0);
+        // One chain: a 64-byte buffer, device-writable or not, then the avail entry.
+        let mut desc = Descriptor {
+            addr: rng.pick(&[0x4000u64, 0x4000, 0xfff0, 0x10_0000]),
+            len: rng.pick(&[64u32, 64, 0, 0x10_0000]),
+            flags: rng.pick(&[Descriptor::F_WRITE, 0, Descriptor::F_NEXT]),
+            next: 0,
+        };
+        if rng.chance(20) {
+            desc.flags |= Descriptor::F_INDIRECT;
+        }
+        let mut bytes = desc.addr.to_le_bytes().to_vec();
+        bytes.extend(desc.len.to_le_bytes());
+        bytes.extend(desc.flags.to_le_bytes());
+        bytes.extend(desc.next.to_le_bytes());
+        s.extend([OP_POKE, 0]);
+        s.extend(d.to_le_bytes());
+        s.push(bytes.len() as u8);
+        s.extend(bytes);
+        s.extend([OP_POKE, 0]);
+        s.extend(a.to_le_bytes());
+        s.extend([6, 0, 0, 1, 0, 0, 0]);
+        s.extend([OP_KICK, ring]);
+    }
+    for _ in 0..rng.below(6) {
+        match rng.below(10) {
+            0 => s.extend([OP_TRUNCATE, 0, rng.below(3) as u8, OP_KICK, ring]),
+            1 => s.extend([OP_GET_BASE, rng.pick(&[ring, ring, 4, 0xff])]),
+            2 => s.push(OP_RESET),
+            3 => s.extend([OP_LOG, rng.next() as u8, rng.next() as u8]),
+            4 => s.extend([
+                OP_CONFIG,
+                rng.below(16) as u8,
+                rng.pick(&[4u8, 6, 8, 0, 255]),
+            ]),
+            5 => s.extend([OP_ENABLE, ring, rng.below(3) as u8]),
+            6 => s.extend([OP_ADD_REGION, 3, 0, rng.below(4) as u8]),
+            7 => s.extend([OP_REMOVE_REGION, 0]),
+            8 => s.extend([OP_MEM_TABLE, 1, 7, 0, 1, 7, 0, 2]),
+            _ => {
+                let len = rng.pick(&[0u8, 4, 8, 12, 40, 200]);
+                s.extend([OP_RAW, rng.below(52) as u8, rng.next() as u8, len]);
+                s.extend(rng.bytes(len as usize));
+                let n = rng.below(3) as u8;
+                s.push(n);
+                s.extend(rng.bytes(n as usize));
+            }
+        }
+    }
+    mutate(rng, &mut s);
+    s
 }

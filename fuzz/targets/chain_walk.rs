@@ -394,7 +394,9 @@ fn queue(mem: &MemoryTable, p: &[u8]) {
         && in_image(addrs.desc, 16 * n)
         && in_image(addrs.avail, 6 + 2 * n)
         && in_image(addrs.used, 6 + 8 * n)
-        && addrs.used.is_multiple_of(2);
+        && addrs.desc.is_multiple_of(16)
+        && addrs.avail.is_multiple_of(2)
+        && addrs.used.is_multiple_of(4);
     let state = RingState::Split { next_avail: base };
     let ring = match Ring::new(mem, size, addrs, state, event_idx, indirect) {
         Ok(r) => {
