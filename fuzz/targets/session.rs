@@ -417,8 +417,9 @@ impl Frontend {
 /// shares (other mappings come and go with the allocator).
 fn resources() -> (usize, usize, usize) {
     let count = |dir: &str| std::fs::read_dir(dir).map_or(0, |d| d.count());
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map_or(0, |m| m.lines().filter(|l| l.contains("memfd:fuzz-")).count());
+    let maps = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| {
+        m.lines().filter(|l| l.contains("memfd:fuzz-")).count()
+    });
     (count("/proc/self/fd"), count("/proc/self/task"), maps)
 }
 

@@ -44,7 +44,8 @@ impl DirtyLog {
         Self::map_watched(file, size, offset, None)
     }
 
-    /// [`Self::map`], with a fault in the mapping signalled on `notice`.
+    /// [`Self::map`], with a fault in the mapping signalled on `notice`. With a notice,
+    /// a mapping that cannot be guarded is refused ([`MemoryError::Unguarded`]).
     pub fn map_watched(
         file: File,
         size: u64,
@@ -75,10 +76,14 @@ impl DirtyLog {
                 size,
                 source: std::io::Error::other(e.to_string()),
             })?;
+        let watched = notice.is_some();
         // SAFETY: `map` is one whole mapping owned by this log and unmapped only after the
         // guard (declared first) drops; the log is only ever or-ed into, so zeroes after a
         // fault do no harm here.
         let guard = unsafe { FaultGuard::new(map.as_ptr(), map.size(), notice) };
+        if watched && guard.is_none() {
+            return Err(MemoryError::Unguarded { size: need });
+        }
         Ok(DirtyLog {
             guard,
             map,

@@ -80,6 +80,14 @@ pub enum MemoryError {
         /// Frontend address.
         uaddr: u64,
     },
+    /// A mapping whose faults a connection watches could not be guarded (the process
+    /// guards [`MAX_GUARDED`](crate::sys::unix::MAX_GUARDED) at once): mapped unguarded,
+    /// a frontend truncating the file could end the process, so it is refused.
+    #[error("shared memory of {size:#x} bytes cannot be guarded against truncation (too many guarded mappings)")]
+    Unguarded {
+        /// The mapping's size.
+        size: u64,
+    },
     /// A guest memory access failed.
     #[error("guest memory access failed: {0}")]
     Access(String),

@@ -46,7 +46,8 @@ impl GuestRegion {
         Self::map_watched(desc, file, None)
     }
 
-    /// [`Self::map`], with a fault in the mapping signalled on `notice`.
+    /// [`Self::map`], with a fault in the mapping signalled on `notice`. With a notice,
+    /// a mapping that cannot be guarded is refused ([`MemoryError::Unguarded`]).
     pub fn map_watched(
         desc: MemoryRegionDesc,
         file: File,
@@ -81,10 +82,14 @@ impl GuestRegion {
                 size: need,
                 source: std::io::Error::other(e.to_string()),
             })?;
+        let watched = notice.is_some();
         // SAFETY: `map` is one whole mapping that this region owns and unmaps only after
         // the guard (declared first) has dropped; device code reads guest memory as
         // untrusted bytes, so zeroes after a fault are acceptable.
         let guard = unsafe { FaultGuard::new(map.as_ptr(), map.size(), notice) };
+        if watched && guard.is_none() {
+            return Err(MemoryError::Unguarded { size: need });
+        }
         Ok(GuestRegion { desc, guard, map })
     }
 

@@ -27,8 +27,9 @@ use nix::libc;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 /// How many mappings can be guarded at once in a process (each frontend connection
-/// holds one per memory region, plus its log). Beyond this, mappings are made unguarded
-/// and a warning is logged.
+/// holds one per memory region, plus its log). Beyond this a connection's new mappings
+/// are refused (`MemoryError::Unguarded`); mappings nobody watches are made unguarded,
+/// with a warning.
 pub const MAX_GUARDED: usize = 4096;
 
 const FREE: u8 = 0;
@@ -381,11 +382,64 @@ mod tests {
     fn slots_are_reused_after_the_guard_drops() {
         let file = memfd(0x1000);
         let region = map(&file, 0x1000);
+        // One at a time, more than there are slots: each drop frees its slot.
         for _ in 0..(MAX_GUARDED + 10) {
             // SAFETY: `region` outlives each guard.
             let g = unsafe { FaultGuard::new(region.as_ptr(), region.size(), None) };
             assert!(g.is_some());
         }
+    }
+
+    /// Run in a child process by the test below (it takes every slot of the process).
+    #[test]
+    #[ignore = "run by a_watched_mapping_that_cannot_be_guarded_is_refused in a child process"]
+    fn child_fills_every_slot() {
+        if std::env::var_os("VHU_FAULT_CHILD").is_none() {
+            return;
+        }
+        let file = memfd(0x1000);
+        let region = map(&file, 0x1000);
+        let guards: Vec<FaultGuard> = (0..MAX_GUARDED)
+            // SAFETY: `region` outlives every guard.
+            .map(|_| unsafe { FaultGuard::new(region.as_ptr(), region.size(), None) })
+            .collect::<Option<_>>()
+            .expect("a free slot");
+        let desc = crate::protocol::payload::MemoryRegionDesc {
+            guest_phys_addr: 0,
+            memory_size: 0x1000,
+            userspace_addr: 0,
+            mmap_offset: 0,
+        };
+        let notice = FaultNotice::new().expect("notice");
+        let watched = crate::memory::GuestRegion::map_watched(desc, memfd(0x1000), Some(notice));
+        assert!(
+            matches!(
+                watched,
+                Err(crate::memory::MemoryError::Unguarded { size: 0x1000 })
+            ),
+            "{watched:?}"
+        );
+        // Nobody watches a plain mapping: it is made, unguarded.
+        assert!(crate::memory::GuestRegion::map(desc, memfd(0x1000)).is_ok());
+        drop(guards);
+        let notice = FaultNotice::new().expect("notice");
+        assert!(crate::memory::GuestRegion::map_watched(desc, memfd(0x1000), Some(notice)).is_ok());
+    }
+
+    fn run_child(test: &str) -> std::process::ExitStatus {
+        std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["--exact", test, "--ignored", "--test-threads=1"])
+            .env("VHU_FAULT_CHILD", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("child")
+    }
+
+    #[test]
+    fn a_watched_mapping_that_cannot_be_guarded_is_refused() {
+        let status = run_child("sys::unix::fault_guard::tests::child_fills_every_slot");
+        assert!(status.success(), "{status:?}");
     }
 
     /// Run in a child process by the test below: a fault outside any guarded mapping.
@@ -411,18 +465,8 @@ mod tests {
     #[test]
     fn an_unguarded_fault_still_ends_the_process() {
         use std::os::unix::process::ExitStatusExt;
-        let status = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args([
-                "--exact",
-                "sys::unix::fault_guard::tests::child_faults_outside_the_guarded_mappings",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env("VHU_FAULT_CHILD", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("child");
+        let status =
+            run_child("sys::unix::fault_guard::tests::child_faults_outside_the_guarded_mappings");
         assert_eq!(status.signal(), Some(libc::SIGBUS), "{status:?}");
     }
 }
