@@ -31,6 +31,12 @@ pub struct ListenArgs {
     #[arg(long, default_value_t = 0, value_name = "US",
           value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll_us: u64,
+    /// Give a device up when a worker has not answered the connection for this many
+    /// milliseconds (device code stuck in a blocking call): that connection is closed
+    /// and the next frontend is served.
+    #[arg(long, default_value_t = 10_000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub worker_timeout_ms: u64,
     /// Print the backend's capabilities as JSON and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -136,7 +142,9 @@ pub fn listener(
 
 /// The settings every listener of the program shares.
 fn configure(l: VhostUserListener, args: &ListenArgs, shutdown: &Shutdown) -> VhostUserListener {
-    let l = l.with_shutdown(shutdown.clone());
+    let l = l
+        .with_shutdown(shutdown.clone())
+        .with_worker_timeout(Duration::from_millis(args.worker_timeout_ms));
     if args.busy_poll_us > 0 {
         l.with_busy_poll(Duration::from_micros(args.busy_poll_us))
     } else {

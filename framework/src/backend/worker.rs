@@ -129,6 +129,7 @@ impl WorkerHandle {
                     poll,
                     busy_poll,
                     busy_until: None,
+                    pending: Vec::new(),
                 };
                 let result = catch_unwind(AssertUnwindSafe(|| state.run(&rx)));
                 alive2.store(false, Ordering::Release);
@@ -264,6 +265,9 @@ struct WorkerState<W> {
     busy_poll: Duration,
     /// While polling: when the polling period ends unless more work comes.
     busy_until: Option<Instant>,
+    /// Queues whose last run stopped with work left: run again on the next pass of the
+    /// loop, after the commands.
+    pending: Vec<u16>,
 }
 
 /// Ring passes with work in a row before the worker looks at its fds and commands again
@@ -274,8 +278,13 @@ impl<W: QueueWorker> WorkerState<W> {
     fn run(&mut self, rx: &Receiver<WorkerCommand>) {
         let mut events = Events::with_capacity(64);
         loop {
-            // While polling the rings, only look for events; otherwise sleep until one.
-            let timeout = self.busy_until.map(|_| Duration::ZERO);
+            // While polling the rings, or with queues owed a run, only look for events;
+            // otherwise sleep until one.
+            let timeout = if self.busy_until.is_some() || !self.pending.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                None
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -304,6 +313,9 @@ impl<W: QueueWorker> WorkerState<W> {
                         return;
                     }
                 }
+            }
+            for index in std::mem::take(&mut self.pending) {
+                self.kicked(index);
             }
             self.spin();
         }
@@ -492,7 +504,11 @@ impl<W: QueueWorker> WorkerState<W> {
         if !q.is_live() {
             return false;
         }
-        process(&self.name, worker, q, mem, polling)
+        let ran = process(&self.name, worker, q, mem, polling);
+        if ran.more && !self.pending.contains(&index) {
+            self.pending.push(index);
+        }
+        ran.polled
     }
 
     fn device_event(&mut self, token: usize) {
@@ -521,17 +537,26 @@ fn process<W: QueueWorker>(
     q: &mut Virtqueue,
     mem: &MemoryTable,
     polling: bool,
-) -> bool {
+) -> Processed {
     let index = q.index();
     let mut idle_round = false;
     let mut polled = false;
-    loop {
+    let mut more = false;
+    for round in 0.. {
+        if round == ROUNDS_PER_RUN {
+            // Work keeps coming: leave notifications off and come back after the
+            // commands and the other queues.
+            more = true;
+            break;
+        }
         if let Err(e) = q.disable_notification(mem) {
             q.set_broken(e);
             break;
         }
         let before = q.taken();
-        let result = worker.process_queue(&mut Queue::new(q, mem));
+        let mut queue = Queue::new(q, mem);
+        let result = worker.process_queue(&mut queue);
+        let spent = queue.budget_spent;
         if let Err(e) = result {
             log_device_error(name, index, &e);
         }
@@ -546,6 +571,11 @@ fn process<W: QueueWorker>(
             polled = true;
             break;
         }
+        if spent {
+            // A ring's worth in one call: the ring is not dry, and the device is owed
+            // another call without waiting for a kick.
+            continue;
+        }
         match q.enable_notification(mem) {
             Ok(true) if progress || !idle_round => {
                 idle_round = !progress;
@@ -559,8 +589,24 @@ fn process<W: QueueWorker>(
         }
     }
     q.signal(mem);
-    polled && q.broken().is_none()
+    Processed {
+        polled: polled && q.broken().is_none(),
+        more: more && q.broken().is_none(),
+    }
 }
+
+/// How a run of [`process`] ended.
+struct Processed {
+    /// Chains were taken and the worker is polling (notifications left off).
+    polled: bool,
+    /// The run stopped with work left ([`ROUNDS_PER_RUN`] rounds had work): the queue
+    /// must be run again without a kick.
+    more: bool,
+}
+
+/// Calls of the device per run of a queue before the worker sees to its commands and
+/// events again (each call takes at most a ring's worth of chains).
+const ROUNDS_PER_RUN: u32 = 4;
 
 fn log_device_error(name: &str, index: u16, e: &DeviceError) {
     warn!("{name}: queue {index}: {e}");
@@ -582,11 +628,15 @@ impl QueueAccess for QueueSet<'_> {
         if !q.is_live() {
             return;
         }
-        let ran_dry = {
+        let (ran_dry, spent) = {
             let mut queue = Queue::new(q, self.mem);
             f(&mut queue);
-            queue.ran_dry
+            (queue.ran_dry, queue.budget_spent)
         };
+        if spent && !self.refilled.contains(&index) {
+            // The device took a ring's worth: more may be waiting.
+            self.refilled.push(index);
+        }
         // Chains taken here, outside `process`, leave the point at which the guest
         // kicks behind (with EVENT_IDX, avail_event stays where the last `process` put
         // it): once the device has emptied the ring, the guest would refill it without
@@ -631,6 +681,9 @@ mod tests {
         /// Blocks in `process_queue` until the test releases it (a read on a source
         /// that never answers).
         Block,
+        /// Uses every chain and offers it again at once, as buffers that overlap the
+        /// avail ring make the device's own writes do: the ring never runs dry.
+        Feed,
     }
 
     /// What the worker saw, in order.
@@ -660,6 +713,11 @@ mod tests {
                 let _ = release.recv();
             }
             while let Some(chain) = queue.pop() {
+                if self.mode == Mode::Feed {
+                    queue.add_used(&chain, 8)?;
+                    offer(queue.mem(), &[chain.id()]);
+                    continue;
+                }
                 let _ = self.seen.send(Seen::Popped(chain.id()));
                 if self.mode == Mode::Use || !self.used_one {
                     self.used_one = true;
@@ -852,6 +910,20 @@ mod tests {
         assert!(wait_signalled(&s.call));
         assert_eq!(s.next_seen(), Seen::Popped(4));
         assert_eq!(used_idx(&s.mem), 1);
+    }
+
+    #[test]
+    fn a_ring_that_never_runs_dry_does_not_keep_the_worker_from_its_commands() {
+        let s = spawn_with(Mode::Feed, Duration::from_secs(2), None);
+        s.start(true);
+        assert_eq!(s.next_seen(), Seen::Running(0, true));
+        offer(&s.mem, &[0, 1, 2]);
+        signal(&s.kick);
+        // Every chain the device uses comes back at once; the worker still answers.
+        s.handle.set_log(None, Vec::new()).expect("the worker answers");
+        let state = s.handle.stop_queue(0).expect("the worker answers");
+        assert!(state.is_some());
+        assert_eq!(s.next_seen(), Seen::Running(0, false));
     }
 
     #[test]

@@ -32,14 +32,25 @@ pub struct Queue<'a> {
     pub(crate) mem: &'a MemoryTable,
     /// `pop` found the ring empty.
     pub(crate) ran_dry: bool,
+    /// Chains this loan may still hand out: a ring's worth. A driver that refills as fast
+    /// as the device takes (or buffers that overlap the avail ring, which the device's
+    /// own writes refill) would otherwise keep device code in one call for ever, and the
+    /// worker could not answer the connection.
+    budget: u32,
+    /// `pop` returned `None` because the budget was spent, not because the ring is empty:
+    /// the worker runs the queue again after it has looked at its commands and events.
+    pub(crate) budget_spent: bool,
 }
 
 impl<'a> Queue<'a> {
     pub(crate) fn new(vq: &'a mut Virtqueue, mem: &'a MemoryTable) -> Self {
+        let budget = u32::from(vq.size()).max(1);
         Queue {
             vq,
             mem,
             ran_dry: false,
+            budget,
+            budget_spent: false,
         }
     }
 
@@ -71,7 +82,9 @@ impl<'a> Queue<'a> {
 
     /// The next chain, or `None` when the ring is empty or broken (a broken ring is
     /// logged, reported to the frontend and stays stopped until restarted). Chains the
-    /// device handed back come first.
+    /// device handed back come first. One call of the device takes at most a ring's worth
+    /// of chains; after that `pop` says `None` and the framework calls the device again
+    /// soon, once the worker has seen to its commands and other events.
     pub fn pop(&mut self) -> Option<DescriptorChain> {
         let mut chain = DescriptorChain::start(0);
         self.pop_into(&mut chain).then_some(chain)
@@ -80,8 +93,15 @@ impl<'a> Queue<'a> {
     /// Pops into `chain` (replacing it); whether a chain was taken.
     #[inline]
     fn pop_into(&mut self, chain: &mut DescriptorChain) -> bool {
+        if self.budget == 0 {
+            self.budget_spent = true;
+            return false;
+        }
         match self.vq.pop_into(self.mem, chain) {
-            Ok(true) => true,
+            Ok(true) => {
+                self.budget -= 1;
+                true
+            }
             Ok(false) => {
                 self.ran_dry = true;
                 false
