@@ -920,7 +920,9 @@ mod tests {
         offer(&s.mem, &[0, 1, 2]);
         signal(&s.kick);
         // Every chain the device uses comes back at once; the worker still answers.
-        s.handle.set_log(None, Vec::new()).expect("the worker answers");
+        s.handle
+            .set_log(None, Vec::new())
+            .expect("the worker answers");
         let state = s.handle.stop_queue(0).expect("the worker answers");
         assert!(state.is_some());
         assert_eq!(s.next_seen(), Seen::Running(0, false));

@@ -141,21 +141,7 @@ impl PackedRing {
         size: u16,
         addrs: &RingAddrs,
     ) -> Result<(), QueueError> {
-        let [desc, driver, device] = Self::part_lengths(size);
-        mem.check_range(addrs.desc, desc)?;
-        mem.check_range(addrs.avail, driver)?;
-        mem.check_range(addrs.used, device)?;
-        let aligned = addrs.desc.is_multiple_of(16)
-            && addrs.avail.is_multiple_of(4)
-            && addrs.used.is_multiple_of(4);
-        if !aligned {
-            return Err(QueueError::Misaligned {
-                desc: addrs.desc,
-                driver: addrs.avail,
-                device: addrs.used,
-            });
-        }
-        Ok(())
+        addrs.check_parts(mem, Self::part_lengths(size), [16, 4, 4])
     }
 
     /// Points the ring at new addresses (the same ring after a memory table change).

@@ -24,6 +24,34 @@ pub struct RingAddrs {
     pub used: u64,
 }
 
+impl RingAddrs {
+    /// Checks that the three parts, `lengths` bytes long, lie in `mem` and are aligned to
+    /// `aligns` (powers of two), in the order descriptors, driver part, device part.
+    pub(crate) fn check_parts(
+        &self,
+        mem: &MemoryTable,
+        lengths: [u64; 3],
+        aligns: [u64; 3],
+    ) -> Result<(), QueueError> {
+        let parts = [self.desc, self.avail, self.used];
+        for (at, len) in parts.into_iter().zip(lengths) {
+            mem.check_range(at, len)?;
+        }
+        if parts
+            .into_iter()
+            .zip(aligns)
+            .any(|(at, a)| !at.is_multiple_of(a))
+        {
+            return Err(QueueError::Misaligned {
+                desc: self.desc,
+                driver: self.avail,
+                device: self.used,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The device's side of a split ring: where it is in the avail and used rings, and what
 /// it last signalled.
 ///
@@ -133,21 +161,7 @@ impl SplitRing {
         size: u16,
         addrs: &RingAddrs,
     ) -> Result<(), QueueError> {
-        let [desc, avail, used] = Self::part_lengths(size);
-        mem.check_range(addrs.desc, desc)?;
-        mem.check_range(addrs.avail, avail)?;
-        mem.check_range(addrs.used, used)?;
-        let aligned = addrs.desc.is_multiple_of(16)
-            && addrs.avail.is_multiple_of(2)
-            && addrs.used.is_multiple_of(4);
-        if !aligned {
-            return Err(QueueError::Misaligned {
-                desc: addrs.desc,
-                driver: addrs.avail,
-                device: addrs.used,
-            });
-        }
-        Ok(())
+        addrs.check_parts(mem, Self::part_lengths(size), [16, 2, 4])
     }
 
     /// Points the ring at new addresses (the same ring after a memory table change).
