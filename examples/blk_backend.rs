@@ -22,6 +22,15 @@ use vhost_user_sync_blk::{BlkConfig, BlkDevice, BlkMetrics, DiskImage, DiskOptio
 const DEFAULT_SOCKET: &str = "/tmp/vhost-user-blk.sock";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Lock {
+    /// Refuse to start when another program writes the image, and keep others from
+    /// writing it while serving.
+    On,
+    /// No lock.
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Flush {
     /// Writeback cache: writes complete in the host page cache, FLUSH makes them durable.
     On,
@@ -48,6 +57,11 @@ struct Args {
     /// Serve the image read-only.
     #[arg(long)]
     read_only: bool,
+    /// Lock the image against a second writer (QEMU's lock bytes, seen by
+    /// qemu-storage-daemon, QEMU and qemu-img). `off` for an image shared on purpose,
+    /// such as shared storage during a migration between two backends.
+    #[arg(long, value_enum, default_value = "on")]
+    lock: Lock,
     /// Cache mode offered at start (the guest may switch it).
     #[arg(long, value_enum, default_value = "on")]
     flush: Flush,
@@ -81,14 +95,20 @@ fn main() {
     let options = DiskOptions {
         read_only: args.read_only,
         direct: args.direct,
+        skip_lock: args.lock == Lock::Off,
     };
     let disk = Arc::new(DiskImage::open(image, options).unwrap_or_else(|e| fail(e)));
     log::info!(
-        "serving {image}: {} sectors, {}-byte blocks{}{}",
+        "serving {image}: {} sectors, {}-byte blocks{}{}{}",
         disk.capacity(),
         disk.block_size(),
         if args.read_only { ", read-only" } else { "" },
-        if args.direct { ", O_DIRECT" } else { "" }
+        if args.direct { ", O_DIRECT" } else { "" },
+        if args.lock == Lock::Off {
+            ", unlocked"
+        } else {
+            ""
+        }
     );
     let config = BlkConfig {
         num_queues: args.queues,

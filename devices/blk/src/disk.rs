@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use nix::fcntl::{fallocate, FallocateFlags};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
+use crate::image_lock::lock_image;
 use crate::request::SECTOR_SIZE;
 
 /// How to open the image.
@@ -24,6 +25,10 @@ pub struct DiskOptions {
     pub read_only: bool,
     /// Bypass the host page cache (`O_DIRECT`).
     pub direct: bool,
+    /// Leave the image unlocked (see [`crate::image_lock`]): for an image that is shared
+    /// on purpose, such as two backends on shared storage during a migration. By default
+    /// the image is locked and a second writer is refused.
+    pub skip_lock: bool,
 }
 
 /// An open disk image, shared by every connection and worker (reads and writes are
@@ -61,7 +66,9 @@ nix::ioctl_read!(blk_get_size64, 0x12, 114, u64);
 nix::ioctl_read_bad!(blk_sector_size, 0x1268, nix::libc::c_int);
 
 impl DiskImage {
-    /// Opens the image at `path`.
+    /// Opens the image at `path` and, unless `options.skip_lock`, locks it against a
+    /// second writer (an image in use fails with [`io::ErrorKind::ResourceBusy`] and a
+    /// message naming it).
     pub fn open(path: impl AsRef<Path>, options: DiskOptions) -> io::Result<Self> {
         let path = path.as_ref();
         let mut open = OpenOptions::new();
@@ -72,6 +79,9 @@ impl DiskImage {
         let file = open.open(path).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
         })?;
+        if !options.skip_lock {
+            lock_image(&file, path, options.read_only)?;
+        }
         let block_device = file.metadata()?.file_type().is_block_device();
         let (block_size, memory_align) = if options.direct {
             direct_alignment(&file, block_device)?

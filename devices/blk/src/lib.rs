@@ -8,6 +8,7 @@
 pub mod device;
 pub mod disk;
 pub mod features;
+pub mod image_lock;
 pub mod metrics;
 pub mod persistence;
 pub mod request;
