@@ -17,9 +17,18 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use vhost_user_sync::backend::Shutdown;
-use vhost_user_sync_blk::{BlkConfig, BlkDevice, BlkMetrics, DiskImage, DiskOptions};
+use vhost_user_sync_blk::{Aio, BlkConfig, BlkDevice, BlkMetrics, DiskImage, DiskOptions};
 
 const DEFAULT_SOCKET: &str = "/tmp/vhost-user-blk.sock";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AioArg {
+    /// One io_uring per worker.
+    #[value(name = "io-uring", alias = "io_uring")]
+    IoUring,
+    /// Blocking preadv/pwritev.
+    Sync,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Lock {
@@ -65,6 +74,11 @@ struct Args {
     /// Cache mode offered at start (the guest may switch it).
     #[arg(long, value_enum, default_value = "on")]
     flush: Flush,
+    /// How requests reach the image: io_uring (requests in flight, completed out of
+    /// order; falls back to sync, with a log line, where the kernel has no io_uring)
+    /// or sync (one blocking request at a time per worker).
+    #[arg(long, value_enum, default_value = "io-uring")]
+    aio: AioArg,
     /// Request queues.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     queues: u16,
@@ -110,11 +124,22 @@ fn main() {
             ""
         }
     );
+    match (args.aio, vhost_user_sync_blk::probe_io_uring()) {
+        (AioArg::IoUring, Ok(())) => log::info!("requests through io_uring"),
+        (AioArg::IoUring, Err(e)) => {
+            log::warn!("io_uring is not available ({e}): synchronous I/O")
+        }
+        (AioArg::Sync, _) => log::info!("requests done synchronously (--aio sync)"),
+    }
     let config = BlkConfig {
         num_queues: args.queues,
         worker_per_queue: args.worker_per_queue,
         writeback: args.flush == Flush::On,
         serial: args.serial.clone(),
+        aio: match args.aio {
+            AioArg::IoUring => Aio::IoUring,
+            AioArg::Sync => Aio::Sync,
+        },
         ..BlkConfig::default()
     };
     if args.listen.socket_count > 1 && !args.read_only {

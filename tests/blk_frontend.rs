@@ -34,6 +34,47 @@ fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 9)) as u8
 }
 
+thread_local! {
+    /// The engine the tests on this thread ask for (`--aio`).
+    static AIO: std::cell::Cell<&'static str> = const { std::cell::Cell::new("io-uring") };
+}
+
+/// Runs `test` with `blk_backend --aio aio`.
+fn with_aio(aio: &'static str, test: fn()) {
+    AIO.with(|a| a.set(aio));
+    test();
+}
+
+/// Every test below runs once per engine: `<name>::io_uring` and `<name>::sync`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn io_uring() {
+                    super::with_aio("io-uring", super::$name);
+                }
+                #[test]
+                fn sync() {
+                    super::with_aio("sync", super::$name);
+                }
+            }
+        )*
+    };
+}
+
+on_both_engines!(
+    features_and_config_space,
+    read_only_disks_offer_ro_and_refuse_writes,
+    reads_and_writes_go_to_the_image,
+    flush_get_id_discard_and_write_zeroes,
+    malformed_requests_complete_with_an_error_and_touch_nothing,
+    direct_io_handles_unaligned_guest_buffers,
+    every_queue_serves_requests_with_a_worker_each,
+    a_resized_image_is_announced_to_every_device_on_it,
+    a_full_ring_of_requests_in_flight_completes_and_stops_consistent,
+);
+
 fn start(args: &[&str]) -> Disk {
     let dir = TempDir::new("blk-image");
     let image = dir.path().join("disk.img");
@@ -46,7 +87,19 @@ fn start(args: &[&str]) -> Disk {
         "disk-serial-42",
     ];
     all.extend_from_slice(args);
+    let aio = AIO.with(|a| a.get());
+    all.extend_from_slice(&["--aio", aio]);
     let be = BackendProcess::start("blk_backend", &all);
+    // The engine asked for is the one used: no silent fallback.
+    let engine = match aio {
+        "sync" => "requests done synchronously",
+        _ => "requests through io_uring",
+    };
+    assert!(
+        be.startup.iter().any(|l| l.contains(engine)),
+        "blk_backend did not log {engine:?}: {:?}",
+        be.startup
+    );
     Disk {
         be,
         image,
@@ -196,7 +249,6 @@ const OK: u8 = Status::Ok as u8;
 const IOERR: u8 = Status::IoErr as u8;
 const UNSUPP: u8 = Status::Unsupp as u8;
 
-#[test]
 fn features_and_config_space() {
     let disk = start(&["--queues", "2"]);
     let mut fe = Frontend::connect(&disk.be.socket).unwrap();
@@ -262,7 +314,6 @@ fn config_body(offset: u32, data: &[u8]) -> Vec<u8> {
     b
 }
 
-#[test]
 fn read_only_disks_offer_ro_and_refuse_writes() {
     let disk = start(&["--read-only"]);
     let mut b = connect(&disk, u64::MAX, 1);
@@ -277,7 +328,6 @@ fn read_only_disks_offer_ro_and_refuse_writes() {
     assert_eq!((r.status(), r.data()), (OK, &disk.file_bytes(0, 512)[..]));
 }
 
-#[test]
 fn reads_and_writes_go_to_the_image() {
     let disk = start(&[]);
     let mut b = connect(&disk, u64::MAX, 1);
@@ -335,7 +385,6 @@ fn reads_and_writes_go_to_the_image() {
     assert_eq!(&got[..512], &disk.file_bytes(1024, 512)[..]);
 }
 
-#[test]
 fn flush_get_id_discard_and_write_zeroes() {
     let disk = start(&[]);
     let mut b = connect(&disk, u64::MAX, 1);
@@ -374,7 +423,6 @@ fn flush_get_id_discard_and_write_zeroes() {
     assert_eq!((r.status(), r.data()), (OK, &[0u8; 512][..]));
 }
 
-#[test]
 fn malformed_requests_complete_with_an_error_and_touch_nothing() {
     let disk = start(&[]);
     let mut b = connect(&disk, u64::MAX, 1);
@@ -458,7 +506,6 @@ fn malformed_requests_complete_with_an_error_and_touch_nothing() {
     );
 }
 
-#[test]
 fn direct_io_handles_unaligned_guest_buffers() {
     let disk = start(&["--direct"]);
     let mut b = connect(&disk, u64::MAX, 1);
@@ -488,7 +535,6 @@ fn direct_io_handles_unaligned_guest_buffers() {
     assert!(line.contains(" 2 bounced"), "{line}");
 }
 
-#[test]
 fn every_queue_serves_requests_with_a_worker_each() {
     let disk = start(&["--queues", "4", "--worker-per-queue"]);
     let mut b = connect(&disk, u64::MAX, 4);
@@ -505,7 +551,6 @@ fn every_queue_serves_requests_with_a_worker_each() {
     }
 }
 
-#[test]
 fn a_resized_image_is_announced_to_every_device_on_it() {
     // Two devices (two sockets of one process) serve the same image.
     let disk = start(&["--socket-count", "2", "--read-only"]);
@@ -553,4 +598,81 @@ fn a_resized_image_is_announced_to_every_device_on_it() {
         assert_eq!((r.status(), r.data()), (OK, &[0u8; 512][..]));
     }
     disk.be.wait_log("resized", T);
+}
+
+/// 40 requests (reads and writes of 64 KiB, three descriptors each, O_DIRECT on the
+/// disk the image is on, so they take the disk's time) posted with one kick: all in
+/// flight at once on the io_uring engine. Once the first is used the ring is stopped:
+/// GET_VRING_BASE must wait for the rest, so the frontend finds all 40 used, each read
+/// with the image's data, each write in the image, and the base at 40. Twelve rounds,
+/// each on a new connection, so that some stop finds requests still in the kernel.
+fn a_full_ring_of_requests_in_flight_completes_and_stops_consistent() {
+    const N: u64 = 40;
+    const LEN: usize = 64 << 10;
+    let disk = start(&["--direct"]);
+    for round in 0..12u64 {
+        let mut b = connect(&disk, u64::MAX, 1);
+        let mem = b.mem.table().clone();
+        // head -> (is write, sector, data gpa, status gpa, data written)
+        let mut posted = std::collections::HashMap::new();
+        for i in 0..N {
+            let write = (i + round) % 2 == 1;
+            let sector = i * (LEN as u64 / 512);
+            let header = RequestHeader {
+                kind: if write { kind::OUT } else { kind::IN },
+                reserved: 0,
+                sector,
+            }
+            .to_bytes();
+            let h = b.buf(&header, 0);
+            let data: Vec<u8> = if write {
+                (0..LEN)
+                    .map(|k| (k as u64 ^ i ^ round) as u8 ^ 0xa5)
+                    .collect()
+            } else {
+                vec![0xee; LEN]
+            };
+            let d = b.buf(&data, 0);
+            let s = b.buf(&[0xee], 0);
+            let head = b.queues[0]
+                .add(
+                    &mem,
+                    &[(h, 16, false), (d, LEN as u32, !write), (s, 1, true)],
+                )
+                .unwrap();
+            posted.insert(head, (write, sector, d, s, data));
+        }
+        b.queues[0].kick(&mem).unwrap();
+        let first = b.queues[0].wait_used(&mem, T).unwrap();
+        assert_eq!(
+            b.fe.get_vring_base(0).unwrap(),
+            N as u32,
+            "round {round}: every request was taken"
+        );
+        let mut used = vec![first];
+        while let Some(u) = b.queues[0].pop_used(&mem).unwrap() {
+            used.push(u);
+        }
+        assert_eq!(
+            used.len(),
+            N as usize,
+            "round {round}: all used before GET_VRING_BASE answered"
+        );
+        for u in used {
+            let (write, sector, d, s, data) = posted.remove(&u.id).expect("a posted head, once");
+            let mut status = [0u8];
+            mem.read(s, &mut status).unwrap();
+            assert_eq!(status[0], OK, "round {round}: request at sector {sector}");
+            let on_disk = disk.file_bytes(sector * 512, LEN);
+            if write {
+                assert_eq!(u.len, 1);
+                assert!(on_disk == data, "round {round}: write at sector {sector}");
+            } else {
+                assert_eq!(u.len, LEN as u32 + 1);
+                let mut got = vec![0u8; LEN];
+                mem.read(d, &mut got).unwrap();
+                assert!(got == on_disk, "round {round}: read at sector {sector}");
+            }
+        }
+    }
 }

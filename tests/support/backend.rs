@@ -15,6 +15,8 @@ pub struct BackendProcess {
     pub socket: PathBuf,
     /// Log lines the program printed (stderr), as they arrive.
     pub log: mpsc::Receiver<String>,
+    /// The lines it printed up to and including "listening on".
+    pub startup: Vec<String>,
     _dir: TempDir,
 }
 
@@ -162,13 +164,14 @@ impl BackendProcess {
                 }
             }
         });
-        let p = BackendProcess {
+        let mut p = BackendProcess {
             child,
             socket,
             log: rx,
+            startup: Vec::new(),
             _dir: dir,
         };
-        p.wait_log("listening on", Duration::from_secs(30));
+        p.startup = p.log_until("listening on", Duration::from_secs(30));
         p
     }
 

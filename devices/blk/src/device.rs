@@ -42,6 +42,20 @@ pub struct BlkConfig {
     pub serial: String,
     /// Largest queue size accepted.
     pub max_queue_size: u16,
+    /// How requests reach the image.
+    pub aio: Aio,
+}
+
+/// How a block device's requests reach the image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Aio {
+    /// Reads, writes and flushes go to the kernel through one io_uring per worker and
+    /// complete out of order, up to a queue's depth in flight; where io_uring is not
+    /// available the worker says so in the log and runs [`Aio::Sync`].
+    #[default]
+    IoUring,
+    /// One blocking `preadv`/`pwritev`/`fdatasync` per request, in ring order.
+    Sync,
 }
 
 impl Default for BlkConfig {
@@ -52,6 +66,7 @@ impl Default for BlkConfig {
             writeback: true,
             serial: "vhost-user-sync".to_string(),
             max_queue_size: 1024,
+            aio: Aio::default(),
         }
     }
 }
@@ -229,7 +244,7 @@ impl Device for BlkDevice {
     }
 
     fn create_worker(&mut self, index: usize) -> io::Result<BlkWorker> {
-        let worker = BlkWorker::new(self.shared.clone());
+        let worker = BlkWorker::new(self.shared.clone(), self.config.aio);
         // Worker 0 also watches the image for a resize.
         if index == 0 {
             return worker.with_resize_watch();

@@ -12,8 +12,10 @@ pub mod image_lock;
 pub mod metrics;
 pub mod persistence;
 pub mod request;
+mod uring;
 pub mod worker;
 
-pub use device::{BlkConfig, BlkDevice};
+pub use device::{Aio, BlkConfig, BlkDevice};
 pub use disk::{DiskImage, DiskOptions};
 pub use metrics::BlkMetrics;
+pub use uring::probe_io_uring;

@@ -1,6 +1,9 @@
-//! Queue events: each request is parsed, checked and done straight between guest memory
-//! and the image (`preadv`/`pwritev` on the chain's buffers), then completed with its
-//! status byte. Worker 0 also watches the image for a resize.
+//! Queue events: each request is parsed and checked, then done straight between guest
+//! memory and the image: through the worker's io_uring (reads, writes and flushes,
+//! completed out of order when the kernel answers; the engine is in `uring.rs`) or with a
+//! blocking `preadv`/`pwritev` (the synchronous engine, and requests the ring does not
+//! take: unaligned `O_DIRECT` buffers, discard, write-zeroes, GET_ID), then completed
+//! with its status byte. Worker 0 also watches the image for a resize.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
@@ -12,11 +15,12 @@ use vhost_user_sync::device::{DeviceError, FdRegistry, Queue, QueueWorker, Queue
 use vhost_user_sync::memory::MemoryTable;
 use vhost_user_sync::queue::{ChainReader, ChainWriter, DescriptorChain};
 
-use crate::device::Shared;
+use crate::device::{Aio, Shared};
 use crate::request::{
     Limits, Request, RequestError, RequestHeader, Segment, Status, HEADER_SIZE, ID_BYTES,
     SECTOR_SIZE, SEGMENT_SIZE,
 };
+use crate::uring::{Finished, Op, UringEngine};
 
 /// Bytes moved per step when guest buffers must go through an aligned copy.
 const BOUNCE_SIZE: usize = 1 << 20;
@@ -24,6 +28,8 @@ const BOUNCE_SIZE: usize = 1 << 20;
 const RESIZE_WATCH_TOKEN: usize = 0;
 /// Device fd token of this connection's resize news.
 const RESIZE_KICK_TOKEN: usize = 1;
+/// Device fd token of the io_uring's completions.
+const URING_TOKEN: usize = 2;
 
 /// Why a checked request failed on the host.
 #[derive(Debug, Error)]
@@ -86,6 +92,8 @@ pub struct BlkWorker {
     /// use).
     bounce: Vec<u8>,
     resize: Option<ResizeWatch>,
+    /// The io_uring engine (None: every request is done synchronously).
+    uring: Option<UringEngine>,
 }
 
 #[derive(Debug)]
@@ -97,12 +105,28 @@ struct ResizeWatch {
 }
 
 impl BlkWorker {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, aio: Aio) -> Self {
+        let uring = match aio {
+            Aio::Sync => None,
+            Aio::IoUring => match UringEngine::new() {
+                Ok(engine) => Some(engine),
+                Err(e) => {
+                    log::warn!("blk: io_uring is not available ({e}): synchronous I/O");
+                    None
+                }
+            },
+        };
         BlkWorker {
             shared,
             bounce: Vec::new(),
             resize: None,
+            uring,
         }
+    }
+
+    /// Whether requests go through io_uring.
+    pub fn uses_io_uring(&self) -> bool {
+        self.uring.is_some()
     }
 
     /// Also follows the image's size: when another program resizes it, the capacity is
@@ -117,6 +141,35 @@ impl BlkWorker {
             kick,
         });
         Ok(self)
+    }
+
+    /// The io_uring answered: use every finished request on its queue (one call per
+    /// queue, so the guest is signalled once per batch). A queue that is not running
+    /// (disabled) keeps its requests until it runs again.
+    fn completions(&mut self, queues: &mut Queues<'_>) {
+        let Some(engine) = &mut self.uring else {
+            return;
+        };
+        let mut finished = engine.completions();
+        finished.sort_by_key(|(q, _)| *q);
+        let mut rest = finished.into_iter().peekable();
+        while let Some((index, first)) = rest.next() {
+            let mut batch = vec![first];
+            while let Some((_, f)) = rest.next_if(|(q, _)| *q == index) {
+                batch.push(f);
+            }
+            let mut left = Some(batch);
+            queues.with_queue(index, |q| {
+                if let Some(batch) = left.take() {
+                    self.use_finished(q, batch);
+                }
+            });
+            if let (Some(batch), Some(engine)) = (left, &mut self.uring) {
+                for f in batch {
+                    engine.put_back(index, f);
+                }
+            }
+        }
     }
 
     /// The image's watch fired here (every connection's worker 0 watches it, and only
@@ -157,7 +210,156 @@ impl BlkWorker {
 
     /// Does one request and writes its status; returns the used length.
     fn complete(&mut self, chain: &DescriptorChain, mem: &MemoryTable, limits: &Limits) -> u32 {
-        let status = match self.run(chain, mem, limits) {
+        let result = self.run(chain, mem, limits);
+        self.report(chain, mem, result)
+    }
+
+    /// Submits a request to the io_uring if it is one the ring takes (returns None: the
+    /// chain is held until it completes), else does it now (returns the used length).
+    fn start(&mut self, chain: DescriptorChain, queue: &mut Queue<'_>, limits: &Limits) {
+        let mem = queue.mem();
+        let used = match parse(&chain, mem, limits) {
+            Err(e) => self.report(&chain, mem, Err(e)),
+            Ok((header, request)) => match self.ring_request(&chain, mem, &request) {
+                Ok(Some((op, offset, len, iovecs))) => {
+                    let disk = self.shared.disk.clone();
+                    let dsync = op == Op::Write && self.shared.writethrough();
+                    let Some(engine) = &mut self.uring else {
+                        return;
+                    };
+                    match engine.push(disk.file(), queue, chain, op, offset, len, iovecs, dsync) {
+                        Ok(()) => return,
+                        Err(refused) => {
+                            let (e, chain) = *refused;
+                            log::error!(
+                                "blk: io_uring refused a request ({e}): done synchronously"
+                            );
+                            let result = self.execute(&chain, mem, limits, &header, request);
+                            let used = self.report(&chain, mem, result);
+                            if let Err(e) = queue.add_used(&chain, used) {
+                                log::warn!("blk: chain {}: {e}", chain.id());
+                            }
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    let result = self.execute(&chain, mem, limits, &header, request);
+                    self.report(&chain, mem, result)
+                }
+                Err(e) => self.report(&chain, mem, Err(e)),
+            },
+        };
+        if let Err(e) = queue.add_used(&chain, used) {
+            log::warn!("blk: chain {}: {e}", chain.id());
+        }
+    }
+
+    /// What the io_uring does for `request`: the operation, image offset, length and the
+    /// chain's buffers; None for a request done synchronously.
+    #[allow(clippy::type_complexity)]
+    fn ring_request(
+        &self,
+        chain: &DescriptorChain,
+        mem: &MemoryTable,
+        request: &Request,
+    ) -> Result<Option<(Op, u64, usize, Vec<nix::libc::iovec>)>, BlkError> {
+        if self.uring.is_none() {
+            return Ok(None);
+        }
+        let disk = &self.shared.disk;
+        let direct = disk.options().direct;
+        let align = disk.memory_align() as usize;
+        let (op, offset, len) = match *request {
+            Request::Read { sector, len } => (Op::Read, sector * SECTOR_SIZE, len as usize),
+            Request::Write { sector, len } => (Op::Write, sector * SECTOR_SIZE, len as usize),
+            Request::Flush => return Ok(Some((Op::Flush, 0, 0, Vec::new()))),
+            _ => return Ok(None),
+        };
+        if direct {
+            check_blocks(op.name(), offset, len, disk.block_size())?;
+        }
+        let pieces = if op == Op::Read {
+            let w = chain.writer(mem);
+            if direct
+                && !w
+                    .is_aligned(len, align)
+                    .map_err(|e| io_error("read", offset, len as u64, e))?
+            {
+                return Ok(None);
+            }
+            w.host_iovecs(len)
+        } else {
+            let mut r = chain.reader(mem);
+            r.skip(HEADER_SIZE)
+                .map_err(|e| io_error("header read", 0, HEADER_SIZE as u64, e))?;
+            if direct
+                && !r
+                    .is_aligned(len, align)
+                    .map_err(|e| io_error("write", offset, len as u64, e))?
+            {
+                return Ok(None);
+            }
+            r.host_iovecs(len)
+        };
+        let (iovecs, covered) = pieces.map_err(|e| io_error(op.name(), offset, len as u64, e))?;
+        if covered < len {
+            // More pieces than one entry takes: the synchronous path loops.
+            return Ok(None);
+        }
+        Ok(Some((op, offset, len, iovecs)))
+    }
+
+    /// A request the kernel has finished: its status written; returns the used length.
+    fn finish(&mut self, f: &Finished, mem: &MemoryTable) -> u32 {
+        let m = &self.shared.metrics;
+        let result = if f.result < 0 {
+            Err(io_error(
+                f.op.name(),
+                f.offset,
+                f.len as u64,
+                io::Error::from_raw_os_error(-f.result),
+            ))
+        } else if (f.result as usize) < f.len {
+            Err(short(f.op.name(), f.offset, f.result as usize, f.len))
+        } else {
+            match f.op {
+                Op::Read => {
+                    m.read_ops.fetch_add(1, Ordering::Relaxed);
+                    m.read_bytes.fetch_add(f.len as u64, Ordering::Relaxed);
+                }
+                Op::Write => {
+                    m.write_ops.fetch_add(1, Ordering::Relaxed);
+                    m.write_bytes.fetch_add(f.len as u64, Ordering::Relaxed);
+                }
+                Op::Flush => {
+                    m.flush_ops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        };
+        self.report(&f.chain, mem, result)
+    }
+
+    /// Uses finished requests on their queue.
+    fn use_finished(&mut self, queue: &mut Queue<'_>, finished: Vec<Finished>) {
+        for f in finished {
+            let used = self.finish(&f, queue.mem());
+            if let Err(e) = queue.add_used(&f.chain, used) {
+                log::warn!("blk: chain {}: {e}", f.chain.id());
+            }
+        }
+    }
+
+    /// Counts and logs a request's outcome and writes its status; returns the used
+    /// length.
+    fn report(
+        &self,
+        chain: &DescriptorChain,
+        mem: &MemoryTable,
+        result: Result<(), BlkError>,
+    ) -> u32 {
+        let status = match result {
             Ok(()) => Status::Ok,
             Err(e @ BlkError::Request(RequestError::NoStatus)) => {
                 let m = &self.shared.metrics;
@@ -184,16 +386,25 @@ impl BlkWorker {
         mem: &MemoryTable,
         limits: &Limits,
     ) -> Result<(), BlkError> {
+        let (header, request) = parse(chain, mem, limits)?;
+        self.execute(chain, mem, limits, &header, request)
+    }
+
+    /// Does a parsed request synchronously.
+    fn execute(
+        &mut self,
+        chain: &DescriptorChain,
+        mem: &MemoryTable,
+        limits: &Limits,
+        header: &RequestHeader,
+        request: Request,
+    ) -> Result<(), BlkError> {
         let mut reader = chain.reader(mem);
-        let mut raw = [0u8; HEADER_SIZE];
-        // A short header fails in `parse`, which checks the lengths.
         if chain.readable_len() as usize >= HEADER_SIZE {
             reader
-                .read_exact_bytes(&mut raw)
+                .skip(HEADER_SIZE)
                 .map_err(|e| io_error("header read", 0, HEADER_SIZE as u64, e))?;
         }
-        let header = RequestHeader::from_bytes(&raw);
-        let request = Request::parse(&header, chain.readable_len(), chain.writable_len(), limits)?;
         // Counters are read after each operation: the I/O borrows `self` mutably.
         match request {
             Request::Read { sector, len } => {
@@ -404,6 +615,25 @@ impl BlkWorker {
     }
 }
 
+/// Reads and checks a request's header.
+fn parse(
+    chain: &DescriptorChain,
+    mem: &MemoryTable,
+    limits: &Limits,
+) -> Result<(RequestHeader, Request), BlkError> {
+    let mut raw = [0u8; HEADER_SIZE];
+    // A short header fails in `Request::parse`, which checks the lengths.
+    if chain.readable_len() as usize >= HEADER_SIZE {
+        chain
+            .reader(mem)
+            .read_exact_bytes(&mut raw)
+            .map_err(|e| io_error("header read", 0, HEADER_SIZE as u64, e))?;
+    }
+    let header = RequestHeader::from_bytes(&raw);
+    let request = Request::parse(&header, chain.readable_len(), chain.writable_len(), limits)?;
+    Ok((header, request))
+}
+
 fn io_error(op: &'static str, offset: u64, len: u64, source: io::Error) -> BlkError {
     BlkError::Io {
         op,
@@ -448,11 +678,39 @@ fn write_status(chain: &DescriptorChain, mem: &MemoryTable, status: Status) {
 impl QueueWorker for BlkWorker {
     fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError> {
         let limits = self.shared.limits();
+        if let Some(engine) = &mut self.uring {
+            let finished = engine.finished_for(queue.index());
+            self.use_finished(queue, finished);
+        }
+        if self.uring.is_none() {
+            while let Some(chain) = queue.pop() {
+                let used = self.complete(&chain, queue.mem(), &limits);
+                queue.add_used(&chain, used)?;
+            }
+            return Ok(());
+        }
         while let Some(chain) = queue.pop() {
-            let used = self.complete(&chain, queue.mem(), &limits);
-            queue.add_used(&chain, used)?;
+            self.start(chain, queue, &limits);
+        }
+        if let Some(engine) = &mut self.uring {
+            if let Err(e) = engine.submit() {
+                log::error!("blk: io_uring submit: {e}");
+            }
         }
         Ok(())
+    }
+
+    fn queue_stopping(&mut self, queue: &mut Queue<'_>) {
+        if let Some(engine) = &mut self.uring {
+            let finished = engine.drain(queue.index());
+            self.use_finished(queue, finished);
+        }
+    }
+
+    fn queue_state_changed(&mut self, index: u16, running: bool) {
+        if let (Some(engine), false) = (&mut self.uring, running) {
+            engine.forget(index);
+        }
     }
 
     fn register_fds(&mut self, registry: &mut FdRegistry<'_>) -> io::Result<()> {
@@ -463,13 +721,17 @@ impl QueueWorker for BlkWorker {
                 registry.register_readable(fd.as_raw_fd(), RESIZE_WATCH_TOKEN)?;
             }
         }
+        if let Some(engine) = &self.uring {
+            registry.register_readable(engine.done_fd().as_raw_fd(), URING_TOKEN)?;
+        }
         Ok(())
     }
 
-    fn handle_event(&mut self, token: usize, _queues: &mut Queues<'_>) -> Result<(), DeviceError> {
+    fn handle_event(&mut self, token: usize, queues: &mut Queues<'_>) -> Result<(), DeviceError> {
         match token {
             RESIZE_WATCH_TOKEN => self.resize_watch_event(),
             RESIZE_KICK_TOKEN => self.resize_kick_event(),
+            URING_TOKEN => self.completions(queues),
             _ => {}
         }
         Ok(())

@@ -403,6 +403,9 @@ impl<W: QueueWorker> WorkerState<W> {
             }
             WorkerCommand::Stop { index, reply } => {
                 let state = self.slot(index).take().map(|mut q| {
+                    // The device finishes what it can of the chains it holds first.
+                    self.worker
+                        .queue_stopping(&mut Queue::new(&mut q, &self.mem));
                     let (state, account) = q.stop(&self.mem);
                     if account.rewound > 0 || account.returned_empty > 0 {
                         info!(
@@ -535,7 +538,7 @@ fn process<W: QueueWorker>(
     name: &str,
     worker: &mut W,
     q: &mut Virtqueue,
-    mem: &MemoryTable,
+    mem: &Arc<MemoryTable>,
     polling: bool,
 ) -> Processed {
     let index = q.index();
@@ -614,7 +617,7 @@ fn log_device_error(name: &str, index: u16, e: &DeviceError) {
 
 struct QueueSet<'a> {
     queues: &'a mut Vec<Option<Virtqueue>>,
-    mem: &'a MemoryTable,
+    mem: &'a Arc<MemoryTable>,
     /// Queues that ran dry in the device event and have chains again: processed as if
     /// kicked once the event is handled.
     refilled: Vec<u16>,

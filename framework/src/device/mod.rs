@@ -146,6 +146,17 @@ pub trait QueueWorker: Send + 'static {
         Ok(())
     }
 
+    /// Queue `queue.index()` is about to stop (GET_VRING_BASE, a restart, a reset): the
+    /// last chance to use the chains the device holds from it, for a device whose requests
+    /// are still running elsewhere (I/O submitted to the kernel). Wait for them and use
+    /// them here, so the ring stops consistent and nothing writes into guest memory after
+    /// the frontend was told where the ring stands. The connection's wait for the stop is
+    /// bounded (`ServeOptions::worker_timeout`). Whatever is still held afterwards is
+    /// accounted for as [`Self::queue_state_changed`] describes.
+    fn queue_stopping(&mut self, queue: &mut Queue<'_>) {
+        let _ = queue;
+    }
+
     /// Queue `index` was started or stopped (GET_VRING_BASE). Chains the device still
     /// holds from the queue are no longer accepted once it stopped: drop them (the
     /// framework has accounted for them: unused ones are read again after a restart).

@@ -1,5 +1,7 @@
 //! `Queue`: what device code sees of one running virtqueue.
 
+use std::sync::Arc;
+
 use crate::memory::MemoryTable;
 use crate::queue::{DescriptorChain, QueueError, Virtqueue};
 
@@ -29,7 +31,7 @@ use crate::queue::{DescriptorChain, QueueError, Virtqueue};
 /// ```
 pub struct Queue<'a> {
     pub(crate) vq: &'a mut Virtqueue,
-    pub(crate) mem: &'a MemoryTable,
+    pub(crate) mem: &'a Arc<MemoryTable>,
     /// `pop` found the ring empty.
     pub(crate) ran_dry: bool,
     /// Chains this loan may still hand out: a ring's worth. A driver that refills as fast
@@ -43,7 +45,7 @@ pub struct Queue<'a> {
 }
 
 impl<'a> Queue<'a> {
-    pub(crate) fn new(vq: &'a mut Virtqueue, mem: &'a MemoryTable) -> Self {
+    pub(crate) fn new(vq: &'a mut Virtqueue, mem: &'a Arc<MemoryTable>) -> Self {
         let budget = u32::from(vq.size()).max(1);
         Queue {
             vq,
@@ -62,6 +64,24 @@ impl<'a> Queue<'a> {
     /// Guest memory, for readers and writers over chains.
     pub fn mem(&self) -> &'a MemoryTable {
         self.mem
+    }
+
+    /// A handle on the guest memory this queue's chains point into, for I/O that outlives
+    /// the call (requests submitted to the kernel and completed later): the mappings stay
+    /// in place while a handle is held, also after the frontend has sent a new memory
+    /// table.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use vhost_user_sync::device::Queue;
+    /// # fn submit(queue: &mut Queue<'_>) {
+    /// let mem = queue.shared_mem();
+    /// // ... start I/O into the chain's buffers, keep `mem` until it completes
+    /// # drop(mem);
+    /// # }
+    /// ```
+    pub fn shared_mem(&self) -> Arc<MemoryTable> {
+        Arc::clone(self.mem)
     }
 
     /// Queue size (how many chains the driver can have outstanding at most).

@@ -143,6 +143,19 @@ impl<'a> ChainReader<'a> {
         Ok(n)
     }
 
+    /// The host addresses of the next up to `max` bytes to read (without advancing), at
+    /// most IOV_MAX (1024) pieces, and how many bytes they cover (less than `max` when
+    /// the chain has less, or more pieces). For I/O that runs after this call returns
+    /// (a write submitted to io_uring): the addresses stay valid while the memory table
+    /// is kept ([`crate::device::Queue::shared_mem`]), and the caller must not let the
+    /// kernel use them after that.
+    pub fn host_iovecs(&self, max: usize) -> io::Result<(Vec<nix::libc::iovec>, usize)> {
+        let (want, iovs) = self
+            .cursor
+            .with_iovecs(self.mem, max, IOV_MAX, false, |iovs| iovs.to_vec())?;
+        Ok((iovs, want))
+    }
+
     /// Whether the next up to `max` bytes lie in buffer pieces whose host addresses and
     /// lengths are multiples of `align` (so they can go to an `O_DIRECT` file as they are).
     pub fn is_aligned(&self, max: usize, align: usize) -> io::Result<bool> {

@@ -101,6 +101,19 @@ impl<'a> ChainWriter<'a> {
         self.finish(want, n)
     }
 
+    /// The host addresses of the next up to `max` bytes of room (without advancing), at
+    /// most IOV_MAX (1024) pieces, and how many bytes they cover (less than `max` when
+    /// the chain has less, or more pieces). For I/O that runs after this call returns
+    /// (a read submitted to io_uring): the addresses stay valid while the memory table
+    /// is kept ([`crate::device::Queue::shared_mem`]), and the caller must not let the
+    /// kernel use them after that.
+    pub fn host_iovecs(&self, max: usize) -> io::Result<(Vec<nix::libc::iovec>, usize)> {
+        let (want, iovs) = self
+            .cursor
+            .with_iovecs(self.mem, max, IOV_MAX, true, |iovs| iovs.to_vec())?;
+        Ok((iovs, want))
+    }
+
     /// Whether the next up to `max` bytes of room lie in buffer pieces whose host
     /// addresses and lengths are multiples of `align` (what an `O_DIRECT` read needs).
     pub fn is_aligned(&self, max: usize, align: usize) -> io::Result<bool> {
