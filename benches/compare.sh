@@ -25,6 +25,10 @@
 #   RUNTIME   seconds per run [4]               REPEAT  rounds [3]
 #   ROWS      which rows ["rng blk net"]        QSIZE   ring size for every backend [256]
 #   BLK_SIZE  image size [256M]                 BE_CPU / FE_CPU  [0 / 1]
+#   BLK_MEDIA tmpfs: image in /dev/shm, page cache on both sides; disk: image in WORK on
+#             the machine's disk, O_DIRECT on both sides (blk_backend --direct;
+#             qemu-storage-daemon cache.direct=on,aio=io_uring) [tmpfs]
+#   BLK_AIO   blk_backend --aio io-uring|sync [io-uring]
 #   NET_DPDK  1: also run benches/net_dpdk.sh (DPDK virtio-user as the client) [0]
 #   POLL_US   --busy-poll-us of net_backend in the polling net rows [50]
 #   PEERS_ROOT  where cargo installs the Rust peers [/tmp/peers/cargo]
@@ -124,7 +128,7 @@ cleanup() {
     local run=/var/run
     [ "$(id -u)" = 0 ] || run=${XDG_RUNTIME_DIR:-/tmp}
     rm -rf "$run/dpdk/vucmp$$"
-    rm -f /dev/shm/vu-compare-$$.img
+    rm -f "${IMG:-}"
 }
 trap cleanup EXIT
 
@@ -158,7 +162,13 @@ stop_backend() {
 }
 
 # start KIND WHO: the backend of a row; prints nothing, sets SOCK.
-IMG=/dev/shm/vu-compare-$$.img
+BLK_MEDIA=${BLK_MEDIA:-tmpfs}
+BLK_AIO=${BLK_AIO:-io-uring}
+case "$BLK_MEDIA" in
+tmpfs) IMG=/dev/shm/vu-compare-$$.img; OURS_BLK=(); QSD_CACHE="cache.direct=off,aio=threads" ;;
+disk) IMG=$WORK/vu-compare-$$.img; OURS_BLK=(--direct); QSD_CACHE="cache.direct=on,aio=io_uring" ;;
+*) echo "compare: BLK_MEDIA must be tmpfs or disk" >&2; exit 1 ;;
+esac
 start() {
     local kind=$1 who=$2 logf=$WORK/$1-$2.log
     case "$kind-$who" in
@@ -173,11 +183,11 @@ start() {
     blk-ours)
         SOCK=$WORK/blk.sock
         RUST_LOG=warn start_backend "$logf" "$SOCK" "$TARGET/blk_backend" --socket-path "$SOCK" \
-            --image "$IMG" --queues 1 ;;
+            --image "$IMG" --queues 1 --aio "$BLK_AIO" "${OURS_BLK[@]}" ;;
     blk-peer)
         SOCK=$WORK/qsd.sock
         start_backend "$logf" "$SOCK" qemu-storage-daemon \
-            --blockdev "driver=file,node-name=file0,filename=$IMG,cache.direct=off,aio=threads" \
+            --blockdev "driver=file,node-name=file0,filename=$IMG,$QSD_CACHE" \
             --blockdev driver=raw,node-name=disk0,file=file0 \
             --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=1" ;;
     net-ours)
@@ -260,7 +270,13 @@ if has blk; then
     # An allocated image in tmpfs: reads hit pages, not holes.
     rm -f "$IMG"
     truncate -s "$BLK_SIZE" "$IMG"
-    fallocate -l "$BLK_SIZE" "$IMG" 2>/dev/null || true
+    if [ "$BLK_MEDIA" = disk ]; then
+        # Written, not only allocated: an unwritten extent reads as zeros without I/O.
+        dd if=/dev/zero of="$IMG" bs=1M count="$(( $(stat -c %s "$IMG") >> 20 ))" \
+            oflag=direct conv=notrunc status=none
+    else
+        fallocate -l "$BLK_SIZE" "$IMG" 2>/dev/null || true
+    fi
 fi
 
 log "$(date -u +%FT%TZ): $REPEAT round(s) of ${#POINTS[@]} point(s), ${RUNTIME} s each"
@@ -314,8 +330,8 @@ cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 - Backends pinned to CPU $BE_CPU (whole process), a fresh process per run:
   rng: \`rng_backend\` (ChaCha20 generator keyed from /dev/urandom; \`--passthrough\`: every
   request read from /dev/urandom) vs vhost-device-rng $vdr_version (/dev/urandom, no rate limit);
-  blk: \`blk_backend --queues 1\` vs qemu-storage-daemon $qsd_version (\`driver=file,cache.direct=off,aio=threads\`,
-  \`num-queues=1\`), both on the same $BLK_SIZE raw image in tmpfs;
+  blk: \`blk_backend --queues 1 --aio $BLK_AIO ${OURS_BLK[*]}\` vs qemu-storage-daemon $qsd_version (\`driver=file,$QSD_CACHE\`,
+  \`num-queues=1\`), both on the same $BLK_SIZE raw image ($BLK_MEDIA: $IMG);
   net: \`net_backend --backend null --frame-len 64\` vs dpdk-testpmd $dpdk_version net_vhost
   (rxonly for TX, txonly for RX; busy-polling, 2 lcores on CPU $BE_CPU, --no-huge).
 - $(nproc) CPUs: $cpu_model. $REPEAT round(s) of $RUNTIME s per point, backends

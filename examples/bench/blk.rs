@@ -24,6 +24,9 @@ const F_SEG_MAX: u64 = 1 << 2;
 const F_RO: u64 = 1 << 5;
 /// VIRTIO_BLK_F_BLK_SIZE.
 const F_BLK_SIZE: u64 = 1 << 6;
+/// VIRTIO_BLK_F_FLUSH: asked for as a Linux guest does, so that the device runs with a
+/// writeback cache (without it the spec makes every write durable before it completes).
+const F_FLUSH: u64 = 1 << 9;
 /// VIRTIO_BLK_F_MQ.
 const F_MQ: u64 = 1 << 12;
 
@@ -97,7 +100,7 @@ pub fn open(opts: &DeviceOpts, a: &BlkArgs) -> Result<(Device, u64)> {
     let mem = ring_bytes(a.queues.into(), opts.queue_size)
         + slots * (a.bs.next_multiple_of(4096) + META)
         + (1 << 20);
-    let mut want = F_SEG_MAX | F_RO | F_BLK_SIZE;
+    let mut want = F_SEG_MAX | F_RO | F_BLK_SIZE | F_FLUSH;
     if a.queues > 1 {
         want |= F_MQ;
     }
