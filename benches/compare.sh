@@ -29,6 +29,8 @@
 #             the machine's disk, O_DIRECT on both sides (blk_backend --direct;
 #             qemu-storage-daemon cache.direct=on,aio=io_uring) [tmpfs]
 #   BLK_AIO   blk_backend --aio io-uring|sync [io-uring]
+#   BLK_QUEUES request queues on both sides (ours with --worker-per-queue when more than
+#             one; the bench spreads its depth over them) [1]
 #   NET_DPDK  1: also run benches/net_dpdk.sh (DPDK virtio-user as the client) [0]
 #   POLL_US   --busy-poll-us of net_backend in the polling net rows [50]
 #   PEERS_ROOT  where cargo installs the Rust peers [/tmp/peers/cargo]
@@ -164,6 +166,9 @@ stop_backend() {
 # start KIND WHO: the backend of a row; prints nothing, sets SOCK.
 BLK_MEDIA=${BLK_MEDIA:-tmpfs}
 BLK_AIO=${BLK_AIO:-io-uring}
+BLK_QUEUES=${BLK_QUEUES:-1}
+BLK_PER_QUEUE=()
+[ "$BLK_QUEUES" -gt 1 ] && BLK_PER_QUEUE=(--worker-per-queue)
 case "$BLK_MEDIA" in
 tmpfs) IMG=/dev/shm/vu-compare-$$.img; OURS_BLK=(); QSD_CACHE="cache.direct=off,aio=threads" ;;
 disk) IMG=$WORK/vu-compare-$$.img; OURS_BLK=(--direct); QSD_CACHE="cache.direct=on,aio=io_uring" ;;
@@ -183,13 +188,14 @@ start() {
     blk-ours)
         SOCK=$WORK/blk.sock
         RUST_LOG=warn start_backend "$logf" "$SOCK" "$TARGET/blk_backend" --socket-path "$SOCK" \
-            --image "$IMG" --queues 1 --aio "$BLK_AIO" "${OURS_BLK[@]}" ;;
+            --image "$IMG" --queues "$BLK_QUEUES" "${BLK_PER_QUEUE[@]}" --aio "$BLK_AIO" \
+            "${OURS_BLK[@]}" ;;
     blk-peer)
         SOCK=$WORK/qsd.sock
         start_backend "$logf" "$SOCK" qemu-storage-daemon \
             --blockdev "driver=file,node-name=file0,filename=$IMG,$QSD_CACHE" \
             --blockdev driver=raw,node-name=disk0,file=file0 \
-            --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=1" ;;
+            --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=$BLK_QUEUES" ;;
     net-ours)
         SOCK=$WORK/net.sock
         # shellcheck disable=SC2086 # OURS_ARGS are words
@@ -254,7 +260,7 @@ fi
 if has blk; then
     for rw in randread randwrite; do
         for qd in 1 32; do
-            POINTS+=("blk-$rw-qd$qd|blk|peer|--rw $rw --bs 4k --iodepth $qd")
+            POINTS+=("blk-$rw-qd$qd|blk|peer|--rw $rw --bs 4k --iodepth $qd --queues $BLK_QUEUES")
         done
     done
 fi
@@ -330,8 +336,8 @@ cpu_model=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 - Backends pinned to CPU $BE_CPU (whole process), a fresh process per run:
   rng: \`rng_backend\` (ChaCha20 generator keyed from /dev/urandom; \`--passthrough\`: every
   request read from /dev/urandom) vs vhost-device-rng $vdr_version (/dev/urandom, no rate limit);
-  blk: \`blk_backend --queues 1 --aio $BLK_AIO ${OURS_BLK[*]}\` vs qemu-storage-daemon $qsd_version (\`driver=file,$QSD_CACHE\`,
-  \`num-queues=1\`), both on the same $BLK_SIZE raw image ($BLK_MEDIA: $IMG);
+  blk: \`blk_backend --queues $BLK_QUEUES ${BLK_PER_QUEUE[*]} --aio $BLK_AIO ${OURS_BLK[*]}\` vs qemu-storage-daemon $qsd_version (\`driver=file,$QSD_CACHE\`,
+  \`num-queues=$BLK_QUEUES\`), both on the same $BLK_SIZE raw image ($BLK_MEDIA: $IMG);
   net: \`net_backend --backend null --frame-len 64\` vs dpdk-testpmd $dpdk_version net_vhost
   (rxonly for TX, txonly for RX; busy-polling, 2 lcores on CPU $BE_CPU, --no-huge).
 - $(nproc) CPUs: $cpu_model. $REPEAT round(s) of $RUNTIME s per point, backends
