@@ -12,15 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use backend::{example_path, BackendProcess, TempDir};
+use backend::{ci, example_path, BackendProcess, TempDir};
 
 /// The tests start daemons on their own images, but one at a time keeps the logs apart.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn ci() -> bool {
-    let v = std::env::var("CI").unwrap_or_default();
-    !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")
-}
 
 fn qsd_program() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {

@@ -37,7 +37,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backend::BackendProcess;
+use backend::{ci, BackendProcess};
 use nix::sys::signal::Signal;
 
 /// Ring size asked of virtio-user (both queues).
@@ -58,11 +58,6 @@ const F_MRG_RXBUF: u64 = 1 << 15;
 
 /// The DPDK tests share the CPUs with a busy-polling testpmd: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn ci() -> bool {
-    let v = std::env::var("CI").unwrap_or_default();
-    !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")
-}
 
 /// `dpdk-testpmd`, or `None` after saying why the test is skipped (a failure under CI).
 fn testpmd() -> Option<PathBuf> {

@@ -56,6 +56,13 @@ impl Drop for TempDir {
     }
 }
 
+/// Whether the suite runs as CI (`CI` set to anything but empty, `0` or `false`): then a
+/// test that cannot find what it needs fails instead of skipping.
+pub fn ci() -> bool {
+    let v = std::env::var("CI").unwrap_or_default();
+    !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")
+}
+
 /// Path of example program `name`, built first (in the test's own profile) so that a
 /// test never runs a stale binary, even under `cargo test --test X`.
 pub fn example_path(name: &str) -> PathBuf {
