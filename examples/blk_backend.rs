@@ -53,9 +53,11 @@ enum Flush {
 struct Args {
     #[command(flatten)]
     listen: common::ListenArgs,
-    /// The raw image file or block device to serve.
+    /// The raw image file or block device to serve (`--blk-file`, the name QEMU's
+    /// vhost-user backend conventions give it, is the same option).
     #[arg(
         long,
+        alias = "blk-file",
         value_name = "PATH",
         required_unless_present = "print_capabilities"
     )]
@@ -98,7 +100,9 @@ fn fail(msg: impl std::fmt::Display) -> ! {
 fn main() {
     let args = Args::parse();
     if args.listen.print_capabilities {
-        common::print_capabilities("blk", &["blk-file", "read-only"]);
+        // QEMU's docs/interop/vhost-user.json: type "block", features "blk-file"
+        // (the image as --blk-file) and "read-only" (--read-only).
+        common::print_capabilities("block", &["blk-file", "read-only"]);
         return;
     }
     let shutdown = Shutdown::new();

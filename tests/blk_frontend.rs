@@ -747,3 +747,39 @@ fn without_io_uring_the_backend_says_so_and_serves_synchronously() {
     disk.be
         .wait_log("io_uring is not available", Duration::from_secs(10));
 }
+
+/// `--print-capabilities` in the form QEMU's `docs/interop/vhost-user.json` describes: a
+/// `block` backend with the features `blk-file` and `read-only`, both of which are
+/// options the program takes (`--blk-file` serves an image as `--image` does).
+#[test]
+fn capabilities_follow_the_vhost_user_json_schema_and_blk_file_works() {
+    let out = std::process::Command::new(backend::example_path("blk_backend"))
+        .arg("--print-capabilities")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"type": "block", "features": ["blk-file", "read-only"]}"#
+    );
+    let dir = TempDir::new("blk-file");
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0x33u8; 1 << 20]).unwrap();
+    let be = BackendProcess::start(
+        "blk_backend",
+        &["--blk-file", image.to_str().unwrap(), "--read-only"],
+    );
+    let disk = Disk {
+        be,
+        image,
+        _dir: dir,
+    };
+    let mut b = connect(&disk, u64::MAX, 1);
+    let back = b.read(0, 512);
+    assert_eq!((back.status(), back.data()), (OK, &[0x33u8; 512][..]));
+    assert_eq!(
+        b.write(0, &[0; 512]),
+        IOERR,
+        "read-only: the write is refused"
+    );
+}
