@@ -165,6 +165,10 @@ impl BlkWorker {
                 }
             });
             if let (Some(batch), Some(engine)) = (left, &mut self.uring) {
+                log::debug!(
+                    "blk: queue {index} is not running: {} finished request(s) kept until it runs",
+                    batch.len()
+                );
                 for f in batch {
                     engine.put_back(index, f);
                 }
