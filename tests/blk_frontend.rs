@@ -754,13 +754,8 @@ fn without_io_uring_the_backend_says_so_and_serves_synchronously() {
 /// options the program takes (`--blk-file` serves an image as `--image` does).
 #[test]
 fn capabilities_follow_the_vhost_user_json_schema_and_blk_file_works() {
-    let out = std::process::Command::new(backend::example_path("blk_backend"))
-        .arg("--print-capabilities")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        backend::capabilities("blk_backend"),
         r#"{"type": "block", "features": ["blk-file", "read-only"]}"#
     );
     let dir = TempDir::new("blk-file");

@@ -12,23 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use backend::{ci, example_path, BackendProcess, TempDir};
+use backend::{example_path, required_program, BackendProcess, TempDir};
 
 /// The tests start daemons on their own images, but one at a time keeps the logs apart.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn qsd_program() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("qemu-storage-daemon"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let why = "qemu-storage-daemon not found (Debian: apt-get install qemu-system-common)";
-        assert!(!ci(), "required under CI: {why}");
-        eprintln!("SKIPPED: {why}");
-    }
-    found
+    required_program(
+        "qemu-storage-daemon",
+        "Debian: apt-get install qemu-system-common",
+    )
 }
 
 /// A qemu-storage-daemon exporting `image` over vhost-user-blk; `--daemonize` returns

@@ -37,7 +37,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backend::{ci, BackendProcess};
+use backend::{required_program, BackendProcess};
 use nix::sys::signal::Signal;
 
 /// Ring size asked of virtio-user (both queues).
@@ -61,21 +61,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// `dpdk-testpmd`, or `None` after saying why the test is skipped (a failure under CI).
 fn testpmd() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("dpdk-testpmd"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        let why = "dpdk-testpmd not found (Debian: apt-get install dpdk-dev librte-net-vhost23 \
-                   librte-net-virtio23 librte-mempool-ring23)";
-        if ci() {
-            panic!("required under CI: {why}");
-        }
-        // Past the harness's output capture, so that the skip is always visible.
-        let _ = writeln!(std::io::stderr(), "SKIP: {why}");
-    }
-    found
+    required_program(
+        "dpdk-testpmd",
+        "Debian: apt-get install dpdk-dev librte-net-vhost23 librte-net-virtio23 \
+         librte-mempool-ring23",
+    )
 }
 
 /// The CPUs this process may run on, in the cpuset syntax EAL takes (`0-1`).

@@ -63,6 +63,37 @@ pub fn ci() -> bool {
     !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")
 }
 
+/// Program `name` on the `PATH`, or `None` after saying why the test is skipped, with
+/// `install` telling how to get it. Under CI a missing program fails the test instead.
+pub fn required_program(name: &str, install: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let why = format!("{name} not found ({install})");
+        assert!(!ci(), "required under CI: {why}");
+        // Past the harness's output capture, so that the skip is always visible.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIP: {why}");
+    }
+    found
+}
+
+/// What `example --print-capabilities` prints (it must succeed).
+pub fn capabilities(example: &str) -> String {
+    let out = Command::new(example_path(example))
+        .arg("--print-capabilities")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{example} --print-capabilities failed"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Path of example program `name`, built first (in the test's own profile) so that a
 /// test never runs a stale binary, even under `cargo test --test X`.
 pub fn example_path(name: &str) -> PathBuf {
