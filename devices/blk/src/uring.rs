@@ -390,7 +390,15 @@ impl Drop for UringEngine {
         let _ = self.submit();
         while self.in_kernel > 0 {
             self.reap_into_slots();
-            if self.in_kernel == 0 || self.wait_one().is_err() {
+            if self.in_kernel == 0 {
+                break;
+            }
+            if let Err(e) = self.wait_one() {
+                log::error!(
+                    "blk: cannot wait for {} io_uring request(s) in flight ({e}): the \
+                     kernel finishes them as the ring closes",
+                    self.in_kernel
+                );
                 break;
             }
         }
