@@ -74,6 +74,7 @@ on_both_engines!(
     a_resized_image_is_announced_to_every_device_on_it,
     a_full_ring_of_requests_in_flight_completes_and_stops_consistent,
     a_ring_disabled_with_requests_in_flight_uses_them_once_enabled_again,
+    a_read_into_truncated_guest_memory_fails_with_an_io_error,
 );
 
 fn start(args: &[&str]) -> Disk {
@@ -832,4 +833,50 @@ fn a_ring_disabled_with_requests_in_flight_uses_them_once_enabled_again() {
             );
         }
     }
+}
+
+/// Guest memory truncated under a read the kernel does for the device (preadv, or an
+/// io_uring read): the request fails with IOERR, the status lands (its buffer is in
+/// memory that is still there), and the backend goes on serving the next connection.
+fn a_read_into_truncated_guest_memory_fails_with_an_io_error() {
+    let disk = start(&[]);
+    {
+        // Region 0: rings, header, status. Region 1 (at 16 MiB): the data buffer.
+        let mem = FrontendMemory::new(&[(0, 16 << 20), (16 << 20, 1 << 20)]).unwrap();
+        let mut fe = Frontend::connect(&disk.be.socket).unwrap();
+        fe.negotiate(u64::MAX, u64::MAX).unwrap();
+        fe.set_mem_table(&mem).unwrap();
+        let mut q = DriverQueue::new(&mem, 0, 128).unwrap();
+        q.attach(&mut fe, &mem).unwrap();
+        let table = mem.table();
+        let h = mem.alloc(16, 16).unwrap();
+        table
+            .write(
+                h,
+                &RequestHeader {
+                    kind: kind::IN,
+                    reserved: 0,
+                    sector: 0,
+                }
+                .to_bytes(),
+            )
+            .unwrap();
+        let s = mem.alloc(1, 1).unwrap();
+        table.write(s, &[0xee]).unwrap();
+        mem.files()[1].set_len(0).unwrap();
+        q.add(
+            table,
+            &[(h, 16, false), (16 << 20, 4096, true), (s, 1, true)],
+        )
+        .unwrap();
+        q.kick(table).unwrap();
+        let used = q.wait_used(table, T).unwrap();
+        let mut status = [0u8];
+        table.read(s, &mut status).unwrap();
+        assert_eq!(status[0], IOERR, "used length {}", used.len);
+    }
+    // The backend serves the next frontend.
+    let mut b = connect(&disk, u64::MAX, 1);
+    let r = b.read(0, 512);
+    assert_eq!((r.status(), r.data()), (OK, &disk.file_bytes(0, 512)[..]));
 }
