@@ -134,13 +134,13 @@ impl UringEngine {
         let done = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
         ring.submitter()
             .register_eventfd(done.as_fd().as_raw_fd())?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
         for code in [
             opcode::Readv::CODE,
             opcode::Writev::CODE,
             opcode::Fsync::CODE,
         ] {
-            let mut probe = io_uring::Probe::new();
-            ring.submitter().register_probe(&mut probe)?;
             if !probe.is_supported(code) {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
