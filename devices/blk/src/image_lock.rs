@@ -107,13 +107,12 @@ pub fn lock_image(file: &File, path: &Path, read_only: bool) -> Result<(), Image
         &[Permission::ConsistentRead, Permission::Write]
     };
     let refused = [Permission::Write];
-    let lock = |byte| set_read_lock(file, byte).map_err(|source| io_error(path, byte, source));
-    for p in held {
-        lock(HELD_BASE + *p as i64)?;
-    }
-    for p in refused {
-        lock(REFUSED_BASE + p as i64)?;
-    }
+    // Every byte this user takes: its permissions held, then those refused to others.
+    let taken: Vec<i64> = held
+        .iter()
+        .map(|&p| HELD_BASE + p as i64)
+        .chain(refused.iter().map(|&p| REFUSED_BASE + p as i64))
+        .collect();
     let check = |permission: Permission, byte: i64, conflict| match taken_by_other(file, byte) {
         Ok(false) => Ok(()),
         Ok(true) => Err(ImageLockError::InUse {
@@ -124,9 +123,13 @@ pub fn lock_image(file: &File, path: &Path, read_only: bool) -> Result<(), Image
         }),
         Err(source) => Err(io_error(path, byte, source)),
     };
-    let result = held
+    let result = taken
         .iter()
-        .try_for_each(|&p| check(p, REFUSED_BASE + p as i64, "refuses"))
+        .try_for_each(|&byte| set_read_lock(file, byte).map_err(|e| io_error(path, byte, e)))
+        .and_then(|()| {
+            held.iter()
+                .try_for_each(|&p| check(p, REFUSED_BASE + p as i64, "refuses"))
+        })
         .and_then(|()| {
             refused
                 .iter()
@@ -134,11 +137,7 @@ pub fn lock_image(file: &File, path: &Path, read_only: bool) -> Result<(), Image
         });
     if result.is_err() {
         // Leave nothing behind that would refuse the program already there.
-        for byte in held
-            .iter()
-            .map(|&p| HELD_BASE + p as i64)
-            .chain(refused.iter().map(|&p| REFUSED_BASE + p as i64))
-        {
+        for &byte in &taken {
             let _ = set_lock(file, byte, libc::F_UNLCK as libc::c_short);
         }
     }
