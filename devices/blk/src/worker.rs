@@ -124,11 +124,6 @@ impl BlkWorker {
         }
     }
 
-    /// Whether requests go through io_uring.
-    pub fn uses_io_uring(&self) -> bool {
-        self.uring.is_some()
-    }
-
     /// Also follows the image's size: when another program resizes it, the capacity is
     /// read again and this connection's frontend is told (CONFIG_CHANGE_MSG).
     pub(crate) fn with_resize_watch(mut self) -> io::Result<Self> {
@@ -218,56 +213,66 @@ impl BlkWorker {
         self.report(chain, mem, result)
     }
 
-    /// Submits a request to the io_uring if it is one the ring takes (returns None: the
-    /// chain is held until it completes), else does it now (returns the used length).
+    /// Submits a request to the io_uring if it is one the ring takes (the chain is then
+    /// held until it completes), else does it now and uses its chain.
     fn start(&mut self, chain: DescriptorChain, queue: &mut Queue<'_>, limits: &Limits) {
         let mem = queue.mem();
-        let used = match parse(&chain, mem, limits) {
-            Err(e) => self.report(&chain, mem, Err(e)),
+        let (chain, result) = match parse(&chain, mem, limits) {
+            Err(e) => (chain, Err(e)),
             Ok((header, request)) => match self.ring_request(&chain, mem, &request) {
-                Ok(Some((op, offset, len, iovecs))) => {
-                    let disk = self.shared.disk.clone();
-                    let dsync = op == Op::Write && self.shared.writethrough();
-                    let Some(engine) = &mut self.uring else {
-                        return;
+                Err(e) => (chain, Err(e)),
+                Ok(io) => {
+                    let chain = match io {
+                        Some(io) => match self.submit_to_ring(chain, queue, io) {
+                            Some(refused) => refused,
+                            None => return,
+                        },
+                        None => chain,
                     };
-                    match engine.push(disk.file(), queue, chain, op, offset, len, iovecs, dsync) {
-                        Ok(()) => return,
-                        Err(refused) => {
-                            let (e, chain) = *refused;
-                            log::error!(
-                                "blk: io_uring refused a request ({e}): done synchronously"
-                            );
-                            let result = self.execute(&chain, mem, limits, &header, request);
-                            let used = self.report(&chain, mem, result);
-                            if let Err(e) = queue.add_used(&chain, used) {
-                                log::warn!("blk: chain {}: {e}", chain.id());
-                            }
-                            return;
-                        }
-                    }
-                }
-                Ok(None) => {
                     let result = self.execute(&chain, mem, limits, &header, request);
-                    self.report(&chain, mem, result)
+                    (chain, result)
                 }
-                Err(e) => self.report(&chain, mem, Err(e)),
             },
         };
-        if let Err(e) = queue.add_used(&chain, used) {
-            log::warn!("blk: chain {}: {e}", chain.id());
-        }
+        let used = self.report(&chain, mem, result);
+        use_chain(queue, &chain, used);
+    }
+
+    /// Pushes a request to the io_uring; gives the chain back (to be done synchronously)
+    /// when the ring refuses it.
+    fn submit_to_ring(
+        &mut self,
+        chain: DescriptorChain,
+        queue: &Queue<'_>,
+        (op, offset, len, iovecs): RingIo,
+    ) -> Option<DescriptorChain> {
+        let dsync = op == Op::Write && self.shared.writethrough();
+        let engine = self.uring.as_mut()?;
+        let refused = engine
+            .push(
+                self.shared.disk.file(),
+                queue,
+                chain,
+                op,
+                offset,
+                len,
+                iovecs,
+                dsync,
+            )
+            .err()?;
+        let (e, chain) = *refused;
+        log::error!("blk: io_uring refused a request ({e}): done synchronously");
+        Some(chain)
     }
 
     /// What the io_uring does for `request`: the operation, image offset, length and the
     /// chain's buffers; None for a request done synchronously.
-    #[allow(clippy::type_complexity)]
     fn ring_request(
         &self,
         chain: &DescriptorChain,
         mem: &MemoryTable,
         request: &Request,
-    ) -> Result<Option<(Op, u64, usize, Vec<nix::libc::iovec>)>, BlkError> {
+    ) -> Result<Option<RingIo>, BlkError> {
         if self.uring.is_none() {
             return Ok(None);
         }
@@ -349,9 +354,7 @@ impl BlkWorker {
     fn use_finished(&mut self, queue: &mut Queue<'_>, finished: Vec<Finished>) {
         for f in finished {
             let used = self.finish(&f, queue.mem());
-            if let Err(e) = queue.add_used(&f.chain, used) {
-                log::warn!("blk: chain {}: {e}", f.chain.id());
-            }
+            use_chain(queue, &f.chain, used);
         }
     }
 
@@ -616,6 +619,18 @@ impl BlkWorker {
             self.flush()?;
         }
         Ok(())
+    }
+}
+
+/// What the io_uring is asked to do for one request: the operation, the image offset,
+/// the length and the chain's host buffers.
+type RingIo = (Op, u64, usize, Vec<nix::libc::iovec>);
+
+/// Uses a chain whose request went elsewhere than `process_queue`'s own loop (a refusal
+/// is logged: the ring is broken, or the chain was handed in twice).
+fn use_chain(queue: &mut Queue<'_>, chain: &DescriptorChain, used: u32) {
+    if let Err(e) = queue.add_used(chain, used) {
+        log::warn!("blk: chain {}: {e}", chain.id());
     }
 }
 
