@@ -10,7 +10,8 @@ use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
 use vhost_user_sync::protocol::FrontendRequest as R;
 
 use crate::hostile::{
-    class, expect_closed, negotiated, state_body, wait_snapshot, Healthy, Proc, Snapshot, PLAIN, T,
+    class, expect_closed, negotiated, state_body, wait_same_shape, Healthy, Proc, Snapshot, PLAIN,
+    T,
 };
 
 pub const NAMES: &[(&str, &str)] = &[
@@ -58,9 +59,11 @@ impl<'a> Scene<'a> {
         self.net.lock().unwrap_or_else(|e| e.into_inner()).pump();
     }
 
-    /// Waits until the process holds what it held before the case.
+    /// Waits until the process holds what it held before the case: the same fds by
+    /// kind, threads and maps. Fd numbers may differ: an fd closed late (by a worker
+    /// released after its connection ended) and one opened meanwhile can trade numbers.
     fn settled(&self, what: &str) {
-        wait_snapshot(self.proc.pid(), &self.base, T, what);
+        wait_same_shape(self.proc.pid(), &self.base, T, what);
     }
 }
 
@@ -165,8 +168,6 @@ pub fn run_stuck(proc: &Mutex<Proc>, dir: &Path, rng: &Mutex<Healthy>, net: &Mut
     drop(w);
     scene.proc.wait_log(|l| l.contains("stuck: released"), T);
     drop(fe);
-    // One more frontend: the listener's accept poll, made while the old worker still
-    // held its fds, is made again at the numbers it had before.
     drop(negotiated(&socket));
     scene.settled("after the stuck worker was released");
     scene.proc.assert_alive();
