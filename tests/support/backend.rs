@@ -156,6 +156,22 @@ impl BackendProcess {
     /// (default: the test's own `RUST_LOG`, else `info`); see
     /// [`BackendProcess::start`].
     pub fn start_with(prefix: &[&str], rust_log: Option<&str>, name: &str, args: &[&str]) -> Self {
+        Self::start_full(prefix, rust_log, None, name, args)
+    }
+
+    /// Starts example `name` listening on `socket` (where an earlier backend listened:
+    /// a restart after a crash); see [`BackendProcess::start`].
+    pub fn start_on(socket: &Path, name: &str, args: &[&str]) -> Self {
+        Self::start_full(&[], None, Some(socket), name, args)
+    }
+
+    fn start_full(
+        prefix: &[&str],
+        rust_log: Option<&str>,
+        socket: Option<&Path>,
+        name: &str,
+        args: &[&str],
+    ) -> Self {
         let dir = TempDir::new(name);
         if prefix.contains(&"setpriv") {
             // A backend running as another user creates its socket here.
@@ -165,7 +181,7 @@ impl BackendProcess {
             )
             .unwrap();
         }
-        let socket = dir.path().join("dev.sock");
+        let socket = socket.map_or_else(|| dir.path().join("dev.sock"), Path::to_path_buf);
         let program = example_path(name);
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
@@ -248,6 +264,11 @@ impl BackendProcess {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Waits for the backend to end by itself (a crash it was told to have).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
     }
 
     /// Sends `sig` and waits for the exit status.

@@ -189,6 +189,9 @@ fn handle_message<D: Device>(
         Ok(Reply::Body(body)) => {
             write_message(conn, number, HeaderFlags::REPLY_FLAGS, &body, &[])?;
         }
+        Ok(Reply::BodyWithFd(body, fd)) => {
+            write_message(conn, number, HeaderFlags::REPLY_FLAGS, &body, &[&fd])?;
+        }
         Ok(Reply::Done) => {
             if ack {
                 send_ack(conn, number, 0)?;

@@ -6,7 +6,7 @@ use super::WorkerStuck;
 use crate::device::DeviceError;
 use crate::memory::MemoryError;
 use crate::protocol::ProtocolError;
-use crate::queue::QueueError;
+use crate::queue::{InflightError, QueueError};
 
 /// Why a request was refused. The frontend gets a NACK or an error reply where the
 /// protocol has one, and the connection goes on, except after the errors for which
@@ -31,6 +31,9 @@ pub enum RequestError {
     /// A ring could not be set up.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// An in-flight area is refused.
+    #[error(transparent)]
+    Inflight(#[from] InflightError),
     /// The device refused.
     #[error(transparent)]
     Device(#[from] DeviceError),

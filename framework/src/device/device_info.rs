@@ -10,7 +10,8 @@ use crate::protocol::ProtocolFeatures;
 /// LOG_ALL, INDIRECT_DESC, EVENT_IDX, PROTOCOL_FEATURES) to `features`, and the
 /// protocol features it implements (MQ, LOG_SHMFD, REPLY_ACK, CONFIG, BACKEND_REQ,
 /// RESET_DEVICE, CONFIGURE_MEM_SLOTS, STATUS) to what it offers. CONFIG is offered only
-/// when `config_size` is not 0.
+/// when `config_size` is not 0; INFLIGHT_SHMFD only when the device asks for it
+/// ([`DeviceInfo::with_inflight_tracking`]).
 ///
 /// # Example
 /// ```
@@ -82,6 +83,24 @@ impl DeviceInfo {
     /// With a config space of `size` bytes.
     pub fn with_config_size(mut self, size: u32) -> Self {
         self.config_size = size;
+        self
+    }
+
+    /// With in-flight tracking (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD): the framework
+    /// records each chain the device takes in an area the frontend keeps, and a backend
+    /// started again after a crash is handed the chains that were in flight before
+    /// anything new, oldest first. Devices whose requests have side effects (a disk)
+    /// want it; split rings only for now (on packed rings the frontend is told there
+    /// is no area).
+    ///
+    /// ```
+    /// use vhost_user_sync::device::DeviceInfo;
+    /// use vhost_user_sync::protocol::ProtocolFeatures;
+    /// let info = DeviceInfo::new("blk", 2, 1).with_inflight_tracking();
+    /// assert!(info.protocol_features.contains(ProtocolFeatures::INFLIGHT_SHMFD));
+    /// ```
+    pub fn with_inflight_tracking(mut self) -> Self {
+        self.protocol_features |= ProtocolFeatures::INFLIGHT_SHMFD;
         self
     }
 

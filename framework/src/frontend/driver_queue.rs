@@ -161,6 +161,36 @@ impl DriverQueue {
     /// Sets the ring up on the backend: NUM, BASE, ADDR, KICK, CALL, and ENABLE when
     /// PROTOCOL_FEATURES was negotiated. Call after SET_MEM_TABLE.
     pub fn attach(&mut self, fe: &mut Frontend, mem: &FrontendMemory) -> Result<(), FrontendError> {
+        let state = self.ring_state();
+        self.attach_at(fe, mem, state)
+    }
+
+    /// Sets the ring up on a backend that replaces one that ended without answering
+    /// GET_VRING_BASE (it crashed): the ring resumes at the used index the old backend
+    /// left in guest memory, as QEMU does. A backend with in-flight tracking then takes
+    /// the chains it had in flight first. Split rings only.
+    pub fn attach_after_loss(
+        &mut self,
+        fe: &mut Frontend,
+        mem: &FrontendMemory,
+    ) -> Result<(), FrontendError> {
+        if self.packed.is_some() {
+            return Err(FrontendError::Io(std::io::Error::other(
+                "resuming from the used index is for split rings",
+            )));
+        }
+        let used = mem
+            .table()
+            .load::<u16>(self.used + l::USED_IDX, Ordering::Acquire)?;
+        self.attach_at(fe, mem, RingState::Split { next_avail: used })
+    }
+
+    fn attach_at(
+        &mut self,
+        fe: &mut Frontend,
+        mem: &FrontendMemory,
+        state: RingState,
+    ) -> Result<(), FrontendError> {
         self.event_idx = fe.features() & virtio::RING_EVENT_IDX != 0;
         if let Some(p) = &mut self.packed {
             p.event_idx = self.event_idx;
@@ -173,7 +203,7 @@ impl DriverQueue {
         }
         let i = u32::from(self.index);
         fe.set_vring_num(i, self.size.into())?;
-        fe.set_vring_base(i, self.ring_state().encode())?;
+        fe.set_vring_base(i, state.encode())?;
         fe.set_vring_addr(&self.vring_addr(mem))?;
         fe.set_vring_fd(
             FrontendRequest::SET_VRING_CALL,

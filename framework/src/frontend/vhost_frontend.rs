@@ -6,7 +6,8 @@ use std::os::fd::AsFd;
 use super::{FrontendError, FrontendMemory};
 use crate::message::{read_message, write_message};
 use crate::protocol::payload::{
-    ConfigAccess, MemoryRegionDesc, MemoryTableDesc, RingFd, SingleRegion, VringAddr, VringState,
+    ConfigAccess, InflightInfo, MemoryRegionDesc, MemoryTableDesc, RingFd, SingleRegion, VringAddr,
+    VringState,
 };
 use crate::protocol::{virtio, FrontendRequest as R, HeaderFlags, ProtocolFeatures, ReplyRule};
 use crate::sys::unix::SocketPlatformConnection;
@@ -265,6 +266,55 @@ impl Frontend {
             }
         })?;
         Ok(s.num)
+    }
+
+    /// GET_INFLIGHT_FD: asks the backend for an in-flight area for `num_queues` rings
+    /// of `queue_size` entries (after SET_FEATURES: the layout follows the rings').
+    /// Returns its description and fd, or `None` when the backend keeps no records for
+    /// these rings (it answered with an empty area). Keep both for SET_INFLIGHT_FD on
+    /// every start, and after a reconnect.
+    pub fn get_inflight_fd(
+        &mut self,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> Result<Option<(InflightInfo, File)>> {
+        let req = R::GET_INFLIGHT_FD;
+        let asked = InflightInfo {
+            mmap_size: 0,
+            mmap_offset: 0,
+            num_queues,
+            queue_size,
+        };
+        write_message(
+            &self.conn,
+            req.number(),
+            HeaderFlags::REQUEST,
+            &asked.encode(),
+            &[],
+        )?;
+        let bad = |why: String| FrontendError::BadReply {
+            request: req.name(),
+            why,
+        };
+        let mut msg = read_message(&self.conn, true)?.ok_or_else(|| bad("no reply".into()))?;
+        if msg.header.request != req.number() || msg.header.flags != HeaderFlags::REPLY_FLAGS {
+            return Err(bad(format!("header {:?}", msg.header)));
+        }
+        let info = InflightInfo::decode(req.name(), &msg.body).map_err(|e| bad(e.to_string()))?;
+        if info.mmap_size == 0 {
+            return Ok(None);
+        }
+        let fd = msg
+            .fds
+            .pop()
+            .ok_or_else(|| bad("no fd with the area".into()))?;
+        Ok(Some((info, fd)))
+    }
+
+    /// SET_INFLIGHT_FD: hands the backend the in-flight area (before the rings start).
+    pub fn set_inflight_fd(&mut self, info: &InflightInfo, fd: &File) -> Result<()> {
+        self.request(R::SET_INFLIGHT_FD, &info.encode(), &[fd])
+            .map(|_| ())
     }
 
     /// SET_VRING_ADDR.

@@ -56,6 +56,9 @@ pub struct StopAccount {
     pub rewound: u32,
     /// Unused chains older than a used one: returned to the driver with length 0.
     pub returned_empty: u32,
+    /// Chains left in flight in the in-flight area (INFLIGHT_SHMFD): resubmitted when
+    /// the ring starts again, nothing written for them now.
+    pub kept_in_flight: u32,
 }
 
 /// The in-flight table of one ring of `size` entries.
@@ -260,6 +263,25 @@ impl InFlight {
     /// after a restart. Unused chains older than a completed one cannot be read again
     /// without repeating it: they are returned to the driver with length 0 through
     /// `emit` (in order, with what waited behind them).
+    /// Stops with the chains held left as they are: an in-flight area records them
+    /// and the next start resubmits them.
+    pub(crate) fn stop_keeping(&mut self) -> StopAccount {
+        let kept = self
+            .slots
+            .iter()
+            .filter(|s| s.state != SlotState::Free)
+            .count() as u32;
+        self.slots.fill(FREE);
+        self.order_head = self.next_seq;
+        self.waiting = 0;
+        self.returned.clear();
+        self.outstanding = 0;
+        StopAccount {
+            kept_in_flight: kept,
+            ..StopAccount::default()
+        }
+    }
+
     pub(crate) fn stop(
         &mut self,
         mut emit: impl FnMut(UsedEntry) -> Result<(), QueueError>,

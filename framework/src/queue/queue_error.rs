@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+use super::InflightError;
 use crate::memory::MemoryError;
 
 /// A ring or chain the backend refuses.
@@ -17,6 +18,9 @@ pub enum QueueError {
     /// A ring part or a buffer is not in guest memory.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The ring's part of the in-flight area cannot be used.
+    #[error(transparent)]
+    Inflight(#[from] InflightError),
     /// The avail index moved further than the ring holds.
     #[error("avail index {avail} is {pending} entries ahead of {next}, ring holds {size}")]
     AvailOverrun {

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    DescriptorChain, PackedRing, Popped, QueueError, RingAddrs, RingState, SplitRing, Taken,
+    DescriptorChain, InflightError, PackedRing, Popped, QueueError, RingAddrs, RingState,
+    SplitInflight, SplitRing, Taken,
 };
 use crate::memory::{DirtyLog, MemoryTable};
 
@@ -70,6 +71,27 @@ impl Ring {
             PackedRing::check_placement(mem, size, addrs)
         } else {
             SplitRing::check_placement(mem, size, addrs)
+        }
+    }
+
+    /// Records the ring's chains in its part of the in-flight area from now on, after
+    /// taking back what a previous process left in flight there; returns how many
+    /// chains will be resubmitted. Packed rings do not take part yet.
+    pub fn attach_inflight(&mut self, inflight: SplitInflight) -> Result<u16, QueueError> {
+        match self {
+            Ring::Split(r) => r.attach_inflight(inflight),
+            Ring::Packed(_) => Err(QueueError::Inflight(InflightError::NoSuchQueue {
+                queue: 0,
+                num_queues: 0,
+            })),
+        }
+    }
+
+    /// Whether chains are recorded in an in-flight area.
+    pub fn tracks_in_flight(&self) -> bool {
+        match self {
+            Ring::Split(r) => r.tracks_in_flight(),
+            Ring::Packed(_) => false,
         }
     }
 

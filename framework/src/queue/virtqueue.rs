@@ -394,10 +394,21 @@ impl Virtqueue {
     /// Chains the device still holds are accounted for: the unused ones at the end of the
     /// avail order are read again after a restart (the ring resumes at the oldest of
     /// them); held chains older than a used one cannot be, and are returned to the
-    /// driver with length 0. Chains popped afterwards are not accepted back.
+    /// driver with length 0. Chains popped afterwards are not accepted back. With an
+    /// in-flight area, held chains stay recorded there instead and the next start
+    /// resubmits them.
     pub fn stop(&mut self, mem: &MemoryTable) -> (RingState, StopAccount) {
         let (ring, in_flight) = (&mut self.ring, &mut self.in_flight);
         let broken = self.broken.is_some();
+        if ring.tracks_in_flight() {
+            let account = in_flight.stop_keeping();
+            if !broken {
+                self.signal(mem);
+            }
+            self.returned.clear();
+            self.generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+            return (self.ring.state(), account);
+        }
         let account = in_flight
             .stop(|(id, len, slots)| {
                 if broken {

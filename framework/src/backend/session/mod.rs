@@ -5,6 +5,7 @@
 
 mod device_requests;
 mod features;
+mod inflight;
 mod memory;
 mod rings;
 mod workers;
@@ -23,6 +24,7 @@ use crate::memory::{DirtyLog, MemoryTable, MAX_MEM_SLOTS};
 use crate::message::Message;
 use crate::protocol::payload::{ConfigAccess, InflightInfo, RingFd};
 use crate::protocol::{virtio, FdRule, FrontendRequest as R, ProtocolFeatures as P, ReplyRule};
+use crate::queue::InflightArea;
 use crate::sys::unix::FaultNotice;
 use workers::spawn_workers;
 
@@ -53,6 +55,8 @@ pub(crate) enum Reply {
     Done,
     /// A body of its own.
     Body(Vec<u8>),
+    /// A body with an fd (GET_INFLIGHT_FD).
+    BodyWithFd(Vec<u8>, File),
 }
 
 pub(crate) struct Session<D: Device> {
@@ -69,6 +73,8 @@ pub(crate) struct Session<D: Device> {
     log: Option<Arc<DirtyLog>>,
     /// SET_LOG_FD (kept open, as the frontend expects).
     log_fd: Option<File>,
+    /// The in-flight area (GET/SET_INFLIGHT_FD), for rings started while it is set.
+    inflight: Option<InflightArea>,
     vrings: Vec<VringConfig>,
     workers: Vec<WorkerHandle>,
     failure: Arc<FailureSignal>,
@@ -119,6 +125,7 @@ impl<D: Device> Session<D> {
             mem,
             log: None,
             log_fd: None,
+            inflight: None,
             vrings,
             workers,
             failure,
@@ -137,6 +144,9 @@ impl<D: Device> Session<D> {
             .collect();
         if self.log.as_ref().is_some_and(|l| l.faulted()) {
             parts.push("dirty log".into());
+        }
+        if self.inflight.as_ref().is_some_and(|a| a.faulted()) {
+            parts.push("in-flight area".into());
         }
         if parts.is_empty() {
             parts.push("a mapping no longer in use".into());
@@ -298,6 +308,8 @@ impl<D: Device> Session<D> {
             R::SET_CONFIG => self.set_config(req, body),
             R::SET_STATUS => self.set_status(req, body),
             R::GET_STATUS => self.get_status(req, body),
+            R::GET_INFLIGHT_FD => self.get_inflight_fd(req, body),
+            R::SET_INFLIGHT_FD => self.set_inflight_fd(req, body, fds),
             other => Err(RequestError::Unsupported(other.name())),
         }
     }

@@ -253,7 +253,7 @@ impl<D: Device> Session<D> {
         let addrs = self.ring_addrs(&self.mem, i)?;
         let features = self.acked_features;
         let state = RingState::decode(base, self.packed(), num)?;
-        let ring = Ring::new(
+        let mut ring = Ring::new(
             &self.mem,
             num,
             addrs,
@@ -261,6 +261,7 @@ impl<D: Device> Session<D> {
             features & virtio::RING_EVENT_IDX != 0,
             features & virtio::RING_INDIRECT_DESC != 0,
         )?;
+        self.attach_inflight(i, &mut ring)?;
         let mut vq = Virtqueue::new(i as u16, ring, features & virtio::IN_ORDER != 0)
             .with_name(&self.info.name);
         let log = self.active_log();

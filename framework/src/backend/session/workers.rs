@@ -23,6 +23,7 @@ impl<D: Device> Session<D> {
             .for_each(|v| *v = VringConfig::default());
         self.acked_features = 0;
         self.status = 0;
+        self.inflight = None;
         self.device.reset();
         // Without workers the session is not consistent: the error ends the connection.
         self.workers = spawn_workers(

@@ -4,12 +4,13 @@
 pub mod layout;
 pub(crate) mod ring_view;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use self::layout as l;
 use self::ring_view::RingView;
-use super::{DescriptorChain, Popped, QueueError, RingState, Taken};
+use super::{DescriptorChain, Popped, QueueError, RingState, SplitInflight, Taken};
 use crate::memory::{DirtyLog, MemoryTable};
 
 /// Guest-physical addresses of a ring's three parts (split: descriptor table, avail
@@ -95,6 +96,12 @@ pub struct SplitRing {
     /// `VRING_USED_F_NO_NOTIFY` was stored by `disable_notification` and not cleared
     /// since (without EVENT_IDX).
     no_notify_set: bool,
+    /// The ring's part of the in-flight area (INFLIGHT_SHMFD), when the frontend
+    /// shared one.
+    inflight: Option<Box<SplitInflight>>,
+    /// Heads found in flight when the ring started, oldest first: taken before the
+    /// avail ring is read.
+    resubmit: VecDeque<u16>,
 }
 
 impl SplitRing {
@@ -128,6 +135,8 @@ impl SplitRing {
             view: None,
             view_table: None,
             no_notify_set: false,
+            inflight: None,
+            resubmit: VecDeque::new(),
         };
         q.check_rings(mem)?;
         let next_used = mem.load::<u16>(addrs.used + l::USED_IDX, Ordering::Acquire)?;
@@ -192,6 +201,26 @@ impl SplitRing {
         self.used_log = log;
     }
 
+    /// Records this ring's chains in `inflight` from now on, after recovering what a
+    /// previous process left in it: the chains still in flight are taken first, oldest
+    /// first, and the avail ring is read again from the used index plus their number.
+    /// Returns how many are resubmitted.
+    pub fn attach_inflight(&mut self, mut inflight: SplitInflight) -> Result<u16, QueueError> {
+        let heads = inflight.recover(self.size, self.next_used)?;
+        // recover() returns at most one head per entry of the ring.
+        let count = heads.len() as u16;
+        self.next_avail = self.next_used.wrapping_add(count);
+        self.avail_seen = self.next_avail;
+        self.resubmit = heads.into();
+        self.inflight = Some(Box::new(inflight));
+        Ok(count)
+    }
+
+    /// Whether chains are recorded in an in-flight area.
+    pub fn tracks_in_flight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
     /// Queue size.
     pub fn size(&self) -> u16 {
         self.size
@@ -224,7 +253,7 @@ impl SplitRing {
 
     /// Whether the guest has made entries available that the device has not taken.
     pub fn has_available(&self, mem: &MemoryTable) -> Result<bool, QueueError> {
-        Ok(self.avail_idx(mem)? != self.next_avail)
+        Ok(!self.resubmit.is_empty() || self.avail_idx(mem)? != self.next_avail)
     }
 
     /// Takes the next available entry, or `None` when the ring is empty.
@@ -247,6 +276,9 @@ impl SplitRing {
         chain: &mut DescriptorChain,
     ) -> Result<Taken, QueueError> {
         let view = self.view(mem);
+        if !self.resubmit.is_empty() {
+            return Ok(self.resubmitted_into(mem, view, chain));
+        }
         // The shared avail index is read only when the entries seen are used up: one
         // cache-line transfer per batch, not per chain.
         if self.avail_seen == self.next_avail {
@@ -280,6 +312,9 @@ impl SplitRing {
             });
         }
         self.next_avail = self.next_avail.wrapping_add(1);
+        if let Some(f) = &mut self.inflight {
+            f.mark(head);
+        }
         let walked = chain.fill_split(
             mem,
             self.addrs.desc,
@@ -303,6 +338,47 @@ impl SplitRing {
         })
     }
 
+    /// The next chain found in flight at the start, walked from its head (the guest
+    /// still owns its descriptors: it has not seen the chain used).
+    #[cold]
+    fn resubmitted_into(
+        &mut self,
+        mem: &MemoryTable,
+        view: Option<RingView>,
+        chain: &mut DescriptorChain,
+    ) -> Taken {
+        let Some(head) = self.resubmit.pop_front() else {
+            return Taken::Empty;
+        };
+        if let Some(f) = &mut self.inflight {
+            f.mark(head);
+        }
+        // Its place in the avail ring is not known: chains resubmitted stay in flight in
+        // the area when the ring stops, and are never rewound to.
+        let position = self.next_avail;
+        let walked = chain.fill_split(
+            mem,
+            self.addrs.desc,
+            view.as_ref(),
+            self.size,
+            head,
+            self.indirect,
+        );
+        match walked {
+            Ok(()) => {
+                chain.token.position = position;
+                chain.token.slots = 1;
+                Taken::Chain
+            }
+            Err(error) => Taken::Refused {
+                id: head,
+                position,
+                slots: 1,
+                error,
+            },
+        }
+    }
+
     /// Makes the used entries added so far visible to the guest (one release store of
     /// the used index). Called before any notification decision.
     pub fn publish_used(&mut self, mem: &MemoryTable) -> Result<(), QueueError> {
@@ -321,6 +397,9 @@ impl SplitRing {
         if let Some((log, used_gpa)) = &self.used_log {
             log.mark(used_gpa.wrapping_add(l::USED_IDX), 2);
         }
+        if let Some(f) = &mut self.inflight {
+            f.published(self.next_used);
+        }
         Ok(())
     }
 
@@ -335,6 +414,9 @@ impl SplitRing {
             });
         }
         let elem = l::used_elem(self.size, self.next_used);
+        if let Some(f) = &mut self.inflight {
+            f.link_used(head);
+        }
         match self.view(mem) {
             Some(v) => v.set_used_elem(self.next_used, head, len),
             None => {

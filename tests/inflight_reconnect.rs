@@ -1,0 +1,346 @@
+//! In-flight tracking (INFLIGHT_SHMFD) across a backend crash, driven by our frontend:
+//! `journal_backend` (a device whose requests have side effects) is killed at every
+//! step of a request's life with requests in flight, a new backend takes over the same
+//! socket and the frontend's in-flight area, and every request is answered exactly
+//! once. Plus the area's untrusted inputs: bad SET_INFLIGHT_FD bodies and fds, and a
+//! corrupted area on restart, each refused with the connection still serving.
+
+#[path = "support/backend.rs"]
+mod backend;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use backend::{BackendProcess, TempDir};
+use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendError, FrontendMemory};
+use vhost_user_sync::protocol::payload::InflightInfo;
+use vhost_user_sync::protocol::{virtio, ProtocolFeatures as P};
+
+const T: Duration = Duration::from_secs(10);
+const QUEUE_SIZE: u16 = 64;
+const ANSWER_MASK: u32 = 0x5a5a_5a5a;
+
+/// One request posted: its id in the ring and where its answer goes.
+struct Posted {
+    seq: u32,
+    answer: u64,
+}
+
+/// The frontend's side of one device: memory, the ring and the requests outstanding.
+struct Guest {
+    mem: FrontendMemory,
+    q: DriverQueue,
+    posted: HashMap<u16, Posted>,
+    /// Sequence numbers answered, in the order their used entries were seen.
+    answered: Vec<u32>,
+}
+
+fn connect(socket: &Path) -> Frontend {
+    let mut fe = Frontend::connect(socket).expect("connect");
+    let want = virtio::VERSION_1 | virtio::PROTOCOL_FEATURES | virtio::RING_EVENT_IDX;
+    let want_p = (P::REPLY_ACK | P::INFLIGHT_SHMFD | P::MQ).bits();
+    let (_, p) = fe.negotiate(want, want_p).expect("negotiate");
+    assert!(
+        p.contains(P::INFLIGHT_SHMFD),
+        "INFLIGHT_SHMFD not offered: {p}"
+    );
+    fe
+}
+
+impl Guest {
+    fn new(fe: &mut Frontend) -> Self {
+        let mem = FrontendMemory::new(&[(0, 1 << 20)]).expect("memory");
+        fe.set_mem_table(&mem).expect("SET_MEM_TABLE");
+        let q = DriverQueue::new(&mem, 0, QUEUE_SIZE).expect("queue");
+        Guest {
+            mem,
+            q,
+            posted: HashMap::new(),
+            answered: Vec::new(),
+        }
+    }
+
+    /// Posts request `seq` with `flags` (bit 0: the backend crashes on it; bit 1: it is
+    /// held until a later batch) without kicking.
+    fn post(&mut self, seq: u32, flags: u32) {
+        let req = self.mem.alloc(8, 8).expect("alloc");
+        let answer = self.mem.alloc(4, 4).expect("alloc");
+        let mut body = seq.to_le_bytes().to_vec();
+        body.extend_from_slice(&flags.to_le_bytes());
+        self.mem.table().write(req, &body).expect("write request");
+        self.mem
+            .table()
+            .write(answer, &[0; 4])
+            .expect("clear answer");
+        let head = self
+            .q
+            .add(self.mem.table(), &[(req, 8, false), (answer, 4, true)])
+            .expect("add");
+        assert!(self.posted.insert(head, Posted { seq, answer }).is_none());
+    }
+
+    /// Reaps every used entry there is, checking each answer.
+    fn reap(&mut self) {
+        while let Some(u) = self.q.pop_used(self.mem.table()).expect("used ring") {
+            let p = self.posted.remove(&u.id).unwrap_or_else(|| {
+                panic!("buffer {} used but not outstanding (used twice?)", u.id)
+            });
+            let mut a = [0u8; 4];
+            self.mem.table().read(p.answer, &mut a).expect("answer");
+            assert_eq!(u.len, 4, "request {} answered with {} bytes", p.seq, u.len);
+            assert_eq!(
+                u32::from_le_bytes(a) ^ ANSWER_MASK,
+                p.seq,
+                "request {} answer",
+                p.seq
+            );
+            self.answered.push(p.seq);
+        }
+    }
+
+    /// Reaps until nothing is outstanding.
+    fn reap_all(&mut self) {
+        let deadline = std::time::Instant::now() + T;
+        while !self.posted.is_empty() {
+            self.reap();
+            if self.posted.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "requests never answered: {:?}",
+                self.posted.values().map(|p| p.seq).collect::<Vec<_>>()
+            );
+            let _ = self.q.wait_call(Duration::from_millis(100));
+        }
+    }
+}
+
+fn journal_counts(path: &Path) -> HashMap<u32, usize> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut counts = HashMap::new();
+    for line in text.lines() {
+        let seq: u32 = line.parse().expect("journal line");
+        *counts.entry(seq).or_default() += 1;
+    }
+    counts
+}
+
+const CRASH: u32 = 1;
+const HOLD: u32 = 2;
+
+/// A first batch of requests, two of them held by the backend while the others are
+/// answered (and published: the used index moves past older requests still in
+/// flight); then `count` more, the one at `flagged` marked, and the backend crashes at
+/// `step` of it. A new backend on the same socket and area finishes them.
+fn crash_and_resume(step: &str, count: u32, flagged: u32) {
+    let dir = TempDir::new("inflight");
+    let journal = dir.path().join("journal.log");
+    let journal_arg = journal.to_string_lossy().into_owned();
+    let mut first = BackendProcess::start(
+        "journal_backend",
+        &["--journal", &journal_arg, "--crash-at", step],
+    );
+    let socket = first.socket.clone();
+    let mut fe = connect(&socket);
+    let mut g = Guest::new(&mut fe);
+    let (info, area) = fe
+        .get_inflight_fd(1, QUEUE_SIZE)
+        .expect("GET_INFLIGHT_FD")
+        .expect("an area for split rings");
+    assert_eq!(info.num_queues, 1);
+    fe.set_inflight_fd(&info, &area).expect("SET_INFLIGHT_FD");
+    g.q.attach(&mut fe, &g.mem).expect("attach");
+    let early = 6;
+    for seq in 0..early {
+        g.post(seq, if seq == 0 || seq == 3 { HOLD } else { 0 });
+    }
+    g.q.kick_now().expect("kick");
+    let deadline = std::time::Instant::now() + T;
+    while g.answered.len() < early as usize - 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first batch not answered"
+        );
+        g.q.wait_call(Duration::from_millis(100)).expect("call");
+        g.reap();
+    }
+    let count = early + count;
+    for seq in early..count {
+        g.post(seq, if seq == early + flagged { CRASH } else { 0 });
+    }
+    g.q.kick_now().expect("kick");
+    let status = first.wait_exit();
+    assert!(
+        !status.success(),
+        "the backend was to crash at {step}, it exited with {status}"
+    );
+    drop(fe);
+    g.reap();
+    let before: Vec<u32> = g.answered.clone();
+    // The replacement: same socket, same area (as QEMU keeps it), ring resumed at the
+    // used index the crashed backend published.
+    let second = BackendProcess::start_on(&socket, "journal_backend", &["--journal", &journal_arg]);
+    let mut fe = connect(&socket);
+    fe.set_mem_table(&g.mem).expect("SET_MEM_TABLE");
+    fe.set_inflight_fd(&info, &area)
+        .expect("SET_INFLIGHT_FD again");
+    g.q.attach_after_loss(&mut fe, &g.mem)
+        .expect("attach after loss");
+    g.q.kick_now().expect("kick");
+    g.reap_all();
+    // Exactly once: every request answered once, the answers right (checked in reap).
+    let mut all = g.answered.clone();
+    all.sort_unstable();
+    assert_eq!(all, (0..count).collect::<Vec<_>>(), "crash at {step}");
+    // Executed at least once; a request the guest saw answered before the crash was
+    // not executed again.
+    let counts = journal_counts(&journal);
+    for seq in 0..count {
+        let n = counts.get(&seq).copied().unwrap_or(0);
+        assert!(n >= 1, "crash at {step}: request {seq} never executed");
+        if before.contains(&seq) {
+            assert_eq!(
+                n, 1,
+                "crash at {step}: request {seq} answered, then run again"
+            );
+        }
+    }
+    if step != "signalled" {
+        let line = second.wait_log("submitted again", T);
+        assert!(line.contains("request(s) left in flight"), "{line}");
+    }
+    drop(second);
+    drop(first);
+}
+
+#[test]
+fn a_crash_after_taking_a_request_loses_nothing() {
+    crash_and_resume("popped", 12, 5);
+}
+
+#[test]
+fn a_crash_after_executing_a_request_loses_nothing() {
+    crash_and_resume("executed", 12, 0);
+}
+
+#[test]
+fn a_crash_after_answering_before_use_loses_nothing() {
+    crash_and_resume("answered", 12, 11);
+}
+
+#[test]
+fn a_crash_after_use_before_the_signal_loses_nothing() {
+    // Used in reverse order: request 3 is used after 11..4, before 2..0.
+    crash_and_resume("used", 12, 3);
+}
+
+#[test]
+fn a_crash_after_everything_was_signalled_repeats_nothing() {
+    crash_and_resume("signalled", 12, 7);
+}
+
+#[test]
+fn a_ring_full_of_requests_survives_a_crash() {
+    // 32 requests of two descriptors each: every descriptor of the ring in use.
+    crash_and_resume("used", 26, 20);
+}
+
+/// A backend and a frontend up to (not including) the ring setup.
+fn set_up() -> (BackendProcess, Frontend, Guest, TempDir) {
+    let dir = TempDir::new("inflight-bad");
+    let journal = dir
+        .path()
+        .join("journal.log")
+        .to_string_lossy()
+        .into_owned();
+    let be = BackendProcess::start("journal_backend", &["--journal", &journal]);
+    let mut fe = connect(&be.socket);
+    let g = Guest::new(&mut fe);
+    (be, fe, g, dir)
+}
+
+fn expect_nack(r: Result<(), FrontendError>, what: &str) {
+    match r {
+        Err(FrontendError::Nack { .. }) => {}
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_in_flight_areas_are_refused_and_the_connection_serves_on() {
+    let (be, mut fe, mut g, _dir) = set_up();
+    let (info, area) = fe
+        .get_inflight_fd(1, QUEUE_SIZE)
+        .expect("GET_INFLIGHT_FD")
+        .expect("area");
+    let bad = |f: &dyn Fn(&mut InflightInfo)| {
+        let mut i = info;
+        f(&mut i);
+        i
+    };
+    expect_nack(
+        fe.set_inflight_fd(&bad(&|i| i.num_queues = 0), &area),
+        "no queues",
+    );
+    expect_nack(
+        fe.set_inflight_fd(&bad(&|i| i.num_queues = 9), &area),
+        "more queues than the device has",
+    );
+    expect_nack(
+        fe.set_inflight_fd(&bad(&|i| i.queue_size = 4096), &area),
+        "queue size above the device's maximum",
+    );
+    expect_nack(
+        fe.set_inflight_fd(&bad(&|i| i.mmap_size = 64), &area),
+        "area smaller than its geometry",
+    );
+    expect_nack(
+        fe.set_inflight_fd(&bad(&|i| i.mmap_offset = 1 << 20), &area),
+        "offset beyond the file",
+    );
+    let eventfd = File::from(std::os::fd::OwnedFd::from(
+        nix::sys::eventfd::EventFd::from_value_and_flags(0, nix::sys::eventfd::EfdFlags::empty())
+            .expect("eventfd"),
+    ));
+    expect_nack(fe.set_inflight_fd(&info, &eventfd), "an eventfd");
+    // A GET_INFLIGHT_FD the backend refuses is answered with an empty area.
+    assert!(fe
+        .get_inflight_fd(0, QUEUE_SIZE)
+        .expect("answered")
+        .is_none());
+    be.wait_log("GET_INFLIGHT_FD refused", T);
+    // The good area still works, and the ring serves.
+    fe.set_inflight_fd(&info, &area).expect("SET_INFLIGHT_FD");
+    g.q.attach(&mut fe, &g.mem).expect("attach");
+    g.post(1, 0);
+    g.q.kick_now().expect("kick");
+    g.reap_all();
+    assert_eq!(g.answered, vec![1]);
+    drop(be);
+}
+
+#[test]
+fn a_corrupted_area_on_restart_is_refused_by_name() {
+    let (be, mut fe, mut g, _dir) = set_up();
+    let (info, area) = fe
+        .get_inflight_fd(1, QUEUE_SIZE)
+        .expect("GET_INFLIGHT_FD")
+        .expect("area");
+    // The area is sealed against resizing, not against writes: version 9 at offset 8.
+    area.write_all_at(&9u16.to_ne_bytes(), 8)
+        .expect("write the area");
+    fe.set_inflight_fd(&info, &area).expect("SET_INFLIGHT_FD");
+    let refused = g.q.attach(&mut fe, &g.mem);
+    assert!(
+        matches!(refused, Err(FrontendError::Nack { .. })),
+        "a ring started on a corrupted area: {refused:?}"
+    );
+    be.wait_log("has version 9", T);
+    // A sealed area cannot be shrunk under the backend.
+    assert!(area.set_len(0).is_err(), "the area is not sealed");
+    drop(be);
+}
