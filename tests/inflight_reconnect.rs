@@ -344,3 +344,38 @@ fn a_corrupted_area_on_restart_is_refused_by_name() {
     assert!(area.set_len(0).is_err(), "the area is not sealed");
     drop(be);
 }
+
+#[test]
+fn an_area_truncated_under_a_running_ring_ends_only_that_connection() {
+    let (be, mut fe, mut g, _dir) = set_up();
+    // The frontend's own memfd (not sealed), zeroed: a new area of version 0.
+    let stride = (16 + 16 * u64::from(QUEUE_SIZE)).div_ceil(64) * 64;
+    let fd = nix::sys::memfd::memfd_create("frontend-area", nix::sys::memfd::MFdFlags::empty())
+        .expect("memfd");
+    let area = File::from(fd);
+    area.set_len(stride).expect("size");
+    let info = InflightInfo {
+        mmap_size: stride,
+        mmap_offset: 0,
+        num_queues: 1,
+        queue_size: QUEUE_SIZE,
+    };
+    fe.set_inflight_fd(&info, &area).expect("SET_INFLIGHT_FD");
+    g.q.attach(&mut fe, &g.mem).expect("attach");
+    g.post(1, 0);
+    g.q.kick_now().expect("kick");
+    g.reap_all();
+    // Shrunk under the backend's mapping: the next request's record faults.
+    area.set_len(0).expect("truncate");
+    g.post(2, 0);
+    g.q.kick_now().expect("kick");
+    let line = be.wait_log("connection closed", T);
+    assert!(
+        line.contains("became inaccessible (in-flight area)"),
+        "the close does not name the area: {line}"
+    );
+    // The backend serves the next frontend.
+    let mut again = connect(&be.socket);
+    assert!(again.get_features().is_ok());
+    drop(be);
+}

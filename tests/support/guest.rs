@@ -79,6 +79,9 @@ pub struct GuestConfig {
     pub net_socket: Option<PathBuf>,
     /// vhost-user-blk-pci (one queue) served from here.
     pub blk_socket: Option<PathBuf>,
+    /// The blk chardev reconnects (`reconnect=1`): QEMU waits for a backend that went
+    /// away to come back on the same socket, and carries on.
+    pub blk_reconnect: bool,
     /// Guest tests, run in order (`info`, `rng`, `reload_rng`, `ping`,
     /// `tcp_tx`, `tcp_rx`, `reload_net`, `blk`; see `tests/guest/init`).
     /// Empty means `info`.
@@ -110,6 +113,7 @@ impl Default for GuestConfig {
             rng_socket: None,
             net_socket: None,
             blk_socket: None,
+            blk_reconnect: false,
             tests: vec!["info".to_string()],
             extra_cmdline: String::new(),
             timeout: Duration::from_secs(120),
@@ -641,7 +645,15 @@ impl GuestImage {
         if let Some(sock) = &cfg.blk_socket {
             args.extend([
                 "-chardev".to_string(),
-                format!("socket,id=vhu_blk,path={}", qemu_escape(sock)),
+                format!(
+                    "socket,id=vhu_blk,path={}{}",
+                    qemu_escape(sock),
+                    if cfg.blk_reconnect {
+                        ",reconnect=1"
+                    } else {
+                        ""
+                    }
+                ),
                 "-device".to_string(),
                 format!("vhost-user-blk-pci,chardev=vhu_blk,num-queues=1{packed}"),
             ]);

@@ -194,6 +194,9 @@ impl Device for BlkDevice {
             .with_features(features)
             .with_config_size(CONFIG_SIZE)
             .with_max_queue_size(self.config.max_queue_size)
+            // Writes have effects: a request in flight when the backend dies is
+            // submitted again by the next one.
+            .with_inflight_tracking()
     }
 
     fn read_config(&self, offset: u32, data: &mut [u8]) {

@@ -126,7 +126,13 @@ impl<D: Device> Session<D> {
         let resubmitted = ring.attach_inflight(part)?;
         if resubmitted > 0 {
             info!(
-                "{}: ring {i}: {resubmitted} request(s) left in flight are submitted again",
+                "{}: ring {i}: in-flight records on; {resubmitted} request(s) left in \
+                 flight are submitted again",
+                self.info.name
+            );
+        } else {
+            info!(
+                "{}: ring {i}: in-flight records on; nothing was left in flight",
                 self.info.name
             );
         }

@@ -1,0 +1,172 @@
+//! A Linux guest keeps writing and verifying its disk while `blk_backend` is killed
+//! (SIGKILL) again and again: QEMU's vhost-user-blk-pci with `reconnect=1` waits for a
+//! new backend on the same socket and image, hands it the in-flight area it kept, and
+//! the guest's O_DIRECT write/read-back loop (four jobs, requests in flight) carries on
+//! with every block verified. The image holds what the guest last wrote. On both I/O
+//! engines.
+
+#[path = "support/backend.rs"]
+mod backend;
+#[path = "support/guest.rs"]
+mod guest;
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use backend::{BackendProcess, TempDir};
+use guest::GuestConfig;
+use nix::sys::signal::Signal;
+
+const MIB: u64 = 1 << 20;
+/// Backends killed in one guest run.
+const KILLS: usize = 10;
+/// Where the guest's jobs write (MiB); the stop marker is one MiB before.
+const CHURN_OFF_MIB: u64 = 8;
+const JOBS: u64 = 4;
+/// How long the guest may take for anything the host waits on.
+const GUEST_T: Duration = Duration::from_secs(180);
+
+fn md5(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until the guest's jobs have finished `rounds` more rounds between them.
+fn wait_rounds(console: &Receiver<String>, rounds: usize, what: &str) {
+    let deadline = Instant::now() + GUEST_T;
+    let mut seen = 0;
+    while seen < rounds {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match console.recv_timeout(left) {
+            Ok(line) if line.contains("VHU-INFO churn job=") => seen += 1,
+            Ok(line) if line.contains("VHU-RESULT") || line.contains("VHU-FINAL") => {
+                panic!("{what}: the guest finished early: {line}")
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{what}: the guest made no progress ({seen} of {rounds} rounds): {e}"),
+        }
+    }
+}
+
+fn churn_through_kills(aio: &str) {
+    let Some(image) = guest::require_guest() else {
+        return;
+    };
+    let dir = TempDir::new("guest-blk-reconnect");
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(32 * MIB)
+        .unwrap();
+    let disk_arg = disk.to_string_lossy().into_owned();
+    let args = ["--image", disk_arg.as_str(), "--aio", aio, "--direct"];
+    let first = BackendProcess::start("blk_backend", &args);
+    let socket = first.socket.clone();
+    let (tx, console) = std::sync::mpsc::channel();
+    let cfg = GuestConfig {
+        blk_socket: Some(socket.clone()),
+        blk_reconnect: true,
+        console: Some(tx),
+        timeout: Duration::from_secs(600),
+        extra_cmdline: format!("vhu.churn_jobs={JOBS} vhu.churn_off_mib={CHURN_OFF_MIB}"),
+        ..GuestConfig::with_tests(&["info", "blk_churn"])
+    };
+    let guest = std::thread::spawn(move || image.run(&cfg));
+    let deadline = Instant::now() + GUEST_T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = console
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("the guest never started its jobs: {e}"));
+        if line.contains("VHU-READY blk_churn") {
+            break;
+        }
+    }
+    first.wait_log("in-flight area of 1 queue(s)", GUEST_T);
+    // The first backend holds the socket's directory: every backend is kept until the
+    // end (a killed one only as its log).
+    let mut backends = vec![first];
+    let mut resubmitted = 0;
+    for kill in 1..=KILLS {
+        wait_rounds(&console, 2, &format!("before kill {kill}"));
+        let be = backends.last_mut().expect("a backend");
+        let status = be.signal_and_wait(Signal::SIGKILL);
+        assert!(!status.success(), "kill {kill}: {status}");
+        let next = BackendProcess::start_on(&socket, "blk_backend", &args);
+        // QEMU reconnects within a second or so and starts the device again, handing
+        // the area back.
+        let lines = next.log_until("in-flight area of 1 queue(s)", GUEST_T);
+        assert!(
+            lines.iter().any(|l| l.contains("frontend connected")),
+            "kill {kill}: {lines:#?}"
+        );
+        backends.push(next);
+        // What the new backend found in flight is logged when its ring starts.
+        let started = backends
+            .last()
+            .expect("just pushed")
+            .log_until("ring 0: in-flight records on", GUEST_T);
+        resubmitted += started
+            .iter()
+            .filter(|l| l.contains("submitted again"))
+            .count();
+    }
+    wait_rounds(&console, 2, "after the last restart");
+    // Tell the jobs to stop (they read this sector with O_DIRECT each round).
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .write_all_at(b"VHU-STOP", (CHURN_OFF_MIB - 1) * MIB)
+        .unwrap();
+    let run = guest.join().expect("guest thread");
+    eprintln!(
+        "{aio}: guest run with {KILLS} backend kills took {:.1}s; {resubmitted} restart(s) \
+         found requests in flight",
+        run.elapsed.as_secs_f64()
+    );
+    run.assert_pass();
+    let r = run.expect_pass("blk_churn");
+    let rounds = r.field_u64("rounds").unwrap_or(0);
+    assert!(
+        rounds >= 2 * KILLS as u64,
+        "only {rounds} rounds\n{}",
+        run.report()
+    );
+    let f = std::fs::File::open(&disk).unwrap();
+    for j in 0..JOBS {
+        let mut b = vec![0u8; 64 << 10];
+        f.read_exact_at(&mut b, (CHURN_OFF_MIB + j) * MIB).unwrap();
+        let want = r
+            .field(&format!("md5_{j}"))
+            .unwrap_or_else(|| panic!("no md5_{j}\n{}", run.report()));
+        assert_eq!(
+            md5(&b),
+            want,
+            "job {j}: the image does not hold its last data"
+        );
+    }
+}
+
+#[test]
+fn guest_disk_survives_backend_kills_on_io_uring() {
+    churn_through_kills("io-uring");
+}
+
+#[test]
+fn guest_disk_survives_backend_kills_on_sync_io() {
+    churn_through_kills("sync");
+}
