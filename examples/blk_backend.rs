@@ -73,6 +73,12 @@ struct Args {
     /// such as shared storage during a migration between two backends.
     #[arg(long, value_enum, default_value = "on")]
     lock: Lock,
+    /// How long to wait for the image's lock when another program holds it (a backend
+    /// that just ended, whose in-flight I/O the kernel is still finishing, releases it
+    /// moments later); 0: fail at once.
+    #[arg(long, default_value_t = 5000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    lock_wait_ms: u64,
     /// Cache mode offered at start (the guest may switch it).
     #[arg(long, value_enum, default_value = "on")]
     flush: Flush,
@@ -115,7 +121,8 @@ fn main() {
         direct: args.direct,
         skip_lock: args.lock == Lock::Off,
     };
-    let disk = Arc::new(DiskImage::open(image, options).unwrap_or_else(|e| fail(e)));
+    let disk =
+        Arc::new(open_waiting(image, options, args.lock_wait_ms).unwrap_or_else(|e| fail(e)));
     log::info!(
         "serving {image}: {} sectors, {}-byte blocks{}{}{}",
         disk.capacity(),
@@ -184,5 +191,26 @@ fn main() {
     if let Err(e) = result {
         drop(listeners);
         fail(e);
+    }
+}
+
+/// Opens the image, waiting up to `wait_ms` for a lock another program holds.
+fn open_waiting(image: &str, options: DiskOptions, wait_ms: u64) -> std::io::Result<DiskImage> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let mut said = false;
+    loop {
+        match DiskImage::open(image, options) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ResourceBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !said {
+                    log::warn!("{e}; waiting up to {wait_ms} ms for it to be released");
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
     }
 }

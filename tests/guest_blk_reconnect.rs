@@ -3,7 +3,7 @@
 //! new backend on the same socket and image, hands it the in-flight area it kept, and
 //! the guest's O_DIRECT write/read-back loop (four jobs, requests in flight) carries on
 //! with every block verified. The image holds what the guest last wrote. On both I/O
-//! engines.
+//! engines, split and packed rings.
 
 #[path = "support/backend.rs"]
 mod backend;
@@ -61,7 +61,7 @@ fn wait_rounds(console: &Receiver<String>, rounds: usize, what: &str) {
     }
 }
 
-fn churn_through_kills(aio: &str) {
+fn churn_through_kills(aio: &str, packed: bool) {
     let Some(image) = guest::require_guest() else {
         return;
     };
@@ -79,6 +79,7 @@ fn churn_through_kills(aio: &str) {
     let cfg = GuestConfig {
         blk_socket: Some(socket.clone()),
         blk_reconnect: true,
+        packed,
         console: Some(tx),
         timeout: Duration::from_secs(600),
         extra_cmdline: format!("vhu.churn_jobs={JOBS} vhu.churn_off_mib={CHURN_OFF_MIB}"),
@@ -134,8 +135,9 @@ fn churn_through_kills(aio: &str) {
         .unwrap();
     let run = guest.join().expect("guest thread");
     eprintln!(
-        "{aio}: guest run with {KILLS} backend kills took {:.1}s; {resubmitted} restart(s) \
-         found requests in flight",
+        "{aio}, {} ring: guest run with {KILLS} backend kills took {:.1}s; {resubmitted} \
+         restart(s) found requests in flight",
+        if packed { "packed" } else { "split" },
         run.elapsed.as_secs_f64()
     );
     run.assert_pass();
@@ -163,10 +165,20 @@ fn churn_through_kills(aio: &str) {
 
 #[test]
 fn guest_disk_survives_backend_kills_on_io_uring() {
-    churn_through_kills("io-uring");
+    churn_through_kills("io-uring", false);
 }
 
 #[test]
 fn guest_disk_survives_backend_kills_on_sync_io() {
-    churn_through_kills("sync");
+    churn_through_kills("sync", false);
+}
+
+#[test]
+fn guest_disk_on_a_packed_ring_survives_backend_kills_on_io_uring() {
+    churn_through_kills("io-uring", true);
+}
+
+#[test]
+fn guest_disk_on_a_packed_ring_survives_backend_kills_on_sync_io() {
+    churn_through_kills("sync", true);
 }

@@ -39,10 +39,19 @@ struct Guest {
 }
 
 fn connect(socket: &Path) -> Frontend {
+    connect_as(socket, false)
+}
+
+/// A frontend on split or packed rings.
+fn connect_as(socket: &Path, packed: bool) -> Frontend {
     let mut fe = Frontend::connect(socket).expect("connect");
     let want = virtio::VERSION_1 | virtio::PROTOCOL_FEATURES | virtio::RING_EVENT_IDX;
     let want_p = (P::REPLY_ACK | P::INFLIGHT_SHMFD | P::MQ).bits();
-    let (_, p) = fe.negotiate(want, want_p).expect("negotiate");
+    let (_, p) = if packed {
+        fe.negotiate_packed(want, want_p).expect("negotiate")
+    } else {
+        fe.negotiate(want, want_p).expect("negotiate")
+    };
     assert!(
         p.contains(P::INFLIGHT_SHMFD),
         "INFLIGHT_SHMFD not offered: {p}"
@@ -52,9 +61,17 @@ fn connect(socket: &Path) -> Frontend {
 
 impl Guest {
     fn new(fe: &mut Frontend) -> Self {
+        Self::with_layout(fe, false)
+    }
+
+    fn with_layout(fe: &mut Frontend, packed: bool) -> Self {
         let mem = FrontendMemory::new(&[(0, 1 << 20)]).expect("memory");
         fe.set_mem_table(&mem).expect("SET_MEM_TABLE");
-        let q = DriverQueue::new(&mem, 0, QUEUE_SIZE).expect("queue");
+        let q = if packed {
+            DriverQueue::new_packed(&mem, 0, QUEUE_SIZE).expect("queue")
+        } else {
+            DriverQueue::new(&mem, 0, QUEUE_SIZE).expect("queue")
+        };
         Guest {
             mem,
             q,
@@ -137,6 +154,12 @@ const HOLD: u32 = 2;
 /// flight); then `count` more, the one at `flagged` marked, and the backend crashes at
 /// `step` of it. A new backend on the same socket and area finishes them.
 fn crash_and_resume(step: &str, count: u32, flagged: u32) {
+    crash_and_resume_on(false, step, count, flagged);
+    crash_and_resume_on(true, step, count, flagged);
+}
+
+fn crash_and_resume_on(packed: bool, step: &str, count: u32, flagged: u32) {
+    let layout = if packed { "packed" } else { "split" };
     let dir = TempDir::new("inflight");
     let journal = dir.path().join("journal.log");
     let journal_arg = journal.to_string_lossy().into_owned();
@@ -145,12 +168,12 @@ fn crash_and_resume(step: &str, count: u32, flagged: u32) {
         &["--journal", &journal_arg, "--crash-at", step],
     );
     let socket = first.socket.clone();
-    let mut fe = connect(&socket);
-    let mut g = Guest::new(&mut fe);
+    let mut fe = connect_as(&socket, packed);
+    let mut g = Guest::with_layout(&mut fe, packed);
     let (info, area) = fe
         .get_inflight_fd(1, QUEUE_SIZE)
         .expect("GET_INFLIGHT_FD")
-        .expect("an area for split rings");
+        .expect("an area");
     assert_eq!(info.num_queues, 1);
     fe.set_inflight_fd(&info, &area).expect("SET_INFLIGHT_FD");
     g.q.attach(&mut fe, &g.mem).expect("attach");
@@ -184,7 +207,7 @@ fn crash_and_resume(step: &str, count: u32, flagged: u32) {
     // The replacement: same socket, same area (as QEMU keeps it), ring resumed at the
     // used index the crashed backend published.
     let second = BackendProcess::start_on(&socket, "journal_backend", &["--journal", &journal_arg]);
-    let mut fe = connect(&socket);
+    let mut fe = connect_as(&socket, packed);
     fe.set_mem_table(&g.mem).expect("SET_MEM_TABLE");
     fe.set_inflight_fd(&info, &area)
         .expect("SET_INFLIGHT_FD again");
@@ -195,7 +218,11 @@ fn crash_and_resume(step: &str, count: u32, flagged: u32) {
     // Exactly once: every request answered once, the answers right (checked in reap).
     let mut all = g.answered.clone();
     all.sort_unstable();
-    assert_eq!(all, (0..count).collect::<Vec<_>>(), "crash at {step}");
+    assert_eq!(
+        all,
+        (0..count).collect::<Vec<_>>(),
+        "{layout}: crash at {step}"
+    );
     // Executed at least once; a request the guest saw answered before the crash was
     // not executed again.
     let counts = journal_counts(&journal);

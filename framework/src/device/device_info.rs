@@ -90,8 +90,7 @@ impl DeviceInfo {
     /// records each chain the device takes in an area the frontend keeps, and a backend
     /// started again after a crash is handed the chains that were in flight before
     /// anything new, oldest first. Devices whose requests have side effects (a disk)
-    /// want it; split rings only for now (on packed rings the frontend is told there
-    /// is no area).
+    /// want it. Split and packed rings.
     ///
     /// ```
     /// use vhost_user_sync::device::DeviceInfo;

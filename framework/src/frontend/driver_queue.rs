@@ -166,18 +166,18 @@ impl DriverQueue {
     }
 
     /// Sets the ring up on a backend that replaces one that ended without answering
-    /// GET_VRING_BASE (it crashed): the ring resumes at the used index the old backend
-    /// left in guest memory, as QEMU does. A backend with in-flight tracking then takes
-    /// the chains it had in flight first. Split rings only.
+    /// GET_VRING_BASE (it crashed): a split ring resumes at the used index the old
+    /// backend left in guest memory, as QEMU does. A backend with in-flight tracking
+    /// then takes the chains it had in flight first. A packed ring has no used index in
+    /// memory: its base is what the driver knows, and a backend with in-flight tracking
+    /// resumes at the positions its area holds.
     pub fn attach_after_loss(
         &mut self,
         fe: &mut Frontend,
         mem: &FrontendMemory,
     ) -> Result<(), FrontendError> {
         if self.packed.is_some() {
-            return Err(FrontendError::Io(std::io::Error::other(
-                "resuming from the used index is for split rings",
-            )));
+            return self.attach(fe, mem);
         }
         let used = mem
             .table()

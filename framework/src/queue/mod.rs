@@ -25,7 +25,9 @@ pub use chain_reader::ChainReader;
 pub use chain_writer::ChainWriter;
 pub use descriptor::Descriptor;
 pub use in_flight::StopAccount;
-pub use inflight::{InflightArea, InflightError, SplitInflight};
+pub use inflight::{
+    InflightArea, InflightError, PackedInflight, PackedResume, QueueInflight, SplitInflight,
+};
 pub use packed::PackedRing;
 pub use queue_error::QueueError;
 pub use ring::Ring;

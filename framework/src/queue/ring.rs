@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    DescriptorChain, InflightError, PackedRing, Popped, QueueError, RingAddrs, RingState,
-    SplitInflight, SplitRing, Taken,
+    DescriptorChain, InflightError, PackedRing, Popped, QueueError, QueueInflight, RingAddrs,
+    RingState, SplitRing, Taken,
 };
 use crate::memory::{DirtyLog, MemoryTable};
 
@@ -76,11 +76,16 @@ impl Ring {
 
     /// Records the ring's chains in its part of the in-flight area from now on, after
     /// taking back what a previous process left in flight there; returns how many
-    /// chains will be resubmitted. Packed rings do not take part yet.
-    pub fn attach_inflight(&mut self, inflight: SplitInflight) -> Result<u16, QueueError> {
-        match self {
-            Ring::Split(r) => r.attach_inflight(inflight),
-            Ring::Packed(_) => Err(QueueError::Inflight(InflightError::NoSuchQueue {
+    /// chains will be resubmitted. The part must be in the ring's layout.
+    pub fn attach_inflight(
+        &mut self,
+        mem: &MemoryTable,
+        inflight: QueueInflight,
+    ) -> Result<u16, QueueError> {
+        match (self, inflight) {
+            (Ring::Split(r), QueueInflight::Split(i)) => r.attach_inflight(i),
+            (Ring::Packed(r), QueueInflight::Packed(i)) => r.attach_inflight(mem, i),
+            _ => Err(QueueError::Inflight(InflightError::NoSuchQueue {
                 queue: 0,
                 num_queues: 0,
             })),
@@ -91,7 +96,7 @@ impl Ring {
     pub fn tracks_in_flight(&self) -> bool {
         match self {
             Ring::Split(r) => r.tracks_in_flight(),
-            Ring::Packed(_) => false,
+            Ring::Packed(r) => r.tracks_in_flight(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! maps the frontend's (the same area, after a reconnect), and every ring started while
 //! it is set records its chains in it.
 
-use log::{info, warn};
+use log::info;
 
 use super::{Reply, Result, Session};
 use crate::backend::RequestError;
@@ -13,36 +13,17 @@ use crate::queue::{InflightArea, Ring};
 
 impl<D: Device> Session<D> {
     /// GET_INFLIGHT_FD: a new, sealed area for the queues and size the frontend asks
-    /// for, in the layout of the negotiated rings. Packed rings keep no records yet:
-    /// the reply then describes an empty area (size 0), which frontends take as "no
-    /// in-flight tracking".
+    /// for, in the layout of the negotiated rings (SET_FEATURES comes first).
     pub(super) fn get_inflight_fd(&mut self, req: R, body: &[u8]) -> Result<Reply> {
         let name = req.name();
         self.need(req, P::INFLIGHT_SHMFD, "INFLIGHT_SHMFD")?;
         self.need_owner(req)?;
         let asked = InflightInfo::decode(name, body)?;
         self.check_inflight_queues(req, &asked)?;
-        if self.packed() {
-            warn!(
-                "{}: {name}: packed rings keep no in-flight records; requests in flight \
-                 when the backend ends are not resubmitted",
-                self.info.name
-            );
-            self.inflight = None;
-            return Ok(Reply::Body(
-                InflightInfo {
-                    mmap_size: 0,
-                    mmap_offset: 0,
-                    num_queues: 0,
-                    queue_size: 0,
-                }
-                .encode(),
-            ));
-        }
         let (area, fd) = InflightArea::create(
             asked.num_queues,
             asked.queue_size,
-            false,
+            self.packed(),
             Some(self.notice.clone()),
         )?;
         let body = area.info().encode();
@@ -74,13 +55,7 @@ impl<D: Device> Session<D> {
                 why: "rings are running",
             });
         }
-        if self.packed() {
-            return Err(RequestError::NotNegotiated {
-                request: name,
-                feature: "in-flight records for packed rings",
-            });
-        }
-        let area = InflightArea::map(&info, fd, false, Some(self.notice.clone()))?;
+        let area = InflightArea::map(&info, fd, self.packed(), Some(self.notice.clone()))?;
         info!(
             "{}: in-flight area of {} queue(s) x {} entries set",
             self.info.name, info.num_queues, info.queue_size
@@ -120,10 +95,10 @@ impl<D: Device> Session<D> {
             });
         }
         // A queue beyond the area (the frontend described fewer) keeps no records.
-        let Ok(part) = area.split_queue(i as u16) else {
+        let Ok(part) = area.queue(i as u16) else {
             return Ok(());
         };
-        let resubmitted = ring.attach_inflight(part)?;
+        let resubmitted = ring.attach_inflight(&self.mem, part)?;
         if resubmitted > 0 {
             info!(
                 "{}: ring {i}: in-flight records on; {resubmitted} request(s) left in \

@@ -44,10 +44,52 @@ pub mod split {
 /// u8 old_used_wrap_counter, u8 pad[7]}` (32 bytes with alignment), then `desc_num`
 /// entries of 32 bytes.
 pub mod packed {
+    /// `features` (reserved, 0).
+    pub const FEATURES: u64 = 0;
+    /// `version`.
+    pub const VERSION: u64 = 8;
+    /// `desc_num`.
+    pub const DESC_NUM: u64 = 10;
+    /// `free_head`.
+    pub const FREE_HEAD: u64 = 12;
+    /// `old_free_head`.
+    pub const OLD_FREE_HEAD: u64 = 14;
+    /// `used_idx`.
+    pub const USED_IDX: u64 = 16;
+    /// `old_used_idx`.
+    pub const OLD_USED_IDX: u64 = 18;
+    /// `used_wrap_counter`.
+    pub const USED_WRAP: u64 = 20;
+    /// `old_used_wrap_counter`.
+    pub const OLD_USED_WRAP: u64 = 21;
     /// Header bytes.
     pub const HEADER: u64 = 32;
-    /// Bytes per entry.
+    /// Bytes per entry: `{u8 inflight, u8 pad, u16 next, u16 last, u16 num,
+    /// u64 counter, u16 id, u16 flags, u32 len, u64 addr}`.
     pub const ENTRY: u64 = 32;
+    /// `inflight` in an entry.
+    pub const E_INFLIGHT: u64 = 0;
+    /// `next` in an entry.
+    pub const E_NEXT: u64 = 2;
+    /// `last` in an entry.
+    pub const E_LAST: u64 = 4;
+    /// `num` in an entry.
+    pub const E_NUM: u64 = 6;
+    /// `counter` in an entry.
+    pub const E_COUNTER: u64 = 8;
+    /// `id` in an entry.
+    pub const E_ID: u64 = 16;
+    /// `flags` in an entry.
+    pub const E_FLAGS: u64 = 18;
+    /// `len` in an entry.
+    pub const E_LEN: u64 = 20;
+    /// `addr` in an entry.
+    pub const E_ADDR: u64 = 24;
+
+    /// Offset of entry `i`'s field `field` in a queue's region.
+    pub const fn entry(i: u16, field: u64) -> u64 {
+        HEADER + i as u64 * ENTRY + field
+    }
 }
 
 /// Bytes of one queue's region for a ring of `queue_size` entries.

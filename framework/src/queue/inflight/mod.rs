@@ -9,6 +9,7 @@
 
 mod inflight_error;
 pub mod layout;
+mod packed_inflight;
 mod split_inflight;
 
 use std::fs::File;
@@ -19,6 +20,7 @@ use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
 pub use inflight_error::InflightError;
+pub use packed_inflight::{PackedInflight, PackedResume};
 pub use split_inflight::SplitInflight;
 
 use crate::memory::MemoryTable;
@@ -27,6 +29,15 @@ use crate::sys::unix::FaultNotice;
 
 /// The largest ring the area describes (packed rings hold up to 2^15 entries).
 pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// One queue's part of an area, in the layout of its ring.
+#[derive(Debug, Clone)]
+pub enum QueueInflight {
+    /// A split ring's records.
+    Split(SplitInflight),
+    /// A packed ring's records.
+    Packed(PackedInflight),
+}
 
 /// A mapped in-flight area: `num_queues` regions of the layout's size, one per queue.
 ///
@@ -83,8 +94,13 @@ impl InflightArea {
             queue_size,
         };
         let area = Self::map(&info, file.try_clone()?, packed, notice)?;
+        let desc_num = if packed {
+            layout::packed::DESC_NUM
+        } else {
+            layout::split::DESC_NUM
+        };
         for q in 0..num_queues {
-            let at = area.queue_base(q) + layout::split::DESC_NUM;
+            let at = area.queue_base(q) + desc_num;
             area.mem
                 .store::<u16>(at, queue_size, std::sync::atomic::Ordering::Relaxed)?;
         }
@@ -163,6 +179,31 @@ impl InflightArea {
 
     fn queue_base(&self, queue: u16) -> u64 {
         self.stride * u64::from(queue)
+    }
+
+    /// Queue `queue`'s part, in the area's layout.
+    pub fn queue(&self, queue: u16) -> Result<QueueInflight, InflightError> {
+        if self.packed {
+            self.packed_queue(queue).map(QueueInflight::Packed)
+        } else {
+            self.split_queue(queue).map(QueueInflight::Split)
+        }
+    }
+
+    /// Queue `queue`'s part of a packed-layout area.
+    pub fn packed_queue(&self, queue: u16) -> Result<PackedInflight, InflightError> {
+        if queue >= self.info.num_queues || !self.packed {
+            return Err(InflightError::NoSuchQueue {
+                queue,
+                num_queues: if self.packed { self.info.num_queues } else { 0 },
+            });
+        }
+        Ok(PackedInflight::new(
+            self.mem.clone(),
+            self.queue_base(queue),
+            queue,
+            self.info.queue_size,
+        ))
     }
 
     /// Queue `queue`'s part of a split-layout area.

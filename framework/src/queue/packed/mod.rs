@@ -4,13 +4,16 @@
 pub mod layout;
 mod ring_view;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use self::layout as l;
 use self::layout::PackedDescriptor;
 use self::ring_view::DescRingView;
-use super::{Descriptor, DescriptorChain, Popped, QueueError, RingAddrs, RingState, Taken};
+use super::{
+    Descriptor, DescriptorChain, PackedInflight, Popped, QueueError, RingAddrs, RingState, Taken,
+};
 use crate::memory::{DirtyLog, MemoryTable};
 
 /// The device's side of a packed ring: where it reads the next available descriptor and
@@ -65,6 +68,11 @@ pub struct PackedRing {
     view: Option<DescRingView>,
     /// Id of the table `view` was worked out for.
     view_table: Option<u64>,
+    /// The ring's part of the in-flight area (INFLIGHT_SHMFD), when there is one.
+    inflight: Option<Box<PackedInflight>>,
+    /// Chains found in flight when the ring started, oldest first, as copied into the
+    /// area: taken before the ring is read.
+    resubmit: VecDeque<(u16, Vec<PackedDescriptor>)>,
 }
 
 impl PackedRing {
@@ -119,9 +127,41 @@ impl PackedRing {
             scratch: Vec::new(),
             view: None,
             view_table: None,
+            inflight: None,
+            resubmit: VecDeque::new(),
         };
         ring.check_rings(mem)?;
         Ok(ring)
+    }
+
+    /// Records this ring's chains in `inflight` from now on, after recovering what a
+    /// previous process left in it: the chains still in flight are rebuilt from their
+    /// copies and taken first, oldest first, and the ring resumes at the positions the
+    /// area holds (after a crash the frontend's are not to be trusted: a packed ring
+    /// has no used index in guest memory). Returns how many are resubmitted.
+    pub fn attach_inflight(
+        &mut self,
+        mem: &MemoryTable,
+        mut inflight: PackedInflight,
+    ) -> Result<u16, QueueError> {
+        let resume = inflight.recover(self.size, (self.next_used, self.used_wrap), |slot| {
+            self.load_flags(mem, slot).ok()
+        })?;
+        let mut count = 0;
+        if let Some(r) = resume {
+            (self.next_used, self.used_wrap) = r.used;
+            (self.next_avail, self.avail_wrap) = r.avail;
+            self.signalled = r.used;
+            count = r.chains.len() as u16;
+            self.resubmit = r.chains.into();
+        }
+        self.inflight = Some(Box::new(inflight));
+        Ok(count)
+    }
+
+    /// Whether chains are recorded in an in-flight area.
+    pub fn tracks_in_flight(&self) -> bool {
+        self.inflight.is_some()
     }
 
     /// Bytes of guest memory the descriptor ring and the two event areas take.
@@ -252,14 +292,22 @@ impl PackedRing {
         chain: &mut DescriptorChain,
     ) -> Result<Taken, QueueError> {
         self.refresh_view(mem);
+        if let Some((id, descs)) = self.resubmit.pop_front() {
+            return Ok(self.resubmitted_into(mem, id, &descs, chain));
+        }
         if !self.has_available(mem)? {
             return Ok(Taken::Empty);
         }
         let position = l::position(self.next_avail, self.avail_wrap);
         let mut descs = std::mem::take(&mut self.scratch);
         let walked = self.walk(mem, self.next_avail, &mut descs, chain);
+        let marked = match (&walked, &mut self.inflight) {
+            (Ok(_), Some(f)) => f.mark(chain.id(), &descs),
+            _ => Ok(()),
+        };
         self.scratch = descs;
         let (built, slots) = walked?;
+        marked?;
         let (slot, wrap) = l::advance(self.next_avail, self.avail_wrap, slots, self.size);
         self.next_avail = slot;
         self.avail_wrap = wrap;
@@ -276,6 +324,34 @@ impl PackedRing {
                 error,
             },
         })
+    }
+
+    /// A chain found in flight at the start, rebuilt from its copies (the driver still
+    /// owns its buffers and any indirect table: it has not seen the chain used).
+    #[cold]
+    fn resubmitted_into(
+        &mut self,
+        mem: &MemoryTable,
+        id: u16,
+        descs: &[PackedDescriptor],
+        chain: &mut DescriptorChain,
+    ) -> Taken {
+        let position = l::position(self.next_avail, self.avail_wrap);
+        let slots = descs.len() as u16;
+        chain.reset(id);
+        match self.build(mem, descs, chain) {
+            Ok(()) => {
+                chain.token.position = position;
+                chain.token.slots = slots;
+                Taken::Chain
+            }
+            Err(error) => Taken::Refused {
+                id,
+                position,
+                slots,
+                error,
+            },
+        }
     }
 
     /// The chain starting at `slot`, into `chain`: its extent first (ring slots while
@@ -407,6 +483,9 @@ impl PackedRing {
         let (slot, wrap) = l::advance(self.next_used, self.used_wrap, slots, self.size);
         self.next_used = slot;
         self.used_wrap = wrap;
+        if let Some(f) = &mut self.inflight {
+            f.link_used(id, (slot, wrap));
+        }
         self.used_since_signal = true;
         self.batch += 1;
         if self.batch >= (self.size / 2).max(1) {
@@ -423,7 +502,11 @@ impl PackedRing {
             return Ok(());
         };
         fence(Ordering::Release);
-        self.store_flags(mem, slot, flags)
+        self.store_flags(mem, slot, flags)?;
+        if let Some(f) = &mut self.inflight {
+            f.published((self.next_used, self.used_wrap));
+        }
+        Ok(())
     }
 
     fn write_device_event(
