@@ -8,32 +8,15 @@ mod backend;
 #[path = "support/guest.rs"]
 mod guest;
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use backend::{BackendProcess, TempDir};
-use guest::{GuestConfig, GuestRun};
+use guest::{md5, GuestConfig, GuestRun};
 
 const T: Duration = Duration::from_secs(30);
 const MARKER: &str = "VHU-HOST-MARKER";
 const MIB: u64 = 1 << 20;
-
-fn md5(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("md5sum");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
 
 /// The md5 of `mib` MiB of the image at `off_mib` MiB.
 fn image_md5(image: &std::path::Path, off_mib: u64, mib: u64) -> String {

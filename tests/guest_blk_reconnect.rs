@@ -10,14 +10,12 @@ mod backend;
 #[path = "support/guest.rs"]
 mod guest;
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::process::{Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use backend::{BackendProcess, TempDir};
-use guest::GuestConfig;
+use guest::{md5, GuestConfig};
 use nix::sys::signal::Signal;
 
 const MIB: u64 = 1 << 20;
@@ -28,21 +26,6 @@ const CHURN_OFF_MIB: u64 = 8;
 const JOBS: u64 = 4;
 /// How long the guest may take for anything the host waits on.
 const GUEST_T: Duration = Duration::from_secs(180);
-
-fn md5(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("md5sum");
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
 
 /// Waits until the guest's jobs have finished `rounds` more rounds between them.
 fn wait_rounds(console: &Receiver<String>, rounds: usize, what: &str) {

@@ -981,6 +981,33 @@ fn inflight_body(size: u64, offset: u64, queues: u16, qsize: u16) -> Vec<u8> {
     b
 }
 
+/// Whether the device keeps in-flight records (blk): its GET_INFLIGHT_FD hands out an
+/// area for any geometry it has, whatever sizes the request carries (they are the
+/// reply's fields).
+fn keeps_records(ctx: &Ctx<'_>) -> bool {
+    ctx.kind == crate::hostile::Kind::Blk
+}
+
+/// The `mmap_size` of a GET_INFLIGHT_FD reply, and whether an fd came with it.
+fn get_inflight(fe: &mut Frontend, body: &[u8]) -> (u64, usize) {
+    fe.send_raw(R::GET_INFLIGHT_FD.number(), PLAIN, body, &[])
+        .expect("send");
+    match next_outcome(fe, T) {
+        Outcome::Reply(m) => {
+            assert_eq!(m.header.request, R::GET_INFLIGHT_FD.number());
+            assert_eq!(m.body.len(), 24);
+            let size = u64::from_ne_bytes(m.body[..8].try_into().expect("8 bytes"));
+            (size, m.fds.len())
+        }
+        other => panic!("GET_INFLIGHT_FD: {other:?}"),
+    }
+}
+
+/// Bytes of a split-layout area for one queue of `qsize` entries.
+fn split_area_len(qsize: u16) -> u64 {
+    (16 + 16 * u64::from(qsize)).div_ceil(64) * 64
+}
+
 fn inflight_sizes_and_offsets_overflow(ctx: &Ctx<'_>) {
     let mut fe = ctx.negotiated();
     let f = memfd(4096);
@@ -991,9 +1018,13 @@ fn inflight_sizes_and_offsets_overflow(ctx: &Ctx<'_>) {
         (0, 0),
     ] {
         let body = inflight_body(size, offset, 1, 16);
-        let reply = expect_reply(&mut fe, R::GET_INFLIGHT_FD, &body, &[]);
-        assert_eq!(reply.len(), 24);
-        assert_eq!(&reply[..8], &[0; 8], "no inflight area handed out");
+        let (got, fds) = get_inflight(&mut fe, &body);
+        if keeps_records(ctx) && size.checked_add(offset).is_some() {
+            // The request's size fields are the reply's: only an overflow is refused.
+            assert_eq!((got, fds), (split_area_len(16), 1), "the area for 1 x 16");
+        } else {
+            assert_eq!((got, fds), (0, 0), "no inflight area handed out");
+        }
         expect_nack(&mut fe, R::SET_INFLIGHT_FD, &body, &[&f]);
     }
     expect_alive(&mut fe);
@@ -1011,8 +1042,14 @@ fn inflight_queue_counts_out_of_range(ctx: &Ctx<'_>) {
         (65535, 65535),
     ] {
         let body = inflight_body(1 << 20, 0, queues, qsize);
-        let reply = expect_reply(&mut fe, R::GET_INFLIGHT_FD, &body, &[]);
-        assert_eq!(&reply[..8], &[0; 8], "inflight {queues} x {qsize} accepted");
+        let (got, fds) = get_inflight(&mut fe, &body);
+        if keeps_records(ctx) && (queues, qsize) == (1, 3) {
+            // One queue of 3 entries is a geometry blk has (rings of up to 3).
+            assert_eq!((got, fds), (split_area_len(3), 1));
+            expect_ack(&mut fe, R::SET_INFLIGHT_FD, &body, &[&f]);
+            continue;
+        }
+        assert_eq!((got, fds), (0, 0), "inflight {queues} x {qsize} accepted");
         expect_nack(&mut fe, R::SET_INFLIGHT_FD, &body, &[&f]);
     }
     expect_alive(&mut fe);
@@ -1207,7 +1244,14 @@ fn set_vring_num_flood(ctx: &Ctx<'_>) {
 
 fn get_inflight_fd_flood(ctx: &Ctx<'_>) {
     let mut fe = ctx.negotiated();
-    let body = inflight_body(4096, 0, 1, 16);
+    let body = inflight_body(0, 0, 1, 16);
+    // With records each reply hands out a new area (and drops the last one): the
+    // process's fds and mappings stay flat all the same.
+    let want = if keeps_records(ctx) {
+        (split_area_len(16), 1)
+    } else {
+        (0, 0)
+    };
     flood(ctx, 100, |_| {
         for _ in 0..50 {
             fe.send_raw(R::GET_INFLIGHT_FD.number(), PLAIN, &body, &[])
@@ -1217,11 +1261,15 @@ fn get_inflight_fd_flood(ctx: &Ctx<'_>) {
             match next_outcome(&fe, T) {
                 Outcome::Reply(m) => {
                     assert_eq!(m.header.request, R::GET_INFLIGHT_FD.number());
-                    assert!(m.fds.is_empty(), "GET_INFLIGHT_FD handed out an fd");
+                    let size = u64::from_ne_bytes(m.body[..8].try_into().expect("8 bytes"));
+                    assert_eq!((size, m.fds.len()), want, "GET_INFLIGHT_FD reply");
                 }
                 other => panic!("GET_INFLIGHT_FD: {other:?}"),
             }
         }
+        // The backend closes its copy of the last area's fd after the reply went out:
+        // one more round trip and it has.
+        fe.get_features().expect("GET_FEATURES");
     });
     expect_alive(&mut fe);
 }

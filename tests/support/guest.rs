@@ -791,3 +791,20 @@ impl GuestImage {
         }
     }
 }
+
+/// The md5 of `data` (as the guest's `md5sum` prints it).
+pub fn md5(data: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

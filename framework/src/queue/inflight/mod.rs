@@ -10,6 +10,7 @@
 mod inflight_error;
 pub mod layout;
 mod packed_inflight;
+mod queue_region;
 mod split_inflight;
 
 use std::fs::File;

@@ -24,6 +24,7 @@
 use std::sync::atomic::Ordering;
 
 use super::layout::{self, packed as l};
+use super::queue_region::QueueRegion;
 use super::InflightError;
 use crate::memory::MemoryTable;
 use crate::queue::packed::layout::{self as ring_layout, PackedDescriptor};
@@ -58,8 +59,7 @@ pub struct PackedResume {
 /// ```
 #[derive(Debug, Clone)]
 pub struct PackedInflight {
-    mem: MemoryTable,
-    base: u64,
+    region: QueueRegion,
     queue: u16,
     capacity: u16,
     ring_size: u16,
@@ -77,8 +77,7 @@ pub struct PackedInflight {
 impl PackedInflight {
     pub(super) fn new(mem: MemoryTable, base: u64, queue: u16, capacity: u16) -> Self {
         PackedInflight {
-            mem,
-            base,
+            region: QueueRegion::new(mem, base),
             queue,
             capacity,
             ring_size: capacity,
@@ -91,19 +90,11 @@ impl PackedInflight {
     }
 
     fn load<T: vm_memory::AtomicAccess + Default>(&self, at: u64) -> T {
-        self.mem
-            .load::<T>(self.base + at, Ordering::Acquire)
-            .unwrap_or_default()
+        self.region.load(at)
     }
 
     fn store<T: vm_memory::AtomicAccess>(&self, at: u64, v: T, order: Ordering) {
-        #[cfg(test)]
-        if !super::split_inflight::crash::store_allowed() {
-            return;
-        }
-        // The region was checked to hold every offset written here; a file shrunk
-        // under the mapping is caught by its fault guard.
-        let _ = self.mem.store::<T>(self.base + at, v, order);
+        self.region.store(at, v, order)
     }
 
     fn bad(&self, what: &'static str, index: u16) -> InflightError {

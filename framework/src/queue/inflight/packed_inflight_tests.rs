@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use super::super::split_inflight::crash;
+use super::super::queue_region::crash;
 use super::super::{layout::packed as l, InflightArea, InflightError};
 use super::PackedInflight;
 use crate::queue::packed::layout::{PackedDescriptor, F_AVAIL, F_NEXT, F_USED};

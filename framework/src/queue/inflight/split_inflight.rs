@@ -17,6 +17,7 @@
 use std::sync::atomic::Ordering;
 
 use super::layout::{self, split as l};
+use super::queue_region::QueueRegion;
 use super::InflightError;
 use crate::memory::MemoryTable;
 
@@ -38,8 +39,7 @@ use crate::memory::MemoryTable;
 /// ```
 #[derive(Debug, Clone)]
 pub struct SplitInflight {
-    mem: MemoryTable,
-    base: u64,
+    region: QueueRegion,
     queue: u16,
     /// Entries the region holds (the area's queue size).
     capacity: u16,
@@ -55,8 +55,7 @@ pub struct SplitInflight {
 impl SplitInflight {
     pub(super) fn new(mem: MemoryTable, base: u64, queue: u16, capacity: u16) -> Self {
         SplitInflight {
-            mem,
-            base,
+            region: QueueRegion::new(mem, base),
             queue,
             capacity,
             counter: 1,
@@ -66,19 +65,11 @@ impl SplitInflight {
     }
 
     fn load<T: vm_memory::AtomicAccess + Default>(&self, at: u64) -> T {
-        self.mem
-            .load::<T>(self.base + at, Ordering::Acquire)
-            .unwrap_or_default()
+        self.region.load(at)
     }
 
     fn store<T: vm_memory::AtomicAccess>(&self, at: u64, v: T, order: Ordering) {
-        #[cfg(test)]
-        if !crash::store_allowed() {
-            return;
-        }
-        // The region was checked to hold every offset written here; a file shrunk
-        // under the mapping is caught by its fault guard.
-        let _ = self.mem.store::<T>(self.base + at, v, order);
+        self.region.store(at, v, order)
     }
 
     /// Prepares the region for a ring of `ring_size` entries whose used ring holds
@@ -224,34 +215,6 @@ impl SplitInflight {
         }
         self.store::<u16>(l::USED_IDX, used_idx, Ordering::Release);
         self.batch.clear();
-    }
-}
-
-/// A simulated crash for the tests: after a set number of stores to the region, the
-/// rest are lost, as if the process had been killed there.
-#[cfg(test)]
-pub(crate) mod crash {
-    use std::cell::Cell;
-
-    thread_local! {
-        static LEFT: Cell<Option<u32>> = const { Cell::new(None) };
-    }
-
-    /// Lets `n` more stores through (None: all).
-    pub(crate) fn allow(n: Option<u32>) {
-        LEFT.with(|l| l.set(n));
-    }
-
-    /// Whether the next store happens (and counts it).
-    pub(crate) fn store_allowed() -> bool {
-        LEFT.with(|l| match l.get() {
-            None => true,
-            Some(0) => false,
-            Some(n) => {
-                l.set(Some(n - 1));
-                true
-            }
-        })
     }
 }
 

@@ -323,19 +323,7 @@ impl SplitRing {
             head,
             self.indirect,
         );
-        Ok(match walked {
-            Ok(()) => {
-                chain.token.position = position;
-                chain.token.slots = 1;
-                Taken::Chain
-            }
-            Err(error) => Taken::Refused {
-                id: head,
-                position,
-                slots: 1,
-                error,
-            },
-        })
+        Ok(taken(walked, chain, head, position))
     }
 
     /// The next chain found in flight at the start, walked from its head (the guest
@@ -364,19 +352,7 @@ impl SplitRing {
             head,
             self.indirect,
         );
-        match walked {
-            Ok(()) => {
-                chain.token.position = position;
-                chain.token.slots = 1;
-                Taken::Chain
-            }
-            Err(error) => Taken::Refused {
-                id: head,
-                position,
-                slots: 1,
-                error,
-            },
-        }
+        taken(walked, chain, head, position)
     }
 
     /// Makes the used entries added so far visible to the guest (one release store of
@@ -504,6 +480,30 @@ impl SplitRing {
             self.signalled_used = Some(new);
         }
         Ok(need)
+    }
+}
+
+/// What walking the chain at `head`, read at avail `position`, gave (a split chain
+/// takes one avail slot).
+#[inline]
+fn taken(
+    walked: Result<(), QueueError>,
+    chain: &mut DescriptorChain,
+    head: u16,
+    position: u16,
+) -> Taken {
+    match walked {
+        Ok(()) => {
+            chain.token.position = position;
+            chain.token.slots = 1;
+            Taken::Chain
+        }
+        Err(error) => Taken::Refused {
+            id: head,
+            position,
+            slots: 1,
+            error,
+        },
     }
 }
 

@@ -1,7 +1,8 @@
 use std::sync::atomic::Ordering;
 
+use super::super::queue_region::crash;
 use super::super::{layout::split as l, InflightArea, InflightError};
-use super::{crash, SplitInflight};
+use super::SplitInflight;
 
 fn area(size: u16) -> InflightArea {
     InflightArea::create(1, size, false, None).expect("area").0
