@@ -11,6 +11,7 @@ mod backend;
 mod guest;
 
 use std::os::unix::fs::FileExt;
+use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,21 @@ fn wait_rounds(console: &Receiver<String>, rounds: usize, what: &str) {
     }
 }
 
+/// Kills the QEMU serving `socket` when the test panics: the guest runs on a thread of
+/// its own, and left running it would hold the guest lock that every later guest test
+/// waits for.
+struct StopGuestOnPanic(String);
+
+impl Drop for StopGuestOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-f", &format!("qemu-system.*{}", self.0)])
+                .status();
+        }
+    }
+}
+
 fn churn_through_kills(aio: &str, packed: bool) {
     let Some(image) = guest::require_guest() else {
         return;
@@ -68,6 +84,7 @@ fn churn_through_kills(aio: &str, packed: bool) {
         extra_cmdline: format!("vhu.churn_jobs={JOBS} vhu.churn_off_mib={CHURN_OFF_MIB}"),
         ..GuestConfig::with_tests(&["info", "blk_churn"])
     };
+    let _stop = StopGuestOnPanic(socket.to_string_lossy().into_owned());
     let guest = std::thread::spawn(move || image.run(&cfg));
     let deadline = Instant::now() + GUEST_T;
     loop {
