@@ -71,6 +71,31 @@ pub(crate) enum Taken {
 }
 
 impl Taken {
+    /// The outcome of walking buffer `id`'s chain, read at ring `position` and taking
+    /// `slots` ring slots, into `chain`: the chain (its token placed), or its refusal.
+    #[inline]
+    pub(crate) fn walked(
+        walked: Result<(), QueueError>,
+        chain: &mut DescriptorChain,
+        id: u16,
+        position: u16,
+        slots: u16,
+    ) -> Self {
+        match walked {
+            Ok(()) => {
+                chain.token.position = position;
+                chain.token.slots = slots;
+                Taken::Chain
+            }
+            Err(error) => Taken::Refused {
+                id,
+                position,
+                slots,
+                error,
+            },
+        }
+    }
+
     /// The public shape of the outcome, with the chain walked into `chain`.
     pub(crate) fn into_popped(self, chain: DescriptorChain) -> Option<Popped> {
         match self {

@@ -136,7 +136,7 @@ impl PackedInflight {
                 }
                 self.store::<u16>(l::DESC_NUM, self.capacity, Ordering::Relaxed);
                 self.write_positions(ring_used, ring_used);
-                self.rebuild_free(&[]);
+                self.rebuild_free(&vec![false; usize::from(self.capacity)]);
                 self.counter = 1;
                 self.store::<u16>(l::VERSION, layout::VERSION, Ordering::Release);
                 return Ok(None);
@@ -170,7 +170,7 @@ impl PackedInflight {
         };
         // The chains in flight, from their copies.
         let mut owned = vec![false; usize::from(self.capacity)];
-        let mut found: Vec<(u64, u16, Vec<u16>, Vec<PackedDescriptor>)> = Vec::new();
+        let mut found: Vec<(u64, u16, Vec<PackedDescriptor>)> = Vec::new();
         let mut slots: u32 = 0;
         for i in 0..self.capacity {
             match self.load::<u8>(l::entry(i, l::E_INFLIGHT)) {
@@ -211,9 +211,9 @@ impl PackedInflight {
             if id >= ring_size || !self.chains[usize::from(id)].is_empty() {
                 return Err(self.bad("buffer id", id));
             }
-            self.chains[usize::from(id)] = entries.clone();
+            self.chains[usize::from(id)] = entries;
             slots += u32::from(num);
-            found.push((self.load(l::entry(i, l::E_COUNTER)), id, entries, descs));
+            found.push((self.load(l::entry(i, l::E_COUNTER)), id, descs));
         }
         if slots > u32::from(ring_size) {
             return Err(InflightError::BadBatch {
@@ -226,14 +226,11 @@ impl PackedInflight {
         }
         found.sort_unstable_by_key(|f| (f.0, f.1));
         self.counter = found.last().map_or(1, |f| f.0.saturating_add(1));
-        let taken: Vec<u16> = (0..self.capacity)
-            .filter(|&i| owned[usize::from(i)])
-            .collect();
-        self.rebuild_free(&taken);
+        self.rebuild_free(&owned);
         self.write_positions(committed, committed);
         let avail = ring_layout::advance(committed.0, committed.1, slots as u16, ring_size);
         Ok(Some(PackedResume {
-            chains: found.into_iter().map(|(_, id, _, d)| (id, d)).collect(),
+            chains: found.into_iter().map(|(_, id, d)| (id, d)).collect(),
             used: committed,
             avail,
         }))
@@ -279,12 +276,9 @@ impl PackedInflight {
         Ok(())
     }
 
-    /// Every entry not in `taken` is free; the area's batch list starts empty.
-    fn rebuild_free(&mut self, taken: &[u16]) {
-        let mut owned = vec![false; usize::from(self.capacity)];
-        for &t in taken {
-            owned[usize::from(t)] = true;
-        }
+    /// Every entry not `owned` (by a chain in flight) is free; the area's batch list
+    /// starts empty.
+    fn rebuild_free(&mut self, owned: &[bool]) {
         self.free = (0..self.capacity)
             .rev()
             .filter(|&i| !owned[usize::from(i)])

@@ -311,19 +311,8 @@ impl PackedRing {
         let (slot, wrap) = l::advance(self.next_avail, self.avail_wrap, slots, self.size);
         self.next_avail = slot;
         self.avail_wrap = wrap;
-        Ok(match built {
-            Ok(()) => {
-                chain.token.position = position;
-                chain.token.slots = slots;
-                Taken::Chain
-            }
-            Err(error) => Taken::Refused {
-                id: chain.id(),
-                position,
-                slots,
-                error,
-            },
-        })
+        let id = chain.id();
+        Ok(Taken::walked(built, chain, id, position, slots))
     }
 
     /// A chain found in flight at the start, rebuilt from its copies (the driver still
@@ -339,19 +328,8 @@ impl PackedRing {
         let position = l::position(self.next_avail, self.avail_wrap);
         let slots = descs.len() as u16;
         chain.reset(id);
-        match self.build(mem, descs, chain) {
-            Ok(()) => {
-                chain.token.position = position;
-                chain.token.slots = slots;
-                Taken::Chain
-            }
-            Err(error) => Taken::Refused {
-                id,
-                position,
-                slots,
-                error,
-            },
-        }
+        let built = self.build(mem, descs, chain);
+        Taken::walked(built, chain, id, position, slots)
     }
 
     /// The chain starting at `slot`, into `chain`: its extent first (ring slots while

@@ -312,6 +312,20 @@ impl SplitRing {
             });
         }
         self.next_avail = self.next_avail.wrapping_add(1);
+        Ok(self.take_head(mem, view, head, position, chain))
+    }
+
+    /// Records chain `head` (read at avail `position`) as taken and walks it into
+    /// `chain`.
+    #[inline]
+    fn take_head(
+        &mut self,
+        mem: &MemoryTable,
+        view: Option<RingView>,
+        head: u16,
+        position: u16,
+        chain: &mut DescriptorChain,
+    ) -> Taken {
         if let Some(f) = &mut self.inflight {
             f.mark(head);
         }
@@ -323,7 +337,7 @@ impl SplitRing {
             head,
             self.indirect,
         );
-        Ok(taken(walked, chain, head, position))
+        Taken::walked(walked, chain, head, position, 1)
     }
 
     /// The next chain found in flight at the start, walked from its head (the guest
@@ -338,21 +352,10 @@ impl SplitRing {
         let Some(head) = self.resubmit.pop_front() else {
             return Taken::Empty;
         };
-        if let Some(f) = &mut self.inflight {
-            f.mark(head);
-        }
         // Its place in the avail ring is not known: chains resubmitted stay in flight in
         // the area when the ring stops, and are never rewound to.
         let position = self.next_avail;
-        let walked = chain.fill_split(
-            mem,
-            self.addrs.desc,
-            view.as_ref(),
-            self.size,
-            head,
-            self.indirect,
-        );
-        taken(walked, chain, head, position)
+        self.take_head(mem, view, head, position, chain)
     }
 
     /// Makes the used entries added so far visible to the guest (one release store of
@@ -480,30 +483,6 @@ impl SplitRing {
             self.signalled_used = Some(new);
         }
         Ok(need)
-    }
-}
-
-/// What walking the chain at `head`, read at avail `position`, gave (a split chain
-/// takes one avail slot).
-#[inline]
-fn taken(
-    walked: Result<(), QueueError>,
-    chain: &mut DescriptorChain,
-    head: u16,
-    position: u16,
-) -> Taken {
-    match walked {
-        Ok(()) => {
-            chain.token.position = position;
-            chain.token.slots = 1;
-            Taken::Chain
-        }
-        Err(error) => Taken::Refused {
-            id: head,
-            position,
-            slots: 1,
-            error,
-        },
     }
 }
 
