@@ -28,7 +28,7 @@
 #   BLK_MEDIA tmpfs: image in /dev/shm, page cache on both sides; disk: image in WORK on
 #             the machine's disk, O_DIRECT on both sides (blk_backend --direct;
 #             qemu-storage-daemon cache.direct=on,aio=io_uring) [tmpfs]
-#   BLK_AIO   blk_backend --aio io-uring|sync [io-uring]
+#   BLK_AIO   blk_backend --aio auto|io-uring|sync [auto]
 #   BLK_QUEUES request queues on both sides (ours with --worker-per-queue when more than
 #             one; the bench spreads its depth over them) [1]
 #   NET_DPDK  1: also run benches/net_dpdk.sh (DPDK virtio-user as the client) [0]
@@ -165,7 +165,7 @@ stop_backend() {
 
 # start KIND WHO: the backend of a row; prints nothing, sets SOCK.
 BLK_MEDIA=${BLK_MEDIA:-tmpfs}
-BLK_AIO=${BLK_AIO:-io-uring}
+BLK_AIO=${BLK_AIO:-auto}
 BLK_QUEUES=${BLK_QUEUES:-1}
 BLK_PER_QUEUE=()
 [ "$BLK_QUEUES" -gt 1 ] && BLK_PER_QUEUE=(--worker-per-queue)

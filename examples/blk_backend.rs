@@ -23,6 +23,8 @@ const DEFAULT_SOCKET: &str = "/tmp/vhost-user-blk.sock";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum AioArg {
+    /// io-uring, except for an image in memory (tmpfs): sync there.
+    Auto,
     /// One io_uring per worker.
     #[value(name = "io-uring", alias = "io_uring")]
     IoUring,
@@ -82,10 +84,11 @@ struct Args {
     /// Cache mode offered at start (the guest may switch it).
     #[arg(long, value_enum, default_value = "on")]
     flush: Flush,
-    /// How requests reach the image: io_uring (requests in flight, completed out of
-    /// order; falls back to sync, with a log line, where the kernel has no io_uring)
-    /// or sync (one blocking request at a time per worker).
-    #[arg(long, value_enum, default_value = "io-uring")]
+    /// How requests reach the image: io-uring (requests in flight, completed out of
+    /// order; falls back to sync, with a log line, where the kernel has no io_uring),
+    /// sync (one blocking request at a time per worker), or auto: io-uring, except for
+    /// an image in memory (tmpfs), whose copies finish inside the system call.
+    #[arg(long, value_enum, default_value = "auto")]
     aio: AioArg,
     /// Request queues.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -135,22 +138,28 @@ fn main() {
             ""
         }
     );
-    match (args.aio, vhost_user_sync_blk::probe_io_uring()) {
-        (AioArg::IoUring, Ok(())) => log::info!("requests through io_uring"),
-        (AioArg::IoUring, Err(e)) => {
-            log::warn!("io_uring is not available ({e}): synchronous I/O")
-        }
+    let aio = match args.aio {
+        AioArg::Auto => Aio::Auto,
+        AioArg::IoUring => Aio::IoUring,
+        AioArg::Sync => Aio::Sync,
+    };
+    match (args.aio, aio.wants_io_uring(&disk)) {
         (AioArg::Sync, _) => log::info!("requests done synchronously (--aio sync)"),
+        (_, false) => log::info!(
+            "requests done synchronously: {image} is in memory, where a copy finishes \
+             inside the system call (--aio io-uring to use io_uring anyway)"
+        ),
+        (_, true) => match vhost_user_sync_blk::probe_io_uring() {
+            Ok(()) => log::info!("requests through io_uring"),
+            Err(e) => log::warn!("io_uring is not available ({e}): synchronous I/O"),
+        },
     }
     let config = BlkConfig {
         num_queues: args.queues,
         worker_per_queue: args.worker_per_queue,
         writeback: args.flush == Flush::On,
         serial: args.serial.clone(),
-        aio: match args.aio {
-            AioArg::IoUring => Aio::IoUring,
-            AioArg::Sync => Aio::Sync,
-        },
+        aio,
         ..BlkConfig::default()
     };
     if args.listen.socket_count > 1 && !args.read_only {
@@ -177,7 +186,7 @@ fn main() {
     let c = metrics.snapshot();
     log::info!(
         "exiting: {} reads ({} bytes), {} writes ({} bytes), {} flushes, {} discards, \
-         {} malformed, {} I/O errors, {} bounced",
+         {} malformed, {} I/O errors, {} bounced, {} through io_uring",
         c.read_ops,
         c.read_bytes,
         c.write_ops,
@@ -186,7 +195,8 @@ fn main() {
         c.discard_ops,
         c.malformed,
         c.io_errors,
-        c.bounced
+        c.bounced,
+        c.ring_ops
     );
     if let Err(e) = result {
         drop(listeners);

@@ -78,7 +78,23 @@ on_both_engines!(
 );
 
 fn start(args: &[&str]) -> Disk {
-    let dir = TempDir::new("blk-image");
+    let aio = AIO.with(|a| a.get());
+    let disk = start_in(TempDir::new("blk-image"), args, Some(aio));
+    // The engine asked for is the one used: no silent fallback.
+    let engine = match aio {
+        "sync" => "requests done synchronously",
+        _ => "requests through io_uring",
+    };
+    assert!(
+        disk.be.startup.iter().any(|l| l.contains(engine)),
+        "blk_backend did not log {engine:?}: {:?}",
+        disk.be.startup
+    );
+    disk
+}
+
+/// A backend on a patterned image in `dir`, with `--aio aio` (None: the default).
+fn start_in(dir: TempDir, args: &[&str], aio: Option<&str>) -> Disk {
     let image = dir.path().join("disk.img");
     let data: Vec<u8> = (0..IMAGE_SIZE).map(pattern).collect();
     std::fs::write(&image, data).unwrap();
@@ -89,19 +105,10 @@ fn start(args: &[&str]) -> Disk {
         "disk-serial-42",
     ];
     all.extend_from_slice(args);
-    let aio = AIO.with(|a| a.get());
-    all.extend_from_slice(&["--aio", aio]);
+    if let Some(aio) = aio {
+        all.extend_from_slice(&["--aio", aio]);
+    }
     let be = BackendProcess::start("blk_backend", &all);
-    // The engine asked for is the one used: no silent fallback.
-    let engine = match aio {
-        "sync" => "requests done synchronously",
-        _ => "requests through io_uring",
-    };
-    assert!(
-        be.startup.iter().any(|l| l.contains(engine)),
-        "blk_backend did not log {engine:?}: {:?}",
-        be.startup
-    );
     Disk {
         be,
         image,
@@ -110,6 +117,24 @@ fn start(args: &[&str]) -> Disk {
 }
 
 impl Disk {
+    /// Ends the backend with SIGTERM; returns how many requests it did through io_uring
+    /// (from its exit line).
+    fn stop_counting_ring_ops(mut self) -> u64 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.be.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let line = self.be.wait_log("exiting:", Duration::from_secs(10));
+        self.be.wait_exit();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words
+            .windows(3)
+            .position(|w| w[1] == "through" && w[2] == "io_uring")
+            .unwrap_or_else(|| panic!("no io_uring count in {line:?}"));
+        words[at].parse().unwrap()
+    }
+
     fn file_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
         let f = std::fs::File::open(&self.image).unwrap();
         let mut b = vec![0u8; len];
@@ -423,6 +448,70 @@ fn flush_get_id_discard_and_write_zeroes() {
     }
     let r = b.read(200, 512);
     assert_eq!((r.status(), r.data()), (OK, &[0u8; 512][..]));
+    drop(b);
+    // On io_uring everything but GET_ID went through the ring: the flush, the discard of
+    // two segments, both write-zeroes and the read.
+    let ring_ops = disk.stop_counting_ring_ops();
+    let want = if AIO.with(|a| a.get()) == "sync" {
+        0
+    } else {
+        5
+    };
+    assert_eq!(ring_ops, want, "requests through io_uring");
+}
+
+/// An image in memory (tmpfs): by default its requests are done synchronously, and the
+/// log says why; with `--aio io-uring` they go through the ring, and a write-zeroes that
+/// tmpfs cannot do in place (it has no FALLOC_FL_ZERO_RANGE) is done by writing zeroes.
+#[test]
+fn an_image_in_memory_is_served_synchronously_unless_io_uring_is_asked_for() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        assert!(!backend::ci(), "/dev/shm is missing");
+        eprintln!("skipped: no /dev/shm");
+        return;
+    }
+    let in_shm = |tag: &str| {
+        let dir = TempDir(shm.join(format!("vu-{tag}-{}", std::process::id())));
+        std::fs::create_dir_all(dir.path()).unwrap();
+        dir
+    };
+    let disk = start_in(in_shm("auto"), &[], None);
+    assert!(
+        disk.be
+            .startup
+            .iter()
+            .any(|l| l.contains("requests done synchronously") && l.contains("in memory")),
+        "{:?}",
+        disk.be.startup
+    );
+    let mut b = connect(&disk, u64::MAX, 1);
+    let r = b.read(8, 512);
+    assert_eq!(r.status(), OK);
+    assert_eq!(r.data(), &disk.file_bytes(8 * 512, 512)[..]);
+    drop(b);
+    assert_eq!(disk.stop_counting_ring_ops(), 0);
+
+    let disk = start_in(in_shm("ring"), &[], Some("io-uring"));
+    assert!(disk
+        .be
+        .startup
+        .iter()
+        .any(|l| l.contains("requests through io_uring")));
+    let mut b = connect(&disk, u64::MAX, 1);
+    let mut z = Req::new(kind::WRITE_ZEROES, 0);
+    z.out = vec![Segment {
+        sector: 40,
+        num_sectors: 2,
+        flags: 0,
+    }
+    .to_bytes()
+    .to_vec()];
+    assert_eq!(b.run(0, &z).status(), OK);
+    assert_eq!(disk.file_bytes(40 * 512, 1024), vec![0; 1024]);
+    assert_eq!(disk.file_bytes(42 * 512, 1), vec![pattern(42 * 512)]);
+    drop(b);
+    assert_eq!(disk.stop_counting_ring_ops(), 1);
 }
 
 fn malformed_requests_complete_with_an_error_and_touch_nothing() {

@@ -49,13 +49,38 @@ pub struct BlkConfig {
 /// How a block device's requests reach the image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Aio {
-    /// Reads, writes and flushes go to the kernel through one io_uring per worker and
-    /// complete out of order, up to a queue's depth in flight; where io_uring is not
-    /// available the worker says so in the log and runs [`Aio::Sync`].
+    /// [`Aio::IoUring`], except for an image in memory (tmpfs, ramfs, hugetlbfs):
+    /// [`Aio::Sync`] there, since a copy to or from memory finishes inside the system
+    /// call, and such files cannot be read or written without blocking, so io_uring
+    /// would hand every request to a kernel thread.
     #[default]
+    Auto,
+    /// Reads, writes, flushes, discards and write-zeroes go to the kernel through one
+    /// io_uring per worker and complete out of order, up to a queue's depth in flight;
+    /// where io_uring is not available the worker says so in the log and runs
+    /// [`Aio::Sync`].
     IoUring,
     /// One blocking `preadv`/`pwritev`/`fdatasync` per request, in ring order.
     Sync,
+}
+
+impl Aio {
+    /// Whether requests on `disk` go through io_uring (where the kernel has it).
+    ///
+    /// ```no_run
+    /// use vhost_user_sync_blk::{Aio, DiskImage, DiskOptions};
+    /// let disk = DiskImage::open("/dev/shm/disk.img", DiskOptions::default())?;
+    /// assert!(!Aio::Auto.wants_io_uring(&disk));
+    /// assert!(Aio::IoUring.wants_io_uring(&disk));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wants_io_uring(self, disk: &DiskImage) -> bool {
+        match self {
+            Aio::Auto => !disk.in_memory(),
+            Aio::IoUring => true,
+            Aio::Sync => false,
+        }
+    }
 }
 
 impl Default for BlkConfig {

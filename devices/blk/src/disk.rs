@@ -49,6 +49,7 @@ pub struct DiskImage {
     path: PathBuf,
     options: DiskOptions,
     block_device: bool,
+    in_memory: bool,
     /// Size in sectors, refreshed by [`Self::refresh_capacity`].
     capacity: AtomicU64,
     /// Alignment `O_DIRECT` needs of offsets and lengths (also the logical block size
@@ -83,6 +84,7 @@ impl DiskImage {
             lock_image(&file, path, options.read_only)?;
         }
         let block_device = file.metadata()?.file_type().is_block_device();
+        let in_memory = !block_device && in_memory_filesystem(&file);
         let (block_size, memory_align) = if options.direct {
             direct_alignment(&file, block_device)?
         } else {
@@ -93,6 +95,7 @@ impl DiskImage {
             path: path.to_path_buf(),
             options,
             block_device,
+            in_memory,
             capacity: AtomicU64::new(0),
             block_size,
             memory_align,
@@ -126,6 +129,19 @@ impl DiskImage {
     /// Logical block size offered to the guest: 512, or what `O_DIRECT` needs.
     pub fn block_size(&self) -> u32 {
         self.block_size
+    }
+
+    /// Whether the image is a file in memory (tmpfs, ramfs, hugetlbfs): its reads and
+    /// writes are copies that never wait for a device.
+    ///
+    /// ```no_run
+    /// use vhost_user_sync_blk::{DiskImage, DiskOptions};
+    /// let disk = DiskImage::open("/dev/shm/disk.img", DiskOptions::default())?;
+    /// assert!(disk.in_memory());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn in_memory(&self) -> bool {
+        self.in_memory
     }
 
     /// Alignment of guest buffers that can go to the file as they are.
@@ -254,6 +270,17 @@ impl DiskImage {
 }
 
 /// An inotify watch on the image file, or `None` (logged) when there can be none.
+/// Whether `file` lives on a filesystem kept in memory.
+fn in_memory_filesystem(file: &File) -> bool {
+    use nix::sys::statfs::{fstatfs, FsType, HUGETLBFS_MAGIC, TMPFS_MAGIC};
+    // ramfs has no constant in nix.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    match fstatfs(file) {
+        Ok(fs) => [TMPFS_MAGIC, RAMFS_MAGIC, HUGETLBFS_MAGIC].contains(&fs.filesystem_type()),
+        Err(_) => false,
+    }
+}
+
 fn resize_watch(path: &Path) -> Option<Inotify> {
     let watch = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).and_then(|w| {
         // A resize by another program ends with IN_CLOSE_WRITE (truncate, qemu-img

@@ -31,6 +31,8 @@ pub struct BlkMetrics {
     /// Requests through an aligned bounce buffer (`O_DIRECT` with unaligned guest
     /// buffers).
     pub bounced: AtomicU64,
+    /// Requests done through io_uring (the others were done synchronously).
+    pub ring_ops: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -54,6 +56,8 @@ pub struct BlkCounters {
     pub io_errors: u64,
     /// See [`BlkMetrics::bounced`].
     pub bounced: u64,
+    /// See [`BlkMetrics::ring_ops`].
+    pub ring_ops: u64,
 }
 
 impl BlkMetrics {
@@ -70,6 +74,7 @@ impl BlkMetrics {
             malformed: g(&self.malformed),
             io_errors: g(&self.io_errors),
             bounced: g(&self.bounced),
+            ring_ops: g(&self.ring_ops),
         }
     }
 

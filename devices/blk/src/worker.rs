@@ -17,10 +17,10 @@ use vhost_user_sync::queue::{ChainReader, ChainWriter, DescriptorChain};
 
 use crate::device::{Aio, Shared};
 use crate::request::{
-    Limits, Request, RequestError, RequestHeader, Segment, Status, HEADER_SIZE, ID_BYTES,
-    SECTOR_SIZE, SEGMENT_SIZE,
+    kind, Limits, Request, RequestError, RequestHeader, Segment, Status, HEADER_SIZE, ID_BYTES,
+    SECTOR_SIZE, SEGMENT_SIZE, SEGMENT_UNMAP,
 };
-use crate::uring::{Finished, Op, UringEngine};
+use crate::uring::{Finished, Op, Ranges, UringEngine};
 
 /// Bytes moved per step when guest buffers must go through an aligned copy.
 const BOUNCE_SIZE: usize = 1 << 20;
@@ -106,9 +106,9 @@ struct ResizeWatch {
 
 impl BlkWorker {
     pub(crate) fn new(shared: Arc<Shared>, aio: Aio) -> Self {
-        let uring = match aio {
-            Aio::Sync => None,
-            Aio::IoUring => match UringEngine::new() {
+        let uring = match aio.wants_io_uring(&shared.disk) {
+            false => None,
+            true => match UringEngine::new() {
                 Ok(engine) => Some(engine),
                 Err(e) => {
                     log::warn!("blk: io_uring is not available ({e}): synchronous I/O");
@@ -219,7 +219,7 @@ impl BlkWorker {
         let mem = queue.mem();
         let (chain, result) = match parse(&chain, mem, limits) {
             Err(e) => (chain, Err(e)),
-            Ok((header, request)) => match self.ring_request(&chain, mem, &request) {
+            Ok((header, request)) => match self.ring_request(&chain, mem, limits, &request) {
                 Err(e) => (chain, Err(e)),
                 Ok(io) => {
                     let chain = match io {
@@ -244,45 +244,72 @@ impl BlkWorker {
         &mut self,
         chain: DescriptorChain,
         queue: &Queue<'_>,
-        (op, offset, len, iovecs): RingIo,
+        io: RingIo,
     ) -> Option<DescriptorChain> {
-        let dsync = op == Op::Write && self.shared.writethrough();
+        let writethrough = self.shared.writethrough();
         let engine = self.uring.as_mut()?;
-        let refused = engine
-            .push(
-                self.shared.disk.file(),
-                queue,
-                chain,
+        let file = self.shared.disk.file();
+        let pushed = match io {
+            RingIo::Transfer {
                 op,
                 offset,
                 len,
                 iovecs,
-                dsync,
-            )
-            .err()?;
+            } => {
+                let dsync = op == Op::Write && writethrough;
+                engine.push(file, queue, chain, op, offset, len, iovecs, dsync)
+            }
+            RingIo::Ranges { op, ranges } => engine.push_ranges(file, queue, chain, op, ranges),
+        };
+        let refused = pushed.err()?;
         let (e, chain) = *refused;
         log::error!("blk: io_uring refused a request ({e}): done synchronously");
         Some(chain)
     }
 
-    /// What the io_uring does for `request`: the operation, image offset, length and the
-    /// chain's buffers; None for a request done synchronously.
+    /// What the io_uring does for `request`: the operation, and the image range and the
+    /// chain's buffers or the segments; None for a request done synchronously.
     fn ring_request(
         &self,
         chain: &DescriptorChain,
         mem: &MemoryTable,
+        limits: &Limits,
         request: &Request,
     ) -> Result<Option<RingIo>, BlkError> {
-        if self.uring.is_none() {
+        let Some(engine) = &self.uring else {
             return Ok(None);
-        }
+        };
         let disk = &self.shared.disk;
         let direct = disk.options().direct;
         let align = disk.memory_align() as usize;
         let (op, offset, len) = match *request {
             Request::Read { sector, len } => (Op::Read, sector * SECTOR_SIZE, len as usize),
             Request::Write { sector, len } => (Op::Write, sector * SECTOR_SIZE, len as usize),
-            Request::Flush => return Ok(Some((Op::Flush, 0, 0, Vec::new()))),
+            Request::Flush => {
+                return Ok(Some(RingIo::Transfer {
+                    op: Op::Flush,
+                    offset: 0,
+                    len: 0,
+                    iovecs: Vec::new(),
+                }))
+            }
+            // Zeroing in writethrough mode is followed by a flush: done synchronously.
+            Request::WriteZeroes { count }
+                if engine.takes_fallocate() && !self.shared.writethrough() =>
+            {
+                let ranges = read_ranges(chain, mem, kind::WRITE_ZEROES, count, limits)?;
+                return Ok(Some(RingIo::Ranges {
+                    op: Op::WriteZeroes,
+                    ranges,
+                }));
+            }
+            Request::Discard { count } if engine.takes_fallocate() => {
+                let ranges = read_ranges(chain, mem, kind::DISCARD, count, limits)?;
+                return Ok(Some(RingIo::Ranges {
+                    op: Op::Discard,
+                    ranges,
+                }));
+            }
             _ => return Ok(None),
         };
         if direct {
@@ -316,20 +343,31 @@ impl BlkWorker {
             // More pieces than one entry takes: the synchronous path loops.
             return Ok(None);
         }
-        Ok(Some((op, offset, len, iovecs)))
+        Ok(Some(RingIo::Transfer {
+            op,
+            offset,
+            len,
+            iovecs,
+        }))
     }
 
     /// A request the kernel has finished: its status written; returns the used length.
     fn finish(&mut self, f: &Finished, mem: &MemoryTable) -> u32 {
         let m = &self.shared.metrics;
-        let result = if f.result < 0 {
+        m.ring_ops.fetch_add(1, Ordering::Relaxed);
+        let result = if f.result == -nix::libc::EOPNOTSUPP && f.op == Op::WriteZeroes {
+            // The file cannot zero a range in place: the synchronous path writes zeroes.
+            self.zero_ranges(&f.ranges).inspect(|()| {
+                m.discard_ops.fetch_add(1, Ordering::Relaxed);
+            })
+        } else if f.result < 0 {
             Err(io_error(
                 f.op.name(),
                 f.offset,
                 f.len as u64,
                 io::Error::from_raw_os_error(-f.result),
             ))
-        } else if (f.result as usize) < f.len {
+        } else if matches!(f.op, Op::Read | Op::Write) && (f.result as usize) < f.len {
             Err(short(f.op.name(), f.offset, f.result as usize, f.len))
         } else {
             match f.op {
@@ -343,6 +381,9 @@ impl BlkWorker {
                 }
                 Op::Flush => {
                     m.flush_ops.fetch_add(1, Ordering::Relaxed);
+                }
+                Op::Discard | Op::WriteZeroes => {
+                    m.discard_ops.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(())
@@ -594,37 +635,85 @@ impl BlkWorker {
         count: u32,
         limits: &Limits,
     ) -> Result<(), BlkError> {
-        // Every segment is checked before any is done.
-        let mut segments = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let mut raw = [0u8; SEGMENT_SIZE];
-            reader
-                .read_exact_bytes(&mut raw)
-                .map_err(|e| io_error("segment read", 0, SEGMENT_SIZE as u64, e))?;
-            let segment = Segment::from_bytes(&raw);
-            segment.check(kind, limits)?;
-            segments.push(segment);
+        let ranges = segment_ranges(kind, reader, count, limits)?;
+        if kind == kind::DISCARD {
+            for &(offset, len, _) in &ranges {
+                self.shared
+                    .disk
+                    .discard(offset, len)
+                    .map_err(|e| io_error("discard", offset, len, e))?;
+            }
+            return Ok(());
         }
-        let disk = &self.shared.disk;
-        for s in segments {
-            let (offset, len) = s.byte_range();
-            let result = if kind == crate::request::kind::DISCARD {
-                disk.discard(offset, len)
-            } else {
-                disk.write_zeroes(offset, len, s.flags & crate::request::SEGMENT_UNMAP != 0)
-            };
-            result.map_err(|e| io_error("discard", offset, len, e))?;
-        }
-        if kind != crate::request::kind::DISCARD && self.shared.writethrough() {
+        self.zero_ranges(&ranges)?;
+        if self.shared.writethrough() {
             self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes `ranges` of the image (deallocating where a range allows it).
+    fn zero_ranges(&self, ranges: &Ranges) -> Result<(), BlkError> {
+        for &(offset, len, unmap) in ranges {
+            self.shared
+                .disk
+                .write_zeroes(offset, len, unmap)
+                .map_err(|e| io_error("write-zeroes", offset, len, e))?;
         }
         Ok(())
     }
 }
 
-/// What the io_uring is asked to do for one request: the operation, the image offset,
-/// the length and the chain's host buffers.
-type RingIo = (Op, u64, usize, Vec<nix::libc::iovec>);
+/// Reads and checks the `count` segments of a `kind` request (DISCARD or WRITE_ZEROES)
+/// that follow the header of `chain`: every one is checked before any is done.
+fn read_ranges(
+    chain: &DescriptorChain,
+    mem: &MemoryTable,
+    kind: u32,
+    count: u32,
+    limits: &Limits,
+) -> Result<Ranges, BlkError> {
+    let mut reader = chain.reader(mem);
+    reader
+        .skip(HEADER_SIZE)
+        .map_err(|e| io_error("header read", 0, HEADER_SIZE as u64, e))?;
+    segment_ranges(kind, &mut reader, count, limits)
+}
+
+/// Reads and checks `count` segments from `reader`: byte offset, bytes and UNMAP each.
+fn segment_ranges(
+    kind: u32,
+    reader: &mut ChainReader<'_>,
+    count: u32,
+    limits: &Limits,
+) -> Result<Ranges, BlkError> {
+    let mut ranges = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let mut raw = [0u8; SEGMENT_SIZE];
+        reader
+            .read_exact_bytes(&mut raw)
+            .map_err(|e| io_error("segment read", 0, SEGMENT_SIZE as u64, e))?;
+        let segment = Segment::from_bytes(&raw);
+        segment.check(kind, limits)?;
+        let (offset, len) = segment.byte_range();
+        ranges.push((offset, len, segment.flags & SEGMENT_UNMAP != 0));
+    }
+    Ok(ranges)
+}
+
+/// What the io_uring is asked to do for one request.
+enum RingIo {
+    /// A read, write or flush: the image offset, the length and the chain's host
+    /// buffers.
+    Transfer {
+        op: Op,
+        offset: u64,
+        len: usize,
+        iovecs: Vec<nix::libc::iovec>,
+    },
+    /// A discard or write-zeroes: its checked segments.
+    Ranges { op: Op, ranges: Ranges },
+}
 
 /// Uses a chain whose request went elsewhere than `process_queue`'s own loop (a refusal
 /// is logged: the ring is broken, or the chain was handed in twice).
