@@ -14,6 +14,8 @@
 mod blk_request;
 #[path = "../fuzz/targets/chain_walk.rs"]
 mod chain_walk;
+#[path = "../fuzz/targets/inflight_area.rs"]
+mod inflight_area;
 #[path = "../fuzz/targets/memory_table.rs"]
 mod memory_table;
 #[path = "../fuzz/targets/messages.rs"]
@@ -28,6 +30,7 @@ mod session;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
+use vhost_user_sync::memory::MemoryTable;
 use vhost_user_sync::protocol::payload::{
     ConfigAccess, DeviceStateTransfer, InflightInfo, LogBase, MemoryRegionDesc, MemoryTableDesc,
     RingFd, SingleRegion, VringAddr, VringState,
@@ -67,6 +70,12 @@ const TARGETS: &[Target] = &[
         name: "packed_walk",
         run: packed_walk::run,
         generate: gen_packed_walk,
+        count: 3000,
+    },
+    Target {
+        name: "inflight_area",
+        run: inflight_area::run,
+        generate: gen_inflight_area,
         count: 3000,
     },
     Target {
@@ -203,6 +212,11 @@ fn packed_walk_target() {
 }
 
 #[test]
+fn inflight_area_target() {
+    check_target("inflight_area");
+}
+
+#[test]
 fn session_target() {
     check_target("session");
 }
@@ -240,6 +254,36 @@ fn write_seeds() {
         for i in 0..64 {
             std::fs::write(dir.join(format!("seed-{i:02}")), (t.generate)(&mut rng)).unwrap();
         }
+    }
+}
+
+/// Writes well-formed `inflight_area` inputs, made by the real code (nothing changed
+/// after the crash), with chains left in flight, as `fuzz/regressions/inflight_area/
+/// seed-NN`: three split, three packed.
+#[test]
+#[ignore]
+fn write_inflight_area_seeds() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/inflight_area");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rng = Rng::new(0x1f1);
+    let (mut split, mut packed) = (0, 0);
+    while split + packed < 6 {
+        let data = inflight_input(&mut rng, false);
+        let is_packed = data[0] & inflight_area::F_PACKED != 0;
+        let size = inflight_area::ring_size(data[1]);
+        let queue = inflight_area::area_queue_size(data[0], size);
+        let (at, stride) = if is_packed { (32, 32) } else { (16, 16) };
+        let region = &data[inflight_area::PARAMS..];
+        let in_flight = (0..usize::from(queue))
+            .filter(|i| region.get(at + i * stride) == Some(&1))
+            .count();
+        let n = if is_packed { &mut packed } else { &mut split };
+        if in_flight < 2 || *n >= 3 || queue < size {
+            continue;
+        }
+        *n += 1;
+        let i = split + packed - 1;
+        std::fs::write(dir.join(format!("seed-{i:02}")), data).unwrap();
     }
 }
 
@@ -1032,4 +1076,211 @@ fn gen_session(rng: &mut Rng) -> Vec<u8> {
     }
     mutate(rng, &mut s);
     s
+}
+
+// ---- inflight_area --------------------------------------------------------------
+
+thread_local! {
+    /// Guest memory the generator runs rings in.
+    static INFLIGHT_MEM: MemoryTable = {
+        let fd = nix::sys::memfd::memfd_create("gen", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .unwrap();
+        let f = std::fs::File::from(fd);
+        f.set_len(inflight_area::IMAGE as u64).unwrap();
+        let region = MemoryRegionDesc {
+            guest_phys_addr: 0,
+            memory_size: inflight_area::IMAGE as u64,
+            userspace_addr: 0x7f00_0000_0000,
+            mmap_offset: 0,
+        };
+        MemoryTable::from_regions(&[region], vec![f]).unwrap()
+    };
+}
+
+fn gen_inflight_area(rng: &mut Rng) -> Vec<u8> {
+    inflight_input(rng, true)
+}
+
+/// A ring the driver filled with chains, run by the real code with an in-flight area
+/// (popped, used in any order, published) until a crash at a random step: the area as
+/// it was before that step, guest memory before it or after it (a crash between the
+/// ring's used update and the area's). With `edit`, a few bytes changed, mostly in the
+/// area.
+fn inflight_input(rng: &mut Rng, edit: bool) -> Vec<u8> {
+    use inflight_area::*;
+    use std::os::unix::fs::FileExt;
+    use vhost_user_sync::queue::packed::layout::{PackedDescriptor, F_AVAIL, F_NEXT, F_WRITE};
+    use vhost_user_sync::queue::{InflightArea, Ring, RingState, Virtqueue};
+
+    let mut flags = 0u8;
+    for (f, odds) in [
+        (F_PACKED, 128),
+        (F_EVENT_IDX, 64),
+        (F_INDIRECT, 64),
+        (F_IN_ORDER, 64),
+        (F_AREA_LARGER, 32),
+        (F_AREA_SMALLER, 4),
+    ] {
+        if rng.chance(odds) {
+            flags |= f;
+        }
+    }
+    let size_byte = rng.below(5) as u8;
+    let size = ring_size(size_byte);
+    let packed = flags & F_PACKED != 0;
+    let mut image = vec![0u8; IMAGE];
+    let put = |image: &mut Vec<u8>, at: u64, b: &[u8]| {
+        image[at as usize..at as usize + b.len()].copy_from_slice(b);
+    };
+    // The driver's chains: distinct ids, one or two descriptors (packed: ring slots).
+    let mut ids: Vec<u16> = (0..size).collect();
+    let chains = rng.below(u64::from(size) + 1) as u16;
+    let buffer = |rng: &mut Rng, write: bool| {
+        let len = rng.pick(&[16u32, 64, 0, 0x100]);
+        let addr = 0x800 + rng.below(0x700);
+        (addr, len, write)
+    };
+    let state = if packed {
+        let mut slot = 0u16;
+        for _ in 0..chains {
+            let n = if slot + 1 < size && rng.chance(64) {
+                2
+            } else {
+                1
+            };
+            if slot + n > size {
+                break;
+            }
+            let id = ids.swap_remove(rng.below(ids.len() as u64) as usize);
+            for k in 0..n {
+                let write = k + 1 == n && rng.chance(160);
+                let (addr, len, write) = buffer(rng, write);
+                let mut f = F_AVAIL;
+                if k + 1 < n {
+                    f |= F_NEXT;
+                }
+                if write {
+                    f |= F_WRITE;
+                }
+                let d = PackedDescriptor {
+                    addr,
+                    len,
+                    id,
+                    flags: f,
+                };
+                put(
+                    &mut image,
+                    ADDRS.desc + 16 * u64::from(slot + k),
+                    &d.to_bytes(),
+                );
+            }
+            slot += n;
+        }
+        RingState::initial(true)
+    } else {
+        let any = rng.next() as u16;
+        let used = rng.pick(&[0u16, 0, 5, 0xfffe, any]);
+        put(&mut image, ADDRS.used + 2, &used.to_le_bytes());
+        for j in 0..chains {
+            let head = ids.swap_remove(rng.below(ids.len() as u64) as usize);
+            let write = rng.chance(160);
+            let (addr, len, write) = buffer(rng, write);
+            let d = Descriptor {
+                addr,
+                len,
+                flags: if write { Descriptor::F_WRITE } else { 0 },
+                next: 0,
+            };
+            put(&mut image, ADDRS.desc + 16 * u64::from(head), &d.to_bytes());
+            let slot = u64::from(used.wrapping_add(j) % size);
+            put(&mut image, ADDRS.avail + 4 + 2 * slot, &head.to_le_bytes());
+        }
+        put(
+            &mut image,
+            ADDRS.avail + 2,
+            &used.wrapping_add(chains).to_le_bytes(),
+        );
+        RingState::Split { next_avail: used }
+    };
+    let (area, file) = InflightArea::create(1, area_queue_size(flags, size), packed, None).unwrap();
+    let snapshot = || {
+        let mut b = vec![0u8; area.info().mmap_size as usize];
+        file.read_exact_at(&mut b, 0).unwrap();
+        b
+    };
+    let (mut region, image) = INFLIGHT_MEM.with(|mem| {
+        mem.write(0, &image).unwrap();
+        let read = || {
+            let mut b = vec![0u8; IMAGE];
+            mem.read(0, &mut b).unwrap();
+            b
+        };
+        let mut ring = Ring::new(
+            mem,
+            size,
+            ADDRS,
+            state,
+            flags & F_EVENT_IDX != 0,
+            flags & F_INDIRECT != 0,
+        )
+        .unwrap();
+        if ring.attach_inflight(mem, area.queue(0).unwrap()).is_err() {
+            return (snapshot(), read());
+        }
+        let mut vq = Virtqueue::new(0, ring, flags & F_IN_ORDER != 0);
+        let steps = rng.below(16);
+        let crash = rng.below(steps + 1);
+        let mut held = Vec::new();
+        for step in 0.. {
+            let (region, before) = (snapshot(), read());
+            let op = rng.below(8);
+            match op {
+                0..=3 => held.extend(vq.pop(mem).ok().flatten()),
+                4..=6 if !held.is_empty() => {
+                    let c = held.remove(rng.below(held.len() as u64) as usize);
+                    let _ = vq.add_used(mem, &c, c.writable_len().min(8));
+                }
+                _ => vq.signal(mem),
+            }
+            if step == crash {
+                let image = if rng.chance(128) { read() } else { before };
+                return (region, image);
+            }
+        }
+        unreachable!()
+    });
+    // The image without its zero tail (the target fills it with zeroes).
+    let end = image.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+    let edits = if edit {
+        rng.pick(&[0, 0, 1, 1, 2, 3])
+    } else {
+        0
+    };
+    for _ in 0..edits {
+        let at = if rng.chance(128) {
+            rng.below(32)
+        } else {
+            rng.below(region.len() as u64)
+        } as usize;
+        match rng.below(4) {
+            0 => region[at] ^= 1 << rng.below(8),
+            1 => region[at] = rng.pick(&[0, 1, 2, 0x7f, 0xff]),
+            2 => region[at] = rng.next() as u8,
+            _ => region[at] = region[at].wrapping_add(1),
+        }
+    }
+    let mut out = vec![flags, size_byte];
+    let num = if packed && rng.chance(32) {
+        rng.next() as u32
+    } else {
+        state.encode()
+    };
+    out.extend_from_slice(&num.to_le_bytes());
+    out.extend_from_slice(&rng.bytes(OPS));
+    if edit && rng.chance(16) {
+        mutate(rng, &mut out);
+    }
+    out.extend_from_slice(&region);
+    out.extend_from_slice(&image[..end]);
+    out
 }

@@ -10,16 +10,17 @@
 //!   its last entry is the old `free_head`, then `free_head` is its first entry) and
 //!   `used_idx` / `used_wrap_counter` take the position after its used descriptor,
 //!   before the batch is handed to the driver. Once it is, each first entry of the
-//!   batch gets `inflight` 0, then `old_used_idx` / `old_used_wrap_counter` and
-//!   `old_free_head` take the current values.
+//!   batch gets `inflight` 0, then `old_used_idx` / `old_used_wrap_counter` take the
+//!   current values and the list is emptied (`free_head` is set back to the end marker,
+//!   the queue size, which `old_free_head` always holds).
 //! - On a new start: if the used position differs from the old one, the batch was
 //!   handed over exactly when the descriptor at the old position carries the used bit
 //!   of the old wrap counter (a later lap's buffer carries it too); then the batch's
 //!   entries, found from `free_head` to `old_free_head`, are cleared and the used
 //!   position kept, otherwise the old position is. The chains still in flight are
-//!   resubmitted from their copies in `counter` order, the free entries are linked
-//!   again from scratch, and the ring reads the driver's next descriptor after the
-//!   slots of the chains in flight.
+//!   resubmitted from their copies in `counter` order (each one's `last` set from its
+//!   links), the free entries are linked again from scratch, and the ring reads the
+//!   driver's next descriptor after the slots of the chains in flight.
 
 use std::sync::atomic::Ordering;
 
@@ -226,6 +227,12 @@ impl PackedInflight {
         }
         found.sort_unstable_by_key(|f| (f.0, f.1));
         self.counter = found.last().map_or(1, |f| f.0.saturating_add(1));
+        // Each chain's `last` as found by its links: the area's own was never read, and
+        // the batch list goes through it once the chain is used.
+        for entries in self.chains.iter().filter(|e| !e.is_empty()) {
+            let (head, last) = (entries[0], entries[entries.len() - 1]);
+            self.store::<u16>(l::entry(head, l::E_LAST), last, Ordering::Relaxed);
+        }
         self.rebuild_free(&owned);
         self.write_positions(committed, committed);
         let avail = ring_layout::advance(committed.0, committed.1, slots as u16, ring_size);
@@ -289,10 +296,17 @@ impl PackedInflight {
         self.store::<u16>(l::OLD_FREE_HEAD, self.capacity, Ordering::Release);
     }
 
-    /// Records chain `id`, taken from the ring as `descs` (one per ring slot).
+    /// Records chain `id`, taken from the ring as `descs` (one per ring slot). An id
+    /// whose chain is still recorded (held, or used and not yet handed over) is refused
+    /// and the area left as it is: recording it again would leave two chains with one
+    /// id, or free the new chain's entries when the old one is handed over.
     pub fn mark(&mut self, id: u16, descs: &[PackedDescriptor]) -> Result<(), InflightError> {
         let n = descs.len();
-        if n == 0 || n > self.free.len() || usize::from(id) >= self.chains.len() {
+        let recorded = self
+            .chains
+            .get(usize::from(id))
+            .is_none_or(|entries| !entries.is_empty());
+        if n == 0 || n > self.free.len() || recorded {
             return Err(self.bad("chain for buffer", id));
         }
         let entries: Vec<u16> = self.free.split_off(self.free.len() - n);
@@ -346,7 +360,11 @@ impl PackedInflight {
         }
         self.store::<u16>(l::OLD_USED_IDX, used.0, Ordering::Relaxed);
         self.store::<u8>(l::OLD_USED_WRAP, used.1.into(), Ordering::Relaxed);
-        self.store::<u16>(l::OLD_FREE_HEAD, self.free_head, Ordering::Release);
+        // The list of pushed chains starts empty again (`old_free_head` stays at the end
+        // marker): its entries go back to the free list and are taken again, and an
+        // entry kept as the end of the list would cut a later batch short or loop it.
+        self.free_head = self.capacity;
+        self.store::<u16>(l::FREE_HEAD, self.capacity, Ordering::Release);
         for id in std::mem::take(&mut self.batch) {
             let entries = std::mem::take(&mut self.chains[usize::from(id)]);
             self.free.extend(entries);

@@ -313,3 +313,84 @@ fn untrusted_packed_fields_are_refused() {
     .unwrap_err();
     assert!(matches!(e, InflightError::BadEntry { .. }), "{e}");
 }
+
+#[test]
+fn an_id_still_recorded_is_not_recorded_again() {
+    let a = area();
+    let mut q = queue(&a);
+    q.recover(SIZE, (0, true), |_| None).expect("new");
+    q.mark(1, &descs(1, 2)).expect("mark");
+    // The driver offers buffer 1 again while the device holds it: refused, and the
+    // area still holds one chain for it (a new process could not start on two).
+    let e = q.mark(1, &descs(1, 1)).unwrap_err();
+    assert!(matches!(e, InflightError::BadEntry { index: 1, .. }), "{e}");
+    let r = queue(&a)
+        .recover(SIZE, (0, true), |_| None)
+        .expect("one chain for buffer 1")
+        .expect("in use");
+    assert_eq!(r.chains, vec![(1, descs(1, 2))]);
+    // Used but not yet handed over: its entries are still the area's record of it,
+    // and handing the batch over must not clear a newer chain's record instead.
+    let mut q = queue(&a);
+    q.recover(SIZE, (0, true), |_| None).expect("again");
+    q.link_used(1, (2, true));
+    assert!(q.mark(1, &descs(1, 1)).is_err());
+    q.published((2, true));
+    q.mark(1, &descs(1, 1))
+        .expect("handed over: the id is free again");
+    let r = queue(&a)
+        .recover(SIZE, (2, true), |_| None)
+        .expect("recover")
+        .expect("in use");
+    assert_eq!(r.chains, vec![(1, descs(1, 1))], "only the newer chain");
+}
+
+#[test]
+fn a_batch_in_entries_used_before_is_cleared_when_handed_over() {
+    let a = area();
+    let mut q = queue(&a);
+    q.recover(SIZE, (0, true), |_| None).expect("new");
+    q.mark(3, &descs(3, 1)).expect("mark");
+    q.link_used(3, (1, true));
+    q.published((1, true));
+    // Buffer 5 takes the entry buffer 3 had; it is used and handed over, and the
+    // process dies before the area hears of it.
+    q.mark(5, &descs(5, 1)).expect("mark");
+    q.link_used(5, (2, true));
+    let r = queue(&a)
+        .recover(SIZE, (0, true), |_| Some(F_AVAIL | F_USED))
+        .expect("recover")
+        .expect("in use");
+    assert_eq!(r.chains, vec![], "buffer 5 was handed over");
+    assert_eq!(r.used, (2, true));
+}
+
+#[test]
+fn a_resubmitted_chain_gets_its_last_entry_from_its_links() {
+    let a = area();
+    let mut q = queue(&a);
+    q.recover(SIZE, (0, true), |_| None).expect("new");
+    q.mark(1, &descs(1, 2)).expect("mark");
+    let head = (0..SIZE)
+        .find(|&i| {
+            a.mem
+                .load::<u8>(l::entry(i, l::E_INFLIGHT), Ordering::Relaxed)
+                .unwrap()
+                == 1
+        })
+        .expect("the chain's first entry");
+    // The frontend's `last` names the first entry itself (recovery reads the links).
+    poke::<u16>(&a, l::entry(head, l::E_LAST), head);
+    let mut q = queue(&a);
+    let r = q.recover(SIZE, (0, true), |_| None).expect("recover");
+    assert_eq!(r.expect("in use").chains, vec![(1, descs(1, 2))]);
+    // Used and handed over, then the process dies before the area hears of it: the
+    // batch list must lead from the chain's first entry past its last one.
+    q.link_used(1, (2, true));
+    let r = queue(&a)
+        .recover(SIZE, (0, true), |_| Some(F_AVAIL | F_USED))
+        .expect("the batch list ends")
+        .expect("in use");
+    assert_eq!(r.chains, vec![], "buffer 1 was handed over");
+    assert_eq!(r.used, (2, true));
+}

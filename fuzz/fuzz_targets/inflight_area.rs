@@ -1,0 +1,6 @@
+#![no_main]
+
+#[path = "../targets/inflight_area.rs"]
+mod inflight_area;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| inflight_area::run(data));
