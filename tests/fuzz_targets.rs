@@ -12,6 +12,8 @@
 
 #[path = "../fuzz/targets/blk_request.rs"]
 mod blk_request;
+#[path = "../fuzz/targets/chain_checks.rs"]
+mod chain_checks;
 #[path = "../fuzz/targets/chain_walk.rs"]
 mod chain_walk;
 #[path = "../fuzz/targets/inflight_area.rs"]

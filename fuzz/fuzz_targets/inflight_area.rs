@@ -1,5 +1,8 @@
 #![no_main]
 
+#[path = "../targets/chain_checks.rs"]
+mod chain_checks;
+
 #[path = "../targets/inflight_area.rs"]
 mod inflight_area;
 

@@ -1,5 +1,8 @@
 #![no_main]
 
+#[path = "../targets/chain_checks.rs"]
+mod chain_checks;
+
 #[path = "../targets/packed_walk.rs"]
 mod packed_walk;
 

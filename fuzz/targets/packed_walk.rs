@@ -10,6 +10,7 @@
 //! accepted twice; the device writes nothing outside the descriptor ring and its own
 //! event area; and the state a stop returns decodes to a ring that can be started.
 
+use crate::chain_checks::check_chain;
 use vhost_user_sync::memory::MemoryTable;
 use vhost_user_sync::protocol::payload::MemoryRegionDesc;
 use vhost_user_sync::queue::{DescriptorChain, Ring, RingAddrs, RingState, Virtqueue};
@@ -47,27 +48,6 @@ fn guest_memory() -> MemoryTable {
 
 fn le16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn check_chain(mem: &MemoryTable, c: &DescriptorChain, size: u16) {
-    assert!(c.id() < size, "id {} in a ring of {size}", c.id());
-    let (mut readable, mut writable, mut seen_write) = (0u64, 0u64, false);
-    for d in c.descriptors() {
-        if d.is_write() {
-            seen_write = true;
-            writable += u64::from(d.len);
-        } else {
-            assert!(!seen_write, "readable after writable: {c:?}");
-            readable += u64::from(d.len);
-        }
-        assert!(!d.is_indirect(), "indirect flag left in {c:?}");
-        assert!(
-            mem.check_range(d.addr, d.len.into()).is_ok(),
-            "{d:?} outside"
-        );
-    }
-    assert_eq!(readable, u64::from(c.readable_len()));
-    assert_eq!(writable, u64::from(c.writable_len()));
 }
 
 /// Runs the target on one input.
