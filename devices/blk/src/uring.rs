@@ -85,6 +85,49 @@ impl Op {
 /// zeroed blocks may be deallocated (the segment's UNMAP flag).
 pub(crate) type Ranges = Vec<(u64, u64, bool)>;
 
+/// What one request asks of the ring.
+pub(crate) enum Submission {
+    /// `len` bytes at image offset `offset` into `iovecs` (exactly `len` bytes of guest
+    /// memory).
+    Read {
+        offset: u64,
+        len: usize,
+        iovecs: Vec<libc::iovec>,
+    },
+    /// `len` bytes from `iovecs` to image offset `offset`; `dsync`: durable before it
+    /// completes (writethrough).
+    Write {
+        offset: u64,
+        len: usize,
+        iovecs: Vec<libc::iovec>,
+        dsync: bool,
+    },
+    /// `fdatasync`, after every write submitted before it.
+    Flush,
+    /// Holes punched over the ranges.
+    Discard(Ranges),
+    /// The ranges zeroed (holes punched where the range allows deallocation).
+    WriteZeroes(Ranges),
+}
+
+/// One `fallocate` entry per range, in the mode `mode` gives for the range's UNMAP flag
+/// (the image's size kept).
+fn fallocate_entries(
+    fd: types::Fd,
+    ranges: &Ranges,
+    mode: impl Fn(bool) -> i32,
+) -> Vec<squeue::Entry> {
+    ranges
+        .iter()
+        .map(|&(offset, len, unmap)| {
+            opcode::Fallocate::new(fd, len)
+                .offset(offset)
+                .mode(mode(unmap) | libc::FALLOC_FL_KEEP_SIZE)
+                .build()
+        })
+        .collect()
+}
+
 /// A request in the kernel's hands.
 struct InFlight {
     queue: u16,
@@ -208,105 +251,90 @@ impl UringEngine {
         self.done.as_fd()
     }
 
-    /// Queues a read or write of `len` bytes at `offset` of `file` through `iovecs` (which
-    /// must cover exactly `len` bytes of guest memory in `mem`), or a flush, for `chain`
-    /// of queue `queue`. Submitted by [`Self::submit`] or with the next group. A refused
-    /// entry gives the chain back.
-    #[allow(clippy::too_many_arguments)]
+    /// Queues `submission` on `file` for `chain` of queue `queue`: one entry, or one
+    /// `fallocate` entry per range of a discard or write-zeroes (the request finished
+    /// when all have answered). Submitted by [`Self::submit`] or with the next group. A
+    /// refused request gives the chain back.
     pub(crate) fn push(
         &mut self,
         file: BorrowedFd<'_>,
         queue: &Queue<'_>,
         chain: DescriptorChain,
-        op: Op,
-        offset: u64,
-        len: usize,
-        iovecs: Vec<libc::iovec>,
-        dsync: bool,
+        submission: Submission,
     ) -> Result<(), Box<(io::Error, DescriptorChain)>> {
         let fd = types::Fd(file.as_raw_fd());
-        // The entry points at the Vec's heap buffer, which stays put when the Vec moves
-        // into the slot.
-        let (iov, count) = (iovecs.as_ptr(), iovecs.len() as u32);
-        let entry = match op {
-            Op::Read => opcode::Readv::new(fd, iov, count).offset(offset).build(),
-            Op::Write => opcode::Writev::new(fd, iov, count)
-                .offset(offset)
-                .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
-                .build(),
-            Op::Flush => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .flags(squeue::Flags::IO_DRAIN),
-            Op::Discard | Op::WriteZeroes => {
-                return Err(Box::new((
-                    io::Error::new(io::ErrorKind::InvalidInput, "not a read, write or flush"),
-                    chain,
-                )))
-            }
-        };
-        let request = InFlight {
+        let request = |op, offset, len, iovecs, ranges| InFlight {
             queue: queue.index(),
             chain,
             op,
             offset,
             len,
-            ranges: Vec::new(),
+            ranges,
             _iovecs: Iovecs(iovecs),
             _mem: queue.shared_mem(),
             parts: 0,
             result: 0,
         };
-        self.enqueue(request, &[entry])
-    }
-
-    /// Queues a discard or write-zeroes of `ranges` of `file` for `chain` of queue
-    /// `queue`: one `fallocate` entry per range, the request finished when all have
-    /// answered. A refused request gives the chain back.
-    pub(crate) fn push_ranges(
-        &mut self,
-        file: BorrowedFd<'_>,
-        queue: &Queue<'_>,
-        chain: DescriptorChain,
-        op: Op,
-        ranges: Ranges,
-    ) -> Result<(), Box<(io::Error, DescriptorChain)>> {
-        let fd = types::Fd(file.as_raw_fd());
-        let keep = libc::FALLOC_FL_KEEP_SIZE;
-        let mut entries = Vec::with_capacity(ranges.len());
-        for &(offset, len, unmap) in &ranges {
-            let mode = match op {
-                Op::Discard => libc::FALLOC_FL_PUNCH_HOLE | keep,
-                Op::WriteZeroes if unmap => libc::FALLOC_FL_PUNCH_HOLE | keep,
-                Op::WriteZeroes => libc::FALLOC_FL_ZERO_RANGE | keep,
-                _ => {
-                    return Err(Box::new((
-                        io::Error::new(io::ErrorKind::InvalidInput, "not a discard or zeroing"),
-                        chain,
-                    )))
-                }
-            };
-            entries.push(
-                opcode::Fallocate::new(fd, len)
+        // A read's or write's entry points at the Vec's heap buffer, which stays put when
+        // the Vec moves into the slot.
+        match submission {
+            Submission::Read {
+                offset,
+                len,
+                iovecs,
+            } => {
+                let entry = opcode::Readv::new(fd, iovecs.as_ptr(), iovecs.len() as u32)
                     .offset(offset)
-                    .mode(mode)
-                    .build(),
-            );
+                    .build();
+                self.enqueue(request(Op::Read, offset, len, iovecs, Vec::new()), &[entry])
+            }
+            Submission::Write {
+                offset,
+                len,
+                iovecs,
+                dsync,
+            } => {
+                let entry = opcode::Writev::new(fd, iovecs.as_ptr(), iovecs.len() as u32)
+                    .offset(offset)
+                    .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
+                    .build();
+                self.enqueue(
+                    request(Op::Write, offset, len, iovecs, Vec::new()),
+                    &[entry],
+                )
+            }
+            Submission::Flush => {
+                let entry = opcode::Fsync::new(fd)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .flags(squeue::Flags::IO_DRAIN);
+                self.enqueue(request(Op::Flush, 0, 0, Vec::new(), Vec::new()), &[entry])
+            }
+            Submission::Discard(ranges) => {
+                let entries = fallocate_entries(fd, &ranges, |_| libc::FALLOC_FL_PUNCH_HOLE);
+                let len = ranges.iter().map(|r| r.1 as usize).sum();
+                let offset = ranges.first().map_or(0, |r| r.0);
+                self.enqueue(
+                    request(Op::Discard, offset, len, Vec::new(), ranges),
+                    &entries,
+                )
+            }
+            Submission::WriteZeroes(ranges) => {
+                let entries = fallocate_entries(fd, &ranges, |unmap| {
+                    if unmap {
+                        libc::FALLOC_FL_PUNCH_HOLE
+                    } else {
+                        libc::FALLOC_FL_ZERO_RANGE
+                    }
+                });
+                let len = ranges.iter().map(|r| r.1 as usize).sum();
+                let offset = ranges.first().map_or(0, |r| r.0);
+                self.enqueue(
+                    request(Op::WriteZeroes, offset, len, Vec::new(), ranges),
+                    &entries,
+                )
+            }
         }
-        let len = ranges.iter().map(|r| r.1 as usize).sum();
-        let request = InFlight {
-            queue: queue.index(),
-            chain,
-            op,
-            offset: ranges.first().map_or(0, |r| r.0),
-            len,
-            ranges,
-            _iovecs: Iovecs(Vec::new()),
-            _mem: queue.shared_mem(),
-            parts: 0,
-            result: 0,
-        };
-        self.enqueue(request, &entries)
     }
 
     /// Puts `request`'s entries into the submission queue under one slot. When none could

@@ -20,7 +20,7 @@ use crate::request::{
     kind, Limits, Request, RequestError, RequestHeader, Segment, Status, HEADER_SIZE, ID_BYTES,
     SECTOR_SIZE, SEGMENT_SIZE, SEGMENT_UNMAP,
 };
-use crate::uring::{Finished, Op, Ranges, UringEngine};
+use crate::uring::{Finished, Op, Ranges, Submission, UringEngine};
 
 /// Bytes moved per step when guest buffers must go through an aligned copy.
 const BOUNCE_SIZE: usize = 1 << 20;
@@ -244,24 +244,12 @@ impl BlkWorker {
         &mut self,
         chain: DescriptorChain,
         queue: &Queue<'_>,
-        io: RingIo,
+        submission: Submission,
     ) -> Option<DescriptorChain> {
-        let writethrough = self.shared.writethrough();
         let engine = self.uring.as_mut()?;
-        let file = self.shared.disk.file();
-        let pushed = match io {
-            RingIo::Transfer {
-                op,
-                offset,
-                len,
-                iovecs,
-            } => {
-                let dsync = op == Op::Write && writethrough;
-                engine.push(file, queue, chain, op, offset, len, iovecs, dsync)
-            }
-            RingIo::Ranges { op, ranges } => engine.push_ranges(file, queue, chain, op, ranges),
-        };
-        let refused = pushed.err()?;
+        let refused = engine
+            .push(self.shared.disk.file(), queue, chain, submission)
+            .err()?;
         let (e, chain) = *refused;
         log::error!("blk: io_uring refused a request ({e}): done synchronously");
         Some(chain)
@@ -275,7 +263,7 @@ impl BlkWorker {
         mem: &MemoryTable,
         limits: &Limits,
         request: &Request,
-    ) -> Result<Option<RingIo>, BlkError> {
+    ) -> Result<Option<Submission>, BlkError> {
         let Some(engine) = &self.uring else {
             return Ok(None);
         };
@@ -285,30 +273,17 @@ impl BlkWorker {
         let (op, offset, len) = match *request {
             Request::Read { sector, len } => (Op::Read, sector * SECTOR_SIZE, len as usize),
             Request::Write { sector, len } => (Op::Write, sector * SECTOR_SIZE, len as usize),
-            Request::Flush => {
-                return Ok(Some(RingIo::Transfer {
-                    op: Op::Flush,
-                    offset: 0,
-                    len: 0,
-                    iovecs: Vec::new(),
-                }))
-            }
+            Request::Flush => return Ok(Some(Submission::Flush)),
             // Zeroing in writethrough mode is followed by a flush: done synchronously.
             Request::WriteZeroes { count }
                 if engine.takes_fallocate() && !self.shared.writethrough() =>
             {
                 let ranges = read_ranges(chain, mem, kind::WRITE_ZEROES, count, limits)?;
-                return Ok(Some(RingIo::Ranges {
-                    op: Op::WriteZeroes,
-                    ranges,
-                }));
+                return Ok(Some(Submission::WriteZeroes(ranges)));
             }
             Request::Discard { count } if engine.takes_fallocate() => {
                 let ranges = read_ranges(chain, mem, kind::DISCARD, count, limits)?;
-                return Ok(Some(RingIo::Ranges {
-                    op: Op::Discard,
-                    ranges,
-                }));
+                return Ok(Some(Submission::Discard(ranges)));
             }
             _ => return Ok(None),
         };
@@ -343,11 +318,19 @@ impl BlkWorker {
             // More pieces than one entry takes: the synchronous path loops.
             return Ok(None);
         }
-        Ok(Some(RingIo::Transfer {
-            op,
-            offset,
-            len,
-            iovecs,
+        Ok(Some(if op == Op::Read {
+            Submission::Read {
+                offset,
+                len,
+                iovecs,
+            }
+        } else {
+            Submission::Write {
+                offset,
+                len,
+                iovecs,
+                dsync: self.shared.writethrough(),
+            }
         }))
     }
 
@@ -699,20 +682,6 @@ fn segment_ranges(
         ranges.push((offset, len, segment.flags & SEGMENT_UNMAP != 0));
     }
     Ok(ranges)
-}
-
-/// What the io_uring is asked to do for one request.
-enum RingIo {
-    /// A read, write or flush: the image offset, the length and the chain's host
-    /// buffers.
-    Transfer {
-        op: Op,
-        offset: u64,
-        len: usize,
-        iovecs: Vec<nix::libc::iovec>,
-    },
-    /// A discard or write-zeroes: its checked segments.
-    Ranges { op: Op, ranges: Ranges },
 }
 
 /// Uses a chain whose request went elsewhere than `process_queue`'s own loop (a refusal
