@@ -1,7 +1,8 @@
 //! `blk_backend` serving a real Linux guest: QEMU's vhost-user-blk-pci on the backend's
 //! socket, the guest's virtio_blk driver writing a pattern, dropping its page cache and
-//! reading it back, then the same after a driver reload and after a guest reboot. The
-//! host checks the image file afterwards.
+//! reading it back, discarding a range it wrote (through the backend's io_uring), then
+//! the same after a driver reload and after a guest reboot. The host checks the image
+//! file afterwards.
 
 #[path = "support/backend.rs"]
 mod backend;
@@ -51,15 +52,20 @@ fn disk_survives_reload_and_reboot(packed: bool) {
     let f = std::fs::File::create(&disk).unwrap();
     f.set_len(32 * MIB).unwrap();
     f.write_all_at(MARKER.as_bytes(), 0).unwrap();
+    // The range the guest discards holds data before it does.
+    f.write_all_at(&[0x5a; MIB as usize], 8 * MIB).unwrap();
     drop(f);
-    let be = BackendProcess::start("blk_backend", &["--image", disk.to_str().unwrap()]);
+    let be = BackendProcess::start(
+        "blk_backend",
+        &["--image", disk.to_str().unwrap(), "--aio", "io-uring"],
+    );
 
     let run = image.run(&GuestConfig {
         blk_socket: Some(be.socket.clone()),
         reboot: true,
         packed,
         extra_cmdline: format!("vhu.blk_marker={MARKER} vhu.blk_mib=2 vhu.blk_off_mib=1"),
-        ..GuestConfig::with_tests(&["info", "blk", "reload_blk"])
+        ..GuestConfig::with_tests(&["info", "blk", "blk_discard", "reload_blk"])
     });
     eprintln!(
         "guest run (two boots) took {:.2}s",
@@ -90,6 +96,10 @@ fn disk_survives_reload_and_reboot(packed: bool) {
     assert_eq!(image_md5(&disk, 3, 2), field(&run, "reload_blk", 2, "md5"));
     let head = std::fs::read(&disk).unwrap();
     assert_eq!(&head[..MARKER.len()], MARKER.as_bytes());
+    // The guest's discards reached the image: the range reads as zeroes there too.
+    assert!(head[(8 * MIB) as usize..(9 * MIB) as usize]
+        .iter()
+        .all(|&b| b == 0));
 
     // One connection for both boots; the backend is still there.
     let log = be.log_until("frontend disconnected", T);
@@ -100,4 +110,24 @@ fn disk_survives_reload_and_reboot(packed: bool) {
     assert_eq!(connected, 1, "{log:#?}");
     let mut be = be;
     assert!(be.child.try_wait().unwrap().is_none(), "blk_backend exited");
+    // One discard per boot at least, done on the io_uring engine.
+    assert!(
+        be.startup
+            .iter()
+            .any(|l| l.contains("requests through io_uring")),
+        "{:?}",
+        be.startup
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(be.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = be.wait_log("exiting:", T);
+    let discards: u64 = exit
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" discards"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no discard count in {exit:?}"));
+    assert!(discards >= 2, "{exit}");
 }
