@@ -3,6 +3,7 @@
 
 mod dirty_log;
 mod memory_error;
+mod prefetch;
 mod region;
 mod table;
 

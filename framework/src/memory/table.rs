@@ -203,23 +203,7 @@ impl MemoryTable {
         let Some(start) = self.host_address(gpa, len) else {
             return;
         };
-        #[cfg(target_arch = "x86_64")]
-        {
-            let mut line = start & !63;
-            while line < start + len {
-                // SAFETY: a prefetch never faults and changes no memory; `line` is in a
-                // mapping of this table anyway (the range was checked above). SSE, which
-                // the intrinsic needs, is part of every x86_64 CPU.
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(
-                        line as *const i8,
-                    )
-                };
-                line += 64;
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = start;
+        super::prefetch::lines_for_write(start, start + len);
     }
 
     /// Number of regions.
