@@ -8,13 +8,13 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vhost_user_sync_rng::chacha20::ChaCha20;
 use vhost_user_sync_rng::drbg::Drbg;
+use vhost_user_sync_rng::keystream::Keystream;
 
 fn keystream(c: &mut Criterion) {
     let mut g = c.benchmark_group("chacha20");
     g.throughput(Throughput::Bytes(4096));
-    let mut cipher = ChaCha20::new(&[7; 32], &[0; 12], 0);
+    let mut cipher = Keystream::new(&[7; 32], &[0; 12], 0);
     let mut out = vec![0u8; 4096];
     g.bench_function("keystream_4k", |b| {
         b.iter(|| cipher.fill(black_box(&mut out)))

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
-use crate::chacha20::ChaCha20;
+use crate::keystream::Keystream;
 
 /// Keystream bytes computed per refill, the next key included.
 const BUFFER: usize = 16 * 1024;
@@ -41,7 +41,7 @@ pub const RESEED_INTERVAL: u64 = 1 << 20;
 /// ```
 pub struct Drbg {
     source: File,
-    cipher: ChaCha20,
+    cipher: Keystream,
     buffer: Box<[u8; BUFFER]>,
     /// Next byte of `buffer` to hand out; `BUFFER` when it is used up.
     pos: usize,
@@ -62,7 +62,7 @@ impl Drbg {
     pub fn new(mut source: File) -> io::Result<Self> {
         let mut key = [0u8; KEY_LEN];
         source.read_exact(&mut key)?;
-        let cipher = ChaCha20::new(&key, &[0; 12], 0);
+        let cipher = Keystream::new(&key, &[0; 12], 0);
         key.fill(0);
         Ok(Drbg {
             source,
@@ -103,20 +103,20 @@ impl Drbg {
             let mut fresh = [0u8; KEY_LEN];
             self.source.read_exact(&mut fresh)?;
             let mut key = [0u8; KEY_LEN];
-            self.cipher.fill(&mut key);
+            self.cipher.fill(&mut key)?;
             for (k, f) in key.iter_mut().zip(&fresh) {
                 *k ^= f;
             }
-            self.cipher = ChaCha20::new(&key, &[0; 12], 0);
+            self.cipher = Keystream::new(&key, &[0; 12], 0);
             key.fill(0);
             fresh.fill(0);
             self.since_reseed = 0;
         }
-        self.cipher.fill(&mut self.buffer[..]);
+        self.cipher.fill(&mut self.buffer[..])?;
         let key: &[u8; KEY_LEN] = self.buffer[..KEY_LEN]
             .try_into()
             .expect("the buffer is longer than a key");
-        self.cipher = ChaCha20::new(key, &[0; 12], 0);
+        self.cipher = Keystream::new(key, &[0; 12], 0);
         self.buffer[..KEY_LEN].fill(0);
         self.pos = KEY_LEN;
         Ok(())
@@ -157,7 +157,9 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(g.write_to(&mut out, 1000).expect("write"), 1000);
         let mut ks = vec![0u8; 32 + 1000];
-        ChaCha20::new(&seed, &[0; 12], 0).fill(&mut ks);
+        Keystream::new(&seed, &[0; 12], 0)
+            .fill(&mut ks)
+            .expect("keystream");
         assert!(out == ks[32..]);
     }
 
@@ -172,10 +174,14 @@ mod tests {
             g.write_to(&mut out, len).expect("write");
         }
         let mut first = vec![0u8; BUFFER];
-        ChaCha20::new(&seed, &[0; 12], 0).fill(&mut first);
+        Keystream::new(&seed, &[0; 12], 0)
+            .fill(&mut first)
+            .expect("keystream");
         let next_key: [u8; 32] = first[..32].try_into().expect("key");
         let mut second = vec![0u8; BUFFER];
-        ChaCha20::new(&next_key, &[0; 12], 0).fill(&mut second);
+        Keystream::new(&next_key, &[0; 12], 0)
+            .fill(&mut second)
+            .expect("keystream");
         let per_buffer = BUFFER - KEY_LEN;
         assert!(out[..per_buffer] == first[32..]);
         assert!(out[per_buffer..2 * per_buffer] == second[32..]);

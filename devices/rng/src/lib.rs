@@ -3,12 +3,12 @@
 //! The rooms of every device crate: [`device`] (what the frontend sees), [`worker`]
 //! (queue events), [`request`] (what a request is), [`metrics`], [`persistence`]. Here
 //! also [`drbg`], the generator that serves the bytes (a ChaCha20 keystream,
-//! [`chacha20`], keyed from the host's entropy source), unless the device is told to
+//! [`keystream`], keyed from the host's entropy source), unless the device is told to
 //! pass the source through.
 
-pub mod chacha20;
 pub mod device;
 pub mod drbg;
+pub mod keystream;
 pub mod metrics;
 pub mod persistence;
 pub mod request;
