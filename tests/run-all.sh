@@ -14,6 +14,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     command -v cpio >/dev/null || need+=(cpio)
     command -v modinfo >/dev/null || need+=(kmod)
     command -v ip >/dev/null || need+=(iproute2)
+    # systemd-socket-activate starts a backend the way systemd does (tests/deployment.rs).
+    command -v systemd-socket-activate >/dev/null || need+=(systemd)
     # DPDK testpmd and the PMDs it loads as plug-ins (tests/dpdk_net.rs).
     command -v dpdk-testpmd >/dev/null || need+=(dpdk-dev)
     for pmd in librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23; do

@@ -61,12 +61,31 @@ pub fn print_capabilities(device_type: &str, features: &[&str]) {
 }
 
 /// Opens the listeners the arguments ask for: one, or `--socket-count` of them at
-/// `PATH0`, `PATH1`, ...
+/// `PATH0`, `PATH1`, ... Without `--fd`, `--socket-path` or `--client`, sockets a service
+/// manager passed (systemd socket activation, `LISTEN_FDS`) come first: one device on
+/// each.
 pub fn listeners(
     args: &ListenArgs,
     default_path: &str,
     shutdown: &Shutdown,
 ) -> Result<Vec<VhostUserListener>, String> {
+    if args.fd.is_none() && args.socket_path.is_none() && !args.client {
+        let passed = vhost_user_sync::sys::unix::listen_fds();
+        if !passed.is_empty() {
+            log::info!(
+                "socket activation: serving {} passed socket(s)",
+                passed.len()
+            );
+            return passed
+                .into_iter()
+                .map(|fd| {
+                    VhostUserListener::from_fd(fd)
+                        .map(|l| configure(l, args, shutdown))
+                        .map_err(|e| format!("passed fd {fd}: {e}"))
+                })
+                .collect();
+        }
+    }
     if args.socket_count == 1 {
         return Ok(vec![listener(args, default_path, shutdown)?]);
     }

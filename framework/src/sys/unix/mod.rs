@@ -1,5 +1,6 @@
 //! Platform code: unix domain sockets and the endpoints frontends come from, fds,
-//! signals and the shutdown trigger they wake, and the SIGBUS guard over shared mappings.
+//! signals and the shutdown trigger they wake, the SIGBUS guard over shared mappings, and
+//! the sockets a service manager passes.
 
 mod connection_error;
 mod endpoint;
@@ -8,6 +9,7 @@ mod fault_guard;
 mod shutdown;
 mod signals;
 mod socket;
+mod socket_activation;
 
 pub use connection_error::ConnectionError;
 pub use endpoint::{Endpoint, EndpointError, ParentResources, DEFAULT_SOCKET_MODE};
@@ -16,3 +18,4 @@ pub use shutdown::Shutdown;
 
 pub use signals::shutdown_on_signals;
 pub use socket::SocketPlatformConnection;
+pub use socket_activation::{listen_fds, LISTEN_FDS_START, MAX_LISTEN_FDS};
