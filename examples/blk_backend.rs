@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use vhost_user_sync::backend::Shutdown;
-use vhost_user_sync_blk::{Aio, BlkConfig, BlkDevice, BlkMetrics, DiskImage, DiskOptions};
+use vhost_user_sync_blk::{
+    Aio, BlkConfig, BlkCounters, BlkDevice, BlkMetrics, DiskImage, DiskOptions,
+};
 
 const DEFAULT_SOCKET: &str = "/tmp/vhost-user-blk.sock";
 
@@ -101,6 +103,24 @@ struct Args {
     serial: String,
 }
 
+/// The device's own counters, in the exit line and on SIGUSR1.
+fn describe(c: &BlkCounters) -> String {
+    format!(
+        "{} reads ({} bytes), {} writes ({} bytes), {} flushes, {} discards, \
+         {} malformed, {} I/O errors, {} bounced, {} through io_uring",
+        c.read_ops,
+        c.read_bytes,
+        c.write_ops,
+        c.write_bytes,
+        c.flush_ops,
+        c.discard_ops,
+        c.malformed,
+        c.io_errors,
+        c.bounced,
+        c.ring_ops
+    )
+}
+
 fn fail(msg: impl std::fmt::Display) -> ! {
     log::error!("{msg}");
     std::process::exit(1);
@@ -180,24 +200,15 @@ fn main() {
         );
     }
     let metrics = Arc::new(BlkMetrics::default());
+    let counted = metrics.clone();
+    common::log_stats_on_sigusr1(
+        &listeners,
+        Some(Box::new(move || describe(&counted.snapshot()))),
+    );
     let result = common::serve_all(&mut listeners, || {
         BlkDevice::new(config.clone(), disk.clone(), metrics.clone())
     });
-    let c = metrics.snapshot();
-    log::info!(
-        "exiting: {} reads ({} bytes), {} writes ({} bytes), {} flushes, {} discards, \
-         {} malformed, {} I/O errors, {} bounced, {} through io_uring",
-        c.read_ops,
-        c.read_bytes,
-        c.write_ops,
-        c.write_bytes,
-        c.flush_ops,
-        c.discard_ops,
-        c.malformed,
-        c.io_errors,
-        c.bounced,
-        c.ring_ops
-    );
+    log::info!("exiting: {}", describe(&metrics.snapshot()));
     if let Err(e) = result {
         drop(listeners);
         fail(e);

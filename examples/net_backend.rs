@@ -13,7 +13,7 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 use vhost_user_sync::backend::Shutdown;
 use vhost_user_sync_net::tap::Tap;
-use vhost_user_sync_net::{NetBackend, NetConfig, NetDevice, NetMetrics};
+use vhost_user_sync_net::{NetBackend, NetConfig, NetCounters, NetDevice, NetMetrics};
 
 const DEFAULT_SOCKET: &str = "/tmp/vhost-user-net.sock";
 const DEFAULT_TAP: &str = "vhost-user-net0";
@@ -63,6 +63,14 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     parts
         .try_into()
         .map_err(|_| format!("{s}: a MAC address has six parts"))
+}
+
+/// The device's own counters, in the exit line and on SIGUSR1.
+fn describe(c: &NetCounters) -> String {
+    format!(
+        "tx {} packets {} bytes, rx {} packets {} bytes, malformed tx {} rx {}",
+        c.tx_packets, c.tx_bytes, c.rx_packets, c.rx_bytes, c.tx_malformed, c.rx_malformed
+    )
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -134,19 +142,15 @@ fn main() {
         );
     }
     let metrics = Arc::new(NetMetrics::default());
+    let counted = metrics.clone();
+    common::log_stats_on_sigusr1(
+        &listeners,
+        Some(Box::new(move || describe(&counted.snapshot()))),
+    );
     let result = common::serve_all(&mut listeners, || {
         NetDevice::new(config.clone(), &backend, metrics.clone()).unwrap_or_else(|e| fail(e))
     });
-    let c = metrics.snapshot();
-    log::info!(
-        "exiting: tx {} packets {} bytes, rx {} packets {} bytes, malformed tx {} rx {}",
-        c.tx_packets,
-        c.tx_bytes,
-        c.rx_packets,
-        c.rx_bytes,
-        c.tx_malformed,
-        c.rx_malformed
-    );
+    log::info!("exiting: {}", describe(&metrics.snapshot()));
     if let Err(e) = result {
         drop(listeners);
         fail(e);

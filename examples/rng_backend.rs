@@ -50,6 +50,7 @@ fn main() {
     for p in listeners.iter().filter_map(|l| l.path()) {
         log::info!("listening on {}", p.display());
     }
+    common::log_stats_on_sigusr1(&listeners, None);
     let (source, passthrough) = (args.source, args.passthrough);
     let device = || {
         let dev = RngDevice::new(&source);

@@ -456,3 +456,53 @@ fn packed_ring_state_round_trips_across_a_reconnect() {
     }
     assert_eq!(s.fe.get_vring_base(0).unwrap(), s.q.ring_state().encode());
 }
+
+/// SIGUSR1 logs the counters of the device and of each queue, over every connection so
+/// far, while the program runs on.
+#[test]
+fn sigusr1_logs_the_queue_counters_across_connections() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let usr1 = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(be.pid()),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap()
+    };
+    {
+        let mut s = setup(&be, u64::MAX);
+        for _ in 0..3 {
+            fill_one(&mut s, 100);
+        }
+        usr1();
+        let device = be.wait_log("stats: listener 0: device", T);
+        assert!(device.contains("connected, 1 connection(s)"), "{device}");
+        let queue = be.wait_log("stats: listener 0 queue 0:", T);
+        for field in [
+            "chains=3 ",
+            "used=3 ",
+            "bytes_written=300 ",
+            "bytes_read=0 ",
+            "malformed=0 ",
+            "in_flight=0 ",
+            "broken=0",
+        ] {
+            assert!(queue.contains(field), "{field} in {queue}");
+        }
+        assert!(
+            !queue.contains("kicks=0 ") && !queue.contains("calls=0 "),
+            "{queue}"
+        );
+    }
+    be.wait_log("frontend disconnected", T);
+    let mut s = setup(&be, u64::MAX);
+    fill_one(&mut s, 50);
+    usr1();
+    let device = be.wait_log("stats: listener 0: device", T);
+    assert!(device.contains("connected, 2 connection(s)"), "{device}");
+    let queue = be.wait_log("stats: listener 0 queue 0:", T);
+    assert!(
+        queue.contains("chains=4 ") && queue.contains("bytes_written=350 "),
+        "{queue}"
+    );
+}

@@ -4,7 +4,8 @@
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use vhost_user_sync::backend::Shutdown;
+use nix::sys::signal::{SigSet, Signal};
+use vhost_user_sync::backend::{DeviceSnapshot, DeviceStats, Shutdown};
 use vhost_user_sync::sys::unix::shutdown_on_signals;
 use vhost_user_sync::VhostUserListener;
 
@@ -42,11 +43,72 @@ pub struct ListenArgs {
     pub print_capabilities: bool,
 }
 
-/// Sets up logging (RUST_LOG, default info) and clean exit on SIGINT/SIGTERM.
+/// Sets up logging (RUST_LOG, default info) and clean exit on SIGINT/SIGTERM. SIGUSR1 is
+/// blocked in every thread from here on, for [`log_stats_on_sigusr1`] to take.
 pub fn init(shutdown: &Shutdown) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut usr1 = SigSet::empty();
+    usr1.add(Signal::SIGUSR1);
+    if let Err(e) = usr1.thread_block() {
+        log::warn!("cannot block SIGUSR1: {e}");
+    }
     if let Err(e) = shutdown_on_signals(shutdown) {
         log::warn!("cannot watch signals: {e}");
+    }
+}
+
+/// Logs the counters of every listener's device, and what `device` says of its own, each
+/// time SIGUSR1 arrives (blocked by [`init`]).
+pub fn log_stats_on_sigusr1(
+    listeners: &[VhostUserListener],
+    device: Option<Box<dyn Fn() -> String + Send>>,
+) {
+    let stats: Vec<DeviceStats> = listeners
+        .iter()
+        .filter_map(|l| l.stats().cloned())
+        .collect();
+    let mut usr1 = SigSet::empty();
+    usr1.add(Signal::SIGUSR1);
+    let spawned = std::thread::Builder::new()
+        .name("stats".into())
+        .spawn(move || {
+            while usr1.wait().is_ok() {
+                for (i, s) in stats.iter().enumerate() {
+                    log_snapshot(i, &s.snapshot());
+                }
+                if let Some(device) = &device {
+                    log::info!("stats: {}", device());
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the statistics thread: {e}");
+    }
+}
+
+/// One line for the device on listener `i`, one per queue.
+fn log_snapshot(i: usize, s: &DeviceSnapshot) {
+    log::info!(
+        "stats: listener {i}: device {}, {}, {} connection(s), up {:.1} s",
+        s.device.as_deref().unwrap_or("-"),
+        if s.connected { "connected" } else { "idle" },
+        s.connections,
+        s.uptime.as_secs_f64()
+    );
+    for (q, c) in s.queues.iter().enumerate() {
+        log::info!(
+            "stats: listener {i} queue {q}: kicks={} calls={} chains={} used={} bytes_read={} \
+             bytes_written={} malformed={} in_flight={} broken={}",
+            c.kicks,
+            c.calls,
+            c.chains,
+            c.used,
+            c.bytes_read,
+            c.bytes_written,
+            c.malformed,
+            c.in_flight,
+            c.broken
+        );
     }
 }
 
@@ -163,6 +225,7 @@ pub fn listener(
 fn configure(l: VhostUserListener, args: &ListenArgs, shutdown: &Shutdown) -> VhostUserListener {
     let l = l
         .with_shutdown(shutdown.clone())
+        .with_stats(DeviceStats::new())
         .with_worker_timeout(Duration::from_millis(args.worker_timeout_ms));
     if args.busy_poll_us > 0 {
         l.with_busy_poll(Duration::from_micros(args.busy_poll_us))

@@ -17,5 +17,5 @@ pub mod worker;
 
 pub use device::{Aio, BlkConfig, BlkDevice};
 pub use disk::{DiskImage, DiskOptions};
-pub use metrics::BlkMetrics;
+pub use metrics::{BlkCounters, BlkMetrics};
 pub use uring::probe_io_uring;

@@ -15,4 +15,4 @@ pub mod tap;
 pub mod worker;
 
 pub use device::{NetBackend, NetConfig, NetDevice};
-pub use metrics::NetMetrics;
+pub use metrics::{NetCounters, NetMetrics};

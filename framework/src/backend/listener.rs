@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use log::warn;
 
-use super::{serve_connection_with, ListenerError, ServeOptions};
+use super::{serve_connection_with, DeviceStats, ListenerError, ServeOptions};
 use crate::device::Device;
 use crate::sys::unix::{
     Endpoint, ParentResources, Shutdown, SocketPlatformConnection, DEFAULT_SOCKET_MODE,
@@ -104,6 +104,27 @@ impl VhostUserListener {
     pub fn with_worker_timeout(mut self, time: Duration) -> Self {
         self.options.worker_timeout = Some(time);
         self
+    }
+
+    /// Counts the work of every connection served into `stats` (read it from any
+    /// thread with [`DeviceStats::snapshot`]).
+    ///
+    /// ```no_run
+    /// use vhost_user_sync::backend::DeviceStats;
+    /// use vhost_user_sync::VhostUserListener;
+    /// let stats = DeviceStats::new();
+    /// let listener = VhostUserListener::new("/tmp/dev.sock", None)?.with_stats(stats.clone());
+    /// println!("{:?}", stats.snapshot());
+    /// # Ok::<(), vhost_user_sync::backend::ListenerError>(())
+    /// ```
+    pub fn with_stats(mut self, stats: DeviceStats) -> Self {
+        self.options.stats = Some(stats);
+        self
+    }
+
+    /// The counters set with [`Self::with_stats`].
+    pub fn stats(&self) -> Option<&DeviceStats> {
+        self.options.stats.as_ref()
     }
 
     /// The socket path this listener created, if any.

@@ -6,6 +6,7 @@
 
 mod backend_channel;
 mod connection;
+mod device_stats;
 mod listener;
 mod listener_error;
 mod request_error;
@@ -17,6 +18,7 @@ mod worker;
 pub use crate::sys::unix::Shutdown;
 pub use backend_channel::BackendChannel;
 pub use connection::{serve_connection, serve_connection_with, ServeError};
+pub use device_stats::{DeviceSnapshot, DeviceStats};
 pub use listener::VhostUserListener;
 pub use listener_error::ListenerError;
 pub use request_error::RequestError;

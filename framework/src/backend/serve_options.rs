@@ -22,6 +22,9 @@ pub struct ServeOptions {
     /// ring, switch memory, enable a ring) and to exit, before it gives the device up as
     /// stuck and closes the connection (`None`: [`Self::WORKER_TIMEOUT`]).
     pub worker_timeout: Option<Duration>,
+    /// Where the connections served count their queues' work (`None`: counted only for
+    /// the connection itself).
+    pub stats: Option<super::DeviceStats>,
 }
 
 impl ServeOptions {

@@ -481,7 +481,9 @@ impl<W: QueueWorker> WorkerState<W> {
             if let Some(k) = q.kick() {
                 let mut buf = [0u8; 8];
                 // Non-blocking eventfd: one read resets the counter; EAGAIN is fine.
-                let _ = nix::unistd::read(k, &mut buf);
+                if nix::unistd::read(k, &mut buf).is_ok() {
+                    q.stats().kicked();
+                }
             }
         }
     }

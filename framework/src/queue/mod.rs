@@ -15,6 +15,7 @@ mod in_flight;
 pub mod inflight;
 pub mod packed;
 mod queue_error;
+mod queue_stats;
 mod ring;
 mod ring_state;
 pub mod split;
@@ -30,6 +31,7 @@ pub use inflight::{
 };
 pub use packed::PackedRing;
 pub use queue_error::QueueError;
+pub use queue_stats::{QueueCounters, QueueStats};
 pub use ring::Ring;
 pub use ring_state::RingState;
 pub use split::{RingAddrs, SplitRing};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use log::{error, warn};
 
 use super::in_flight::InFlight;
-use super::{DescriptorChain, QueueError, Ring, RingState, StopAccount, Taken};
+use super::{DescriptorChain, QueueError, QueueStats, Ring, RingState, StopAccount, Taken};
 use crate::memory::{DirtyLog, MemoryTable};
 
 /// Every ring start gets its own generation, so a chain from another ring, an earlier
@@ -55,7 +55,7 @@ pub struct Virtqueue {
     returned: Vec<Option<DescriptorChain>>,
     generation: u64,
     broken: Option<QueueError>,
-    invalid_chains: u64,
+    stats: Arc<QueueStats>,
     buffer_log: Option<Arc<DirtyLog>>,
     kick: Option<File>,
     call: Option<Arc<File>>,
@@ -76,7 +76,7 @@ impl Virtqueue {
             returned: Vec::new(),
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             broken: None,
-            invalid_chains: 0,
+            stats: Arc::default(),
             buffer_log: None,
             kick: None,
             call: None,
@@ -129,7 +129,18 @@ impl Virtqueue {
 
     /// Chains refused so far (returned to the guest with length 0).
     pub fn invalid_chains(&self) -> u64 {
-        self.invalid_chains
+        self.stats.malformed()
+    }
+
+    /// Counts into `stats` from now on (the session keeps one per queue for the whole
+    /// connection, across restarts of the ring).
+    pub fn set_stats(&mut self, stats: Arc<QueueStats>) {
+        self.stats = stats;
+    }
+
+    /// The ring's counters.
+    pub fn stats(&self) -> &QueueStats {
+        &self.stats
     }
 
     /// Why the ring is broken, if it is.
@@ -209,6 +220,7 @@ impl Virtqueue {
             }
         }
         self.broken = Some(e);
+        self.stats.set_broken(true);
     }
 
     /// Whether chains are waiting: handed back, or made available by the driver.
@@ -285,6 +297,7 @@ impl Virtqueue {
                     )?;
                     chain.token.generation = self.generation;
                     chain.token.seq = seq;
+                    self.stats.taken();
                     return Ok(true);
                 }
                 Taken::Refused {
@@ -310,8 +323,8 @@ impl Virtqueue {
     }
 
     fn count_invalid(&mut self, e: &QueueError) {
-        self.invalid_chains += 1;
-        let n = self.invalid_chains;
+        self.stats.refused();
+        let n = self.stats.malformed();
         if n <= 10 || n.is_multiple_of(1000) {
             warn!(
                 "{}: queue {}: dropping invalid chain (#{n}): {e}",
@@ -359,6 +372,7 @@ impl Virtqueue {
             Err(e) => return Err(self.break_with(e)),
             Ok(()) => {}
         }
+        self.stats.completed(chain.readable_len(), len);
         // The bytes are marked before the ring stops (and the log is read), whether the
         // used entry went out now or waits for its turn with IN_ORDER.
         if let Some(log) = &self.buffer_log {
@@ -447,9 +461,11 @@ impl Virtqueue {
     /// Makes used entries visible and writes the call eventfd if the driver wants an
     /// interrupt for them.
     pub fn signal(&mut self, mem: &MemoryTable) {
+        self.stats.set_in_flight(self.in_flight.outstanding());
         match self.ring.needs_notification(mem) {
             Ok(true) => {
                 if let Some(call) = &self.call {
+                    self.stats.called();
                     if let Err(e) = nix::unistd::write(call.as_ref(), &1u64.to_ne_bytes()) {
                         if e != nix::errno::Errno::EAGAIN {
                             error!(

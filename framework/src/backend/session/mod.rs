@@ -18,13 +18,13 @@ use log::warn;
 use super::vring_config::VringConfig;
 use super::worker::{FailureSignal, WorkerHandle};
 use super::RequestError;
-use super::ServeOptions;
+use super::{DeviceStats, ServeOptions};
 use crate::device::{Device, DeviceInfo};
 use crate::memory::{DirtyLog, MemoryTable, MAX_MEM_SLOTS};
 use crate::message::Message;
 use crate::protocol::payload::{ConfigAccess, InflightInfo, RingFd};
 use crate::protocol::{virtio, FdRule, FrontendRequest as R, ProtocolFeatures as P, ReplyRule};
-use crate::queue::InflightArea;
+use crate::queue::{InflightArea, QueueStats};
 use crate::sys::unix::FaultNotice;
 use workers::spawn_workers;
 
@@ -82,6 +82,11 @@ pub(crate) struct Session<D: Device> {
     notice: Arc<FaultNotice>,
     /// How long to wait for a worker (`ServeOptions::worker_timeout`).
     worker_timeout: std::time::Duration,
+    /// Each queue's counters for the whole connection (a started ring counts into its
+    /// queue's).
+    queue_stats: Vec<Arc<QueueStats>>,
+    /// Where the listener's owner reads them (`ServeOptions::stats`).
+    device_stats: Option<DeviceStats>,
 }
 
 type Result<T> = std::result::Result<T, RequestError>;
@@ -113,6 +118,12 @@ impl<D: Device> Session<D> {
         let vrings = (0..info.num_queues)
             .map(|_| VringConfig::default())
             .collect();
+        let queue_stats: Vec<Arc<QueueStats>> =
+            (0..info.num_queues).map(|_| Arc::default()).collect();
+        let device_stats = options.stats.clone();
+        if let Some(s) = &device_stats {
+            s.connected(&info.name, &queue_stats);
+        }
         Ok(Session {
             device,
             info,
@@ -131,6 +142,8 @@ impl<D: Device> Session<D> {
             failure,
             notice,
             worker_timeout,
+            queue_stats,
+            device_stats,
         })
     }
 
@@ -328,5 +341,8 @@ impl<D: Device> Drop for Session<D> {
     fn drop(&mut self) {
         // Workers stop and join before the memory they use is unmapped.
         self.workers.clear();
+        if let Some(s) = &self.device_stats {
+            s.disconnected();
+        }
     }
 }

@@ -271,6 +271,9 @@ impl<D: Device> Session<D> {
         vq.set_call(self.vrings[i].call.clone());
         vq.set_err(self.vrings[i].err.clone());
         vq.set_enabled(self.vrings[i].enabled);
+        if let Some(stats) = self.queue_stats.get(i) {
+            vq.set_stats(stats.clone());
+        }
         let sent = self
             .worker_for(i)
             .is_some_and(|w| w.send(WorkerCommand::Start(Box::new(vq))));
