@@ -103,7 +103,7 @@ struct Args {
     serial: String,
 }
 
-/// The device's own counters, in the exit line and on SIGUSR1.
+/// The device's own counters, in the exit line.
 fn describe(c: &BlkCounters) -> String {
     format!(
         "{} reads ({} bytes), {} writes ({} bytes), {} flushes, {} discards, \
@@ -201,10 +201,26 @@ fn main() {
     }
     let metrics = Arc::new(BlkMetrics::default());
     let counted = metrics.clone();
-    common::log_stats_on_sigusr1(
+    common::report_stats(
+        &args.listen,
         &listeners,
-        Some(Box::new(move || describe(&counted.snapshot()))),
-    );
+        Some(Arc::new(move || {
+            let c = counted.snapshot();
+            vec![
+                ("reads", c.read_ops),
+                ("read_bytes", c.read_bytes),
+                ("writes", c.write_ops),
+                ("write_bytes", c.write_bytes),
+                ("flushes", c.flush_ops),
+                ("discards", c.discard_ops),
+                ("malformed", c.malformed),
+                ("io_errors", c.io_errors),
+                ("bounced", c.bounced),
+                ("ring_ops", c.ring_ops),
+            ]
+        })),
+    )
+    .unwrap_or_else(|e| fail(e));
     let result = common::serve_all(&mut listeners, || {
         BlkDevice::new(config.clone(), disk.clone(), metrics.clone())
     });

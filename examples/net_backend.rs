@@ -65,7 +65,7 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
         .map_err(|_| format!("{s}: a MAC address has six parts"))
 }
 
-/// The device's own counters, in the exit line and on SIGUSR1.
+/// The device's own counters, in the exit line.
 fn describe(c: &NetCounters) -> String {
     format!(
         "tx {} packets {} bytes, rx {} packets {} bytes, malformed tx {} rx {}",
@@ -143,10 +143,22 @@ fn main() {
     }
     let metrics = Arc::new(NetMetrics::default());
     let counted = metrics.clone();
-    common::log_stats_on_sigusr1(
+    common::report_stats(
+        &args.listen,
         &listeners,
-        Some(Box::new(move || describe(&counted.snapshot()))),
-    );
+        Some(Arc::new(move || {
+            let c = counted.snapshot();
+            vec![
+                ("tx_packets", c.tx_packets),
+                ("tx_bytes", c.tx_bytes),
+                ("rx_packets", c.rx_packets),
+                ("rx_bytes", c.rx_bytes),
+                ("tx_malformed", c.tx_malformed),
+                ("rx_malformed", c.rx_malformed),
+            ]
+        })),
+    )
+    .unwrap_or_else(|e| fail(e));
     let result = common::serve_all(&mut listeners, || {
         NetDevice::new(config.clone(), &backend, metrics.clone()).unwrap_or_else(|e| fail(e))
     });

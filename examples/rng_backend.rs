@@ -50,7 +50,10 @@ fn main() {
     for p in listeners.iter().filter_map(|l| l.path()) {
         log::info!("listening on {}", p.display());
     }
-    common::log_stats_on_sigusr1(&listeners, None);
+    if let Err(e) = common::report_stats(&args.listen, &listeners, None) {
+        log::error!("{e}");
+        std::process::exit(1);
+    }
     let (source, passthrough) = (args.source, args.passthrough);
     let device = || {
         let dev = RngDevice::new(&source);

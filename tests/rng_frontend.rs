@@ -506,3 +506,70 @@ fn sigusr1_logs_the_queue_counters_across_connections() {
         "{queue}"
     );
 }
+
+/// One HTTP request on the statistics socket; returns the body.
+fn stats_request(socket: &std::path::Path, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.parse().ok())
+        .expect("a length");
+    assert_eq!(body.len(), len);
+    body.to_string()
+}
+
+/// `--stats-socket` answers with the counters as JSON, or in the Prometheus text format
+/// at /metrics, while the device runs.
+#[test]
+fn the_stats_socket_serves_json_and_prometheus() {
+    let dir = backend::TempDir::new("stats");
+    let socket = dir.path().join("stats.sock");
+    let be = BackendProcess::start("rng_backend", &["--stats-socket", socket.to_str().unwrap()]);
+    let mut s = setup(&be, u64::MAX);
+    fill_one(&mut s, 100);
+    fill_one(&mut s, 28);
+    let doc: serde_json::Value = serde_json::from_str(&stats_request(&socket, "/")).unwrap();
+    let dev = &doc["devices"][0];
+    assert_eq!(dev["connected"], true, "{doc}");
+    assert_eq!(dev["device"], "rng", "{doc}");
+    assert_eq!(dev["connections"], 1, "{doc}");
+    let q = &dev["queues"][0];
+    assert_eq!(
+        (&q["chains"], &q["used"], &q["bytes_written"]),
+        (&2.into(), &2.into(), &128.into()),
+        "{doc}"
+    );
+    assert_eq!(
+        (&q["malformed"], &q["broken"], &q["in_flight"]),
+        (&0.into(), &0.into(), &0.into()),
+        "{doc}"
+    );
+    let metrics = stats_request(&socket, "/metrics");
+    for line in [
+        "# TYPE vhost_user_queue_chains_total counter",
+        "vhost_user_queue_chains_total{listener=\"0\",queue=\"0\"} 2",
+        "vhost_user_queue_bytes_written_total{listener=\"0\",queue=\"0\"} 128",
+        "# TYPE vhost_user_queue_in_flight gauge",
+        "vhost_user_connected{listener=\"0\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing in\n{metrics}"
+        );
+    }
+    // Every sample line is `name{labels} value` with a number.
+    for l in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let value = l.rsplit(' ').next().unwrap();
+        assert!(value.parse::<u64>().is_ok(), "{l}");
+    }
+    // A client that sends nothing and goes away does not stop the endpoint.
+    drop(std::os::unix::net::UnixStream::connect(&socket).unwrap());
+    assert!(stats_request(&socket, "/").contains("\"chains\": 2"));
+}

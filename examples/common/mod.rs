@@ -9,6 +9,8 @@ use vhost_user_sync::backend::{DeviceSnapshot, DeviceStats, Shutdown};
 use vhost_user_sync::sys::unix::shutdown_on_signals;
 use vhost_user_sync::VhostUserListener;
 
+mod stats_endpoint;
+
 /// Where to get frontends, as the vhost-user backend conventions name it.
 #[derive(clap::Args, Debug)]
 pub struct ListenArgs {
@@ -38,6 +40,10 @@ pub struct ListenArgs {
     #[arg(long, default_value_t = 10_000, value_name = "MS",
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub worker_timeout_ms: u64,
+    /// Serve the devices' counters on this unix socket while running (HTTP: GET /metrics
+    /// in the Prometheus text format, any other path as JSON). SIGUSR1 logs them too.
+    #[arg(long, value_name = "PATH")]
+    pub stats_socket: Option<String>,
     /// Print the backend's capabilities as JSON and exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -57,16 +63,24 @@ pub fn init(shutdown: &Shutdown) {
     }
 }
 
-/// Logs the counters of every listener's device, and what `device` says of its own, each
-/// time SIGUSR1 arrives (blocked by [`init`]).
-pub fn log_stats_on_sigusr1(
+/// A device's own counters by name (blk: requests by type; net: packets and bytes).
+pub type DeviceCounters = std::sync::Arc<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
+/// Reports the counters of every listener's device, and `device`'s own, while the program
+/// runs: a log line each on SIGUSR1 (blocked by [`init`]), and on `--stats-socket`.
+pub fn report_stats(
+    args: &ListenArgs,
     listeners: &[VhostUserListener],
-    device: Option<Box<dyn Fn() -> String + Send>>,
-) {
+    device: Option<DeviceCounters>,
+) -> Result<(), String> {
     let stats: Vec<DeviceStats> = listeners
         .iter()
         .filter_map(|l| l.stats().cloned())
         .collect();
+    if let Some(path) = &args.stats_socket {
+        stats_endpoint::serve(path, stats.clone(), device.clone())
+            .map_err(|e| format!("--stats-socket {path}: {e}"))?;
+    }
     let mut usr1 = SigSet::empty();
     usr1.add(Signal::SIGUSR1);
     let spawned = std::thread::Builder::new()
@@ -77,13 +91,15 @@ pub fn log_stats_on_sigusr1(
                     log_snapshot(i, &s.snapshot());
                 }
                 if let Some(device) = &device {
-                    log::info!("stats: {}", device());
+                    let line: Vec<String> =
+                        device().iter().map(|(n, v)| format!("{n}={v}")).collect();
+                    log::info!("stats: device counters: {}", line.join(" "));
                 }
             }
         });
-    if let Err(e) = spawned {
-        log::warn!("cannot start the statistics thread: {e}");
-    }
+    spawned
+        .map(drop)
+        .map_err(|e| format!("cannot start the statistics thread: {e}"))
 }
 
 /// One line for the device on listener `i`, one per queue.
@@ -96,19 +112,11 @@ fn log_snapshot(i: usize, s: &DeviceSnapshot) {
         s.uptime.as_secs_f64()
     );
     for (q, c) in s.queues.iter().enumerate() {
-        log::info!(
-            "stats: listener {i} queue {q}: kicks={} calls={} chains={} used={} bytes_read={} \
-             bytes_written={} malformed={} in_flight={} broken={}",
-            c.kicks,
-            c.calls,
-            c.chains,
-            c.used,
-            c.bytes_read,
-            c.bytes_written,
-            c.malformed,
-            c.in_flight,
-            c.broken
-        );
+        let fields: Vec<String> = stats_endpoint::queue_fields(c)
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        log::info!("stats: listener {i} queue {q}: {}", fields.join(" "));
     }
 }
 
