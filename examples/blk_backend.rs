@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use vhost_user_sync::backend::Shutdown;
+use vhost_user_sync::device::Device;
 use vhost_user_sync_blk::{
     Aio, BlkConfig, BlkCounters, BlkDevice, BlkMetrics, DiskImage, DiskOptions,
 };
@@ -135,7 +136,7 @@ fn main() {
         return;
     }
     let shutdown = Shutdown::new();
-    common::init(&shutdown);
+    common::init_logging();
     let Some(image) = &args.image else {
         fail("--image is required");
     };
@@ -201,30 +202,32 @@ fn main() {
     }
     let metrics = Arc::new(BlkMetrics::default());
     let counted = metrics.clone();
-    common::report_stats(
-        &args.listen,
-        &listeners,
-        Some(Arc::new(move || {
-            let c = counted.snapshot();
-            vec![
-                ("reads", c.read_ops),
-                ("read_bytes", c.read_bytes),
-                ("writes", c.write_ops),
-                ("write_bytes", c.write_bytes),
-                ("flushes", c.flush_ops),
-                ("discards", c.discard_ops),
-                ("malformed", c.malformed),
-                ("io_errors", c.io_errors),
-                ("bounced", c.bounced),
-                ("ring_ops", c.ring_ops),
-            ]
-        })),
-    )
-    .unwrap_or_else(|e| fail(e));
-    let result = common::serve_all(&mut listeners, || {
-        BlkDevice::new(config.clone(), disk.clone(), metrics.clone())
+    let counters: common::DeviceCounters = Arc::new(move || {
+        let c = counted.snapshot();
+        vec![
+            ("reads", c.read_ops),
+            ("read_bytes", c.read_bytes),
+            ("writes", c.write_ops),
+            ("write_bytes", c.write_bytes),
+            ("flushes", c.flush_ops),
+            ("discards", c.discard_ops),
+            ("malformed", c.malformed),
+            ("io_errors", c.io_errors),
+            ("bounced", c.bounced),
+            ("ring_ops", c.ring_ops),
+        ]
     });
-    log::info!("exiting: {}", describe(&metrics.snapshot()));
+    let make = || BlkDevice::new(config.clone(), disk.clone(), metrics.clone());
+    let device = common::DeviceProcess {
+        fds: disk.raw_fds(),
+        needs: make().sandbox_needs(),
+        counters: Some(counters),
+    };
+    let result = common::run_device_process(&args.listen, &shutdown, &mut listeners, device, |l| {
+        let result = common::serve_all(l, make);
+        log::info!("exiting: {}", describe(&metrics.snapshot()));
+        result
+    });
     if let Err(e) = result {
         drop(listeners);
         fail(e);

@@ -8,10 +8,12 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use vhost_user_sync::backend::Shutdown;
+use vhost_user_sync::device::Device;
 use vhost_user_sync_net::tap::Tap;
 use vhost_user_sync_net::{NetBackend, NetConfig, NetCounters, NetDevice, NetMetrics};
 
@@ -85,7 +87,7 @@ fn main() {
         return;
     }
     let shutdown = Shutdown::new();
-    common::init(&shutdown);
+    common::init_logging();
     let root = nix::unistd::geteuid().is_root();
     let kind = args.backend.unwrap_or(if root || args.tap.is_some() {
         Backend::Tap
@@ -143,26 +145,33 @@ fn main() {
     }
     let metrics = Arc::new(NetMetrics::default());
     let counted = metrics.clone();
-    common::report_stats(
-        &args.listen,
-        &listeners,
-        Some(Arc::new(move || {
-            let c = counted.snapshot();
-            vec![
-                ("tx_packets", c.tx_packets),
-                ("tx_bytes", c.tx_bytes),
-                ("rx_packets", c.rx_packets),
-                ("rx_bytes", c.rx_bytes),
-                ("tx_malformed", c.tx_malformed),
-                ("rx_malformed", c.rx_malformed),
-            ]
-        })),
-    )
-    .unwrap_or_else(|e| fail(e));
-    let result = common::serve_all(&mut listeners, || {
-        NetDevice::new(config.clone(), &backend, metrics.clone()).unwrap_or_else(|e| fail(e))
+    let counters: common::DeviceCounters = Arc::new(move || {
+        let c = counted.snapshot();
+        vec![
+            ("tx_packets", c.tx_packets),
+            ("tx_bytes", c.tx_bytes),
+            ("rx_packets", c.rx_packets),
+            ("rx_bytes", c.rx_bytes),
+            ("tx_malformed", c.tx_malformed),
+            ("rx_malformed", c.rx_malformed),
+        ]
     });
-    log::info!("exiting: {}", describe(&metrics.snapshot()));
+    let make =
+        || NetDevice::new(config.clone(), &backend, metrics.clone()).unwrap_or_else(|e| fail(e));
+    let fds = match &backend {
+        NetBackend::Tap(taps) => taps.iter().map(|t| t.file().as_raw_fd()).collect(),
+        NetBackend::Null { .. } => Vec::new(),
+    };
+    let device = common::DeviceProcess {
+        fds,
+        needs: make().sandbox_needs(),
+        counters: Some(counters),
+    };
+    let result = common::run_device_process(&args.listen, &shutdown, &mut listeners, device, |l| {
+        let result = common::serve_all(l, make);
+        log::info!("exiting: {}", describe(&metrics.snapshot()));
+        result
+    });
     if let Err(e) = result {
         drop(listeners);
         fail(e);

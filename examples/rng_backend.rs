@@ -11,8 +11,12 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
 use clap::Parser;
 use vhost_user_sync::backend::Shutdown;
+use vhost_user_sync::device::Device;
 use vhost_user_sync_rng::RngDevice;
 
 /// Serves a virtio-rng device over vhost-user, with entropy from the host.
@@ -38,35 +42,43 @@ fn main() {
         return;
     }
     let shutdown = Shutdown::new();
-    common::init(&shutdown);
-    let mut listeners = match common::listeners(&args.listen, "/tmp/vhost-user-rng.sock", &shutdown)
-    {
-        Ok(l) => l,
-        Err(e) => {
-            log::error!("{e}");
-            std::process::exit(1);
-        }
+    common::init_logging();
+    // Opened here, before the device process is confined; every worker reads a duplicate.
+    let source = match std::fs::File::open(&args.source) {
+        Ok(f) => Arc::new(f),
+        Err(e) => fail(format!("--source {}: {e}", args.source)),
     };
+    let mut listeners = common::listeners(&args.listen, "/tmp/vhost-user-rng.sock", &shutdown)
+        .unwrap_or_else(|e| fail(e));
     for p in listeners.iter().filter_map(|l| l.path()) {
         log::info!("listening on {}", p.display());
     }
-    if let Err(e) = common::report_stats(&args.listen, &listeners, None) {
-        log::error!("{e}");
-        std::process::exit(1);
-    }
-    let (source, passthrough) = (args.source, args.passthrough);
-    let device = || {
-        let dev = RngDevice::new(&source);
+    let passthrough = args.passthrough;
+    let make = || {
+        let dev = RngDevice::from_file(source.clone());
         if passthrough {
             dev.passthrough()
         } else {
             dev
         }
     };
-    if let Err(e) = common::serve_all(&mut listeners, device) {
-        log::error!("{e}");
+    let device = common::DeviceProcess {
+        fds: vec![source.as_raw_fd()],
+        needs: make().sandbox_needs(),
+        counters: None,
+    };
+    let result = common::run_device_process(&args.listen, &shutdown, &mut listeners, device, |l| {
+        let result = common::serve_all(l, make);
+        log::info!("exiting");
+        result
+    });
+    if let Err(e) = result {
         drop(listeners);
-        std::process::exit(1);
+        fail(e);
     }
-    log::info!("exiting");
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    log::error!("{msg}");
+    std::process::exit(1);
 }

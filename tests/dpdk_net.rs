@@ -308,12 +308,12 @@ fn run(mode: &str, ring: &str) -> Option<Counts> {
     // Write syscalls while forwarding: testpmd's are its kicks (and a few lines of
     // output), the backend's would be its calls (it logs nothing meanwhile).
     let (_, fe_writes0) = syscalls(tp.child.id());
-    let (_, be_writes0) = syscalls(be.pid() as u32);
+    let (_, be_writes0) = syscalls(be.device_pid() as u32);
     std::thread::sleep(FORWARD_FOR);
     let at = tp.command("stop");
     tp.wait_for("Accumulated forward statistics", at, SLOW);
     let kicks = syscalls(tp.child.id()).1 - fe_writes0;
-    let calls = syscalls(be.pid() as u32).1 - be_writes0;
+    let calls = syscalls(be.device_pid() as u32).1 - be_writes0;
     let at = tp.command("show port stats 0");
     let end = tp.wait_for("Tx-bps:", at, SLOW);
     let text = tp.text();

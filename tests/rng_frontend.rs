@@ -573,3 +573,50 @@ fn the_stats_socket_serves_json_and_prometheus() {
     drop(std::os::unix::net::UnixStream::connect(&socket).unwrap());
     assert!(stats_request(&socket, "/").contains("\"chains\": 2"));
 }
+
+/// `/proc/PID/status` field `name`.
+fn status_field(pid: i32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no {name} for {pid}"))
+}
+
+#[test]
+fn the_program_serves_from_a_confined_process_by_default() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut s = setup(&be, u64::MAX);
+    assert!(looks_random(&fill_one(&mut s, 4096)));
+    let device = be.device_pid();
+    assert_ne!(device, be.pid(), "no device process under the program");
+    // The strongest mode this machine allows is chosen, and said.
+    let (mode, _) = vhost_user_sync::sandbox::SandboxMode::strongest_available();
+    be.wait_log(&format!("sandbox: {mode}"), Duration::from_secs(10));
+    assert_eq!(status_field(device, "Seccomp"), "2");
+    assert_eq!(status_field(device, "NoNewPrivs"), "1");
+    assert_eq!(status_field(device, "CapEff"), "0000000000000000");
+    if mode == vhost_user_sync::sandbox::SandboxMode::Namespace {
+        for ns in ["mnt", "pid", "net", "ipc"] {
+            let of = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+            assert_ne!(of(device), of(be.pid()), "{ns} namespace shared");
+        }
+    }
+    // The program itself holds no guest memory and runs no device thread.
+    let threads = std::fs::read_dir(format!("/proc/{}/task", be.pid()))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "the supervisor is one thread");
+}
+
+#[test]
+fn sandbox_none_and_seccomp_none_serve_in_one_process() {
+    let be = BackendProcess::start("rng_backend", &["--sandbox", "none", "--seccomp", "none"]);
+    let mut s = setup(&be, u64::MAX);
+    assert!(looks_random(&fill_one(&mut s, 4096)));
+    assert_eq!(be.device_pid(), be.pid());
+    assert_eq!(status_field(be.pid(), "Seccomp"), "0");
+}

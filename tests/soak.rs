@@ -53,7 +53,7 @@ fn session(
     let mem = FrontendMemory::new(&[(0, 1 << 20)]).unwrap();
     let mut fe = Frontend::connect(&be.socket).unwrap();
     fe.negotiate(u64::MAX, u64::MAX).unwrap();
-    let seen = probe.then(|| usage(be.pid()));
+    let seen = probe.then(|| usage(be.device_pid()));
     fe.set_mem_table(&mem).unwrap();
     let mut qs: Vec<DriverQueue> = (0..queues)
         .map(|i| {

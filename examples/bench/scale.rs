@@ -56,12 +56,23 @@ fn sample(pid: i32) -> Result<ProcSample> {
     })
 }
 
+/// The process serving the devices behind `socket`: SO_PEERCRED names the process that
+/// listens (a sandboxed program's supervisor); its only child, followed down (through a
+/// namespace sandbox's keeper), is the device process.
 fn peer_pid(socket: &Path) -> Result<i32> {
     let s =
         UnixStream::connect(socket).context(format_args!("connecting to {}", socket.display()))?;
     let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
         .context("SO_PEERCRED")?;
-    Ok(cred.pid())
+    let mut pid = cred.pid();
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        match children.split_whitespace().collect::<Vec<_>>()[..] {
+            [only] => pid = only.parse().context("a child's pid")?,
+            _ => return Ok(pid),
+        }
+    }
 }
 
 /// Lets this process hold the fds of many devices.

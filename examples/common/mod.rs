@@ -1,11 +1,14 @@
-//! Conventions shared by the backend programs: where the frontend comes from, signals,
-//! and `--print-capabilities`.
+//! Conventions shared by the backend programs: where the frontend comes from, the
+//! sandbox the device process runs in, signals, statistics and `--print-capabilities`.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 use vhost_user_sync::backend::{DeviceSnapshot, DeviceStats, Shutdown};
+use vhost_user_sync::sandbox::{PathAccess, Sandbox, SandboxMode, SandboxNeeds, SeccompMode};
 use vhost_user_sync::sys::unix::shutdown_on_signals;
 use vhost_user_sync::VhostUserListener;
 
@@ -47,12 +50,162 @@ pub struct ListenArgs {
     /// Print the backend's capabilities as JSON and exit.
     #[arg(long)]
     pub print_capabilities: bool,
+    #[command(flatten)]
+    pub confine: SandboxArgs,
 }
 
-/// Sets up logging (RUST_LOG, default info) and clean exit on SIGINT/SIGTERM. SIGUSR1 is
-/// blocked in every thread from here on, for [`log_stats_on_sigusr1`] to take.
-pub fn init(shutdown: &Shutdown) {
+/// How the device process is confined (`vhost_user_sync::sandbox`).
+#[derive(clap::Args, Debug)]
+pub struct SandboxArgs {
+    /// Confine the device process: `namespace` (new mount, pid, ipc and network
+    /// namespaces, an empty read-only root), `chroot` (an empty directory) or `none`.
+    /// Default: the strongest this machine allows. This process stays outside, holds
+    /// the sockets, and starts a new device process when one crashes.
+    #[arg(long, value_name = "MODE", value_parser = ["namespace", "chroot", "none"])]
+    pub sandbox: Option<String>,
+    /// What a system call outside the device's allowlist does: `kill` the device
+    /// process, `log` it (kernel log, audit type 1326) and let it run, or `none` (no
+    /// filter).
+    #[arg(long, value_name = "ACTION", default_value = "kill",
+          value_parser = ["kill", "log", "none"])]
+    pub seccomp: String,
+    /// Run the device process as this user (a name or a uid; needs root).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+}
+
+/// Sets up logging (RUST_LOG, default info).
+pub fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+}
+
+/// What a program's device process needs besides its listeners: the fds it opened
+/// before confinement (an image, taps, an entropy source) and the device's
+/// [`SandboxNeeds`].
+pub struct DeviceProcess {
+    /// Fds the device process keeps.
+    pub fds: Vec<RawFd>,
+    /// What the device declared (`Device::sandbox_needs`).
+    pub needs: SandboxNeeds,
+    /// The device's own counters, for SIGUSR1 and `--stats-socket`.
+    pub counters: Option<DeviceCounters>,
+}
+
+/// Runs the device process: `serve` with SIGINT/SIGTERM triggering `shutdown` and the
+/// counters reported (SIGUSR1, `--stats-socket`). Confined as `--sandbox`, `--seccomp`
+/// and `--user` say, in a child this process supervises (restarted when it crashes);
+/// in this process itself with `--sandbox none --seccomp none`.
+pub fn run_device_process<F>(
+    args: &ListenArgs,
+    shutdown: &Shutdown,
+    listeners: &mut [VhostUserListener],
+    device: DeviceProcess,
+    mut serve: F,
+) -> Result<(), String>
+where
+    F: FnMut(&mut [VhostUserListener]) -> Result<(), String>,
+{
+    // Bound here, outside any sandbox; served from the device process.
+    let stats_socket = match &args.stats_socket {
+        Some(path) => Some((
+            path.clone(),
+            stats_endpoint::bind(path).map_err(|e| format!("--stats-socket {path}: {e}"))?,
+        )),
+        None => None,
+    };
+    let mut run = |listeners: &mut [VhostUserListener]| -> Result<(), String> {
+        watch_signals(shutdown);
+        let stats = match &stats_socket {
+            Some((_, l)) => Some(l.try_clone().map_err(|e| format!("--stats-socket: {e}"))?),
+            None => None,
+        };
+        report_stats(listeners, stats, device.counters.clone())?;
+        serve(listeners)
+    };
+    let result = match sandbox_for(
+        args,
+        listeners,
+        &device,
+        stats_socket.as_ref().map(|s| &s.1),
+    )? {
+        None => run(listeners),
+        Some(sandbox) => {
+            // This process removes the socket files when it exits; device processes
+            // never do.
+            let _socket_files: Vec<_> = listeners
+                .iter_mut()
+                .filter_map(|l| l.take_parent_process_resources())
+                .collect();
+            sandbox
+                .supervise(|| match run(listeners) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        log::error!("{e}");
+                        1
+                    }
+                })
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    };
+    if let Some((path, _)) = &stats_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// The sandbox the arguments ask for, or `None` for none at all.
+fn sandbox_for(
+    args: &ListenArgs,
+    listeners: &[VhostUserListener],
+    device: &DeviceProcess,
+    stats: Option<&UnixListener>,
+) -> Result<Option<Sandbox>, String> {
+    let c = &args.confine;
+    let seccomp: SeccompMode = c.seccomp.parse()?;
+    let mode = match &c.sandbox {
+        Some(m) => m.parse()?,
+        None => {
+            let (mode, why) = SandboxMode::strongest_available();
+            log::info!("sandbox: {mode} ({why}; --sandbox to choose)");
+            mode
+        }
+    };
+    if mode == SandboxMode::None && seccomp == SeccompMode::None && c.user.is_none() {
+        log::warn!("sandbox: none; the device runs with every privilege of this process");
+        return Ok(None);
+    }
+    let mut needs = device.needs.clone();
+    if args.client {
+        // A --client device connects by path, again after each disconnect.
+        let path = args.socket_path.as_deref().unwrap_or_default();
+        let dir = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty());
+        needs = needs.path(dir.unwrap_or(Path::new("/")), PathAccess::ReadWrite);
+    }
+    let mut keep: Vec<RawFd> = listeners.iter().filter_map(|l| l.raw_fd()).collect();
+    keep.extend(&device.fds);
+    keep.extend(stats.map(|l| l.as_raw_fd()));
+    let mut sandbox = Sandbox::new(mode)
+        .seccomp(seccomp)
+        .keep_fds(&keep)
+        .needs(&needs);
+    if let Some(name) = &c.user {
+        let user = match name.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+            Err(_) => nix::unistd::User::from_name(name),
+        }
+        .map_err(|e| format!("--user {name}: {e}"))?
+        .ok_or_else(|| format!("--user {name}: no such user"))?;
+        sandbox = sandbox.user(user.uid, user.gid);
+    }
+    Ok(Some(sandbox))
+}
+
+/// SIGINT and SIGTERM trigger `shutdown`; SIGUSR1 is blocked in every thread started
+/// from here on, for the statistics thread to take.
+fn watch_signals(shutdown: &Shutdown) {
     let mut usr1 = SigSet::empty();
     usr1.add(Signal::SIGUSR1);
     if let Err(e) = usr1.thread_block() {
@@ -67,19 +220,20 @@ pub fn init(shutdown: &Shutdown) {
 pub type DeviceCounters = std::sync::Arc<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
 
 /// Reports the counters of every listener's device, and `device`'s own, while the program
-/// runs: a log line each on SIGUSR1 (blocked by [`init`]), and on `--stats-socket`.
-pub fn report_stats(
-    args: &ListenArgs,
+/// runs: a log line each on SIGUSR1 (blocked by [`watch_signals`]), and on the
+/// `--stats-socket` listener.
+fn report_stats(
     listeners: &[VhostUserListener],
+    socket: Option<UnixListener>,
     device: Option<DeviceCounters>,
 ) -> Result<(), String> {
     let stats: Vec<DeviceStats> = listeners
         .iter()
         .filter_map(|l| l.stats().cloned())
         .collect();
-    if let Some(path) = &args.stats_socket {
-        stats_endpoint::serve(path, stats.clone(), device.clone())
-            .map_err(|e| format!("--stats-socket {path}: {e}"))?;
+    if let Some(socket) = socket {
+        stats_endpoint::serve(socket, stats.clone(), device.clone())
+            .map_err(|e| format!("--stats-socket: {e}"))?;
     }
     let mut usr1 = SigSet::empty();
     usr1.add(Signal::SIGUSR1);

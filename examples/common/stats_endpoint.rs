@@ -21,13 +21,8 @@ const MAX_REQUEST: usize = 4096;
 /// How long a client may take to send its request or read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Serves `stats` on a socket at `path` (replacing a stale socket there), one client at a
-/// time, on a thread of its own.
-pub fn serve(
-    path: &str,
-    stats: Vec<DeviceStats>,
-    device: Option<DeviceCounters>,
-) -> std::io::Result<()> {
+/// Listens at `path` (replacing a stale socket there).
+pub fn bind(path: &str) -> std::io::Result<UnixListener> {
     if std::fs::symlink_metadata(path).is_ok_and(|m| {
         use std::os::unix::fs::FileTypeExt;
         m.file_type().is_socket()
@@ -36,6 +31,15 @@ pub fn serve(
     }
     let listener = UnixListener::bind(path)?;
     log::info!("statistics on {path} (HTTP: /metrics for Prometheus, / for JSON)");
+    Ok(listener)
+}
+
+/// Serves `stats` to the clients of `listener`, one at a time, on a thread of its own.
+pub fn serve(
+    listener: UnixListener,
+    stats: Vec<DeviceStats>,
+    device: Option<DeviceCounters>,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("stats-socket".into())
         .spawn(move || {

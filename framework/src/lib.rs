@@ -14,6 +14,7 @@ pub mod message;
 pub mod prelude;
 pub mod protocol;
 pub mod queue;
+pub mod sandbox;
 pub mod sys;
 
 pub use backend::VhostUserListener;

@@ -39,6 +39,7 @@ pub use crate::device::{
 pub use crate::memory::MemoryTable;
 pub use crate::protocol::virtio;
 pub use crate::queue::{ChainReader, ChainWriter, DescriptorChain, QueueError};
+pub use crate::sandbox::{PathAccess, SandboxNeeds};
 pub use crate::sys::unix::shutdown_on_signals;
 pub use crate::VhostUserListener;
 /// `Read` and `Write` (for [`ChainReader`] and [`ChainWriter`]), in scope without

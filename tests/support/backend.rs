@@ -94,6 +94,15 @@ pub fn capabilities(example: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The children of process `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// Path of example program `name`, built first (in the test's own profile) so that a
 /// test never runs a stale binary, even under `cargo test --test X`.
 pub fn example_path(name: &str) -> PathBuf {
@@ -262,8 +271,20 @@ impl BackendProcess {
         }
     }
 
+    /// The program's pid: in a sandbox, the supervisor that holds the sockets.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// The process that serves the device: the program itself without a sandbox, else
+    /// the confined process under it (a namespace sandbox puts a keeper in between).
+    /// Call it once a frontend has been served (the device process exists by then).
+    pub fn device_pid(&self) -> i32 {
+        let mut pid = self.pid();
+        while let [only] = children(pid)[..] {
+            pid = only;
+        }
+        pid
     }
 
     /// Waits for the backend to end by itself (a crash it was told to have).
@@ -279,8 +300,32 @@ impl BackendProcess {
 }
 
 impl Drop for BackendProcess {
+    /// Kills the program and waits until its device process is gone too (it dies with
+    /// its supervisor, a moment later): what it held, an image lock say, is released
+    /// once this returns.
     fn drop(&mut self) {
+        let mut below = Vec::new();
+        let mut pid = self.pid();
+        while let [only] = children(pid)[..] {
+            below.extend(pidfd(only));
+            pid = only;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for fd in below {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            use std::os::fd::AsFd;
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(10_000u16));
+        }
     }
+}
+
+/// A pidfd for `pid` (readable once it has ended), if it still exists.
+pub fn pidfd(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative result is a new fd that nothing else owns.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }

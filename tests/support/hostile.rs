@@ -73,6 +73,9 @@ pub struct Proc {
     /// that passed).
     pub idle: Option<Snapshot>,
     child: Child,
+    /// A sandboxed program's device process (the program itself supervises it): the
+    /// process every check looks at, and which must never be replaced.
+    device: Option<i32>,
     log: mpsc::Receiver<String>,
     pub dir: TempDir,
 }
@@ -107,6 +110,7 @@ impl Proc {
             label: label.into(),
             idle: None,
             child,
+            device: None,
             log: rx,
             dir,
         };
@@ -122,17 +126,49 @@ impl Proc {
         let socket = dir.path().join("dev.sock");
         let mut cmd = Command::new(example_path(name));
         cmd.arg("--socket-path").arg(&socket).args(args);
-        (Proc::spawn(name, cmd, dir, 1), socket)
+        let mut p = Proc::spawn(name, cmd, dir, 1);
+        // The program confines its device in a process of its own (or says it does not).
+        let line = p.wait_log(
+            |l| {
+                l.contains("sandbox: none;")
+                    || (l.contains("device process") && l.contains("started"))
+            },
+            Duration::from_secs(60),
+        );
+        if !line.contains("sandbox: none;") {
+            let mut pid = p.child.id() as i32;
+            while let [only] = crate::backend::children(pid)[..] {
+                pid = only;
+            }
+            assert_ne!(
+                pid,
+                p.child.id() as i32,
+                "{name}: no device process: {line}"
+            );
+            p.device = Some(pid);
+        }
+        (p, socket)
     }
 
+    /// The process serving the devices (a sandboxed program's device process).
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.device.unwrap_or(self.child.id() as i32)
     }
 
-    /// Panics if the process has exited.
+    /// Panics if the process has exited, or a sandboxed program's device process has
+    /// (its supervisor would have started another: a crash all the same).
     pub fn assert_alive(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("{} exited: {status}", self.label);
+        }
+        if let Some(pid) = self.device {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+            assert!(
+                matches!(state, Some(Some(s)) if s != 'Z' && s != 'X'),
+                "{}: device process {pid} is gone ({stat:?})",
+                self.label
+            );
         }
     }
 

@@ -208,6 +208,10 @@ impl BlkDevice {
 impl Device for BlkDevice {
     type Worker = BlkWorker;
 
+    fn sandbox_needs(&self) -> vhost_user_sync::sandbox::SandboxNeeds {
+        crate::sandbox::needs(self.config.aio)
+    }
+
     fn info(&self) -> DeviceInfo {
         let mut features = SIZE_MAX | SEG_MAX | BLK_SIZE | TOPOLOGY | FLUSH | CONFIG_WCE | MQ;
         if self.shared.disk.options().read_only {

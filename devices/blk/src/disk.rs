@@ -116,6 +116,14 @@ impl DiskImage {
         self.file.as_fd()
     }
 
+    /// Every fd it owns (the image, the resize watch), for a sandbox that keeps only
+    /// the fds it is told about.
+    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
+        let mut fds = vec![self.file.as_raw_fd()];
+        fds.extend(self.resize_watch.as_ref().map(|w| w.as_fd().as_raw_fd()));
+        fds
+    }
+
     /// How it was opened.
     pub fn options(&self) -> DiskOptions {
         self.options

@@ -12,6 +12,7 @@ pub mod image_lock;
 pub mod metrics;
 pub mod persistence;
 pub mod request;
+pub mod sandbox;
 mod uring;
 pub mod worker;
 

@@ -141,6 +141,10 @@ impl NetDevice {
 impl Device for NetDevice {
     type Worker = NetWorker;
 
+    fn sandbox_needs(&self) -> vhost_user_sync::sandbox::SandboxNeeds {
+        crate::sandbox::needs(&self.backend)
+    }
+
     fn info(&self) -> DeviceInfo {
         // IN_ORDER: every queue of this device returns chains in the order it took
         // them (TX and control one by one, RX undoes what it does not fill).

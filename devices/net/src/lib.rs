@@ -11,6 +11,7 @@ pub mod link;
 pub mod metrics;
 pub mod persistence;
 pub mod request;
+pub mod sandbox;
 pub mod tap;
 pub mod worker;
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use vhost_user_sync::device::{Device, DeviceInfo};
+use vhost_user_sync::sandbox::SandboxNeeds;
 
 use crate::drbg::Drbg;
 use crate::worker::{EntropySource, RngWorker};
@@ -30,7 +31,7 @@ pub const VIRTIO_ID_RNG: u32 = 4;
 /// ```
 #[derive(Debug, Clone)]
 pub struct RngDevice {
-    source: PathBuf,
+    source: EntropyFile,
     passthrough: bool,
     metrics: Arc<RngMetrics>,
 }
@@ -39,7 +40,26 @@ impl RngDevice {
     /// A device whose entropy comes from the file at `source`.
     pub fn new(source: impl Into<PathBuf>) -> Self {
         RngDevice {
-            source: source.into(),
+            source: EntropyFile::Path(source.into()),
+            passthrough: false,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// A device whose entropy comes from `source`, already open (shared by every
+    /// worker and connection): nothing to open once the process is sandboxed.
+    ///
+    /// ```
+    /// use vhost_user_sync::device::Device;
+    /// use vhost_user_sync_rng::RngDevice;
+    /// let source = std::sync::Arc::new(std::fs::File::open("/dev/urandom")?);
+    /// let dev = RngDevice::from_file(source);
+    /// assert_eq!(dev.sandbox_needs().paths().count(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn from_file(source: Arc<File>) -> Self {
+        RngDevice {
+            source: EntropyFile::Open(source),
             passthrough: false,
             metrics: Arc::default(),
         }
@@ -66,7 +86,10 @@ impl Device for RngDevice {
     }
 
     fn create_worker(&mut self, _index: usize) -> std::io::Result<RngWorker> {
-        let source = File::open(&self.source)?;
+        let source = match &self.source {
+            EntropyFile::Path(p) => File::open(p)?,
+            EntropyFile::Open(f) => f.try_clone()?,
+        };
         let source = if self.passthrough {
             EntropySource::Passthrough(source)
         } else {
@@ -74,4 +97,17 @@ impl Device for RngDevice {
         };
         Ok(RngWorker::new(source, self.metrics.clone()))
     }
+
+    fn sandbox_needs(&self) -> SandboxNeeds {
+        crate::sandbox::needs(&self.source)
+    }
+}
+
+/// Where a device's entropy comes from.
+#[derive(Debug, Clone)]
+pub enum EntropyFile {
+    /// Opened by each worker.
+    Path(PathBuf),
+    /// Opened once; each worker reads through its own duplicate of the fd.
+    Open(Arc<File>),
 }

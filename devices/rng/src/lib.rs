@@ -12,6 +12,7 @@ pub mod keystream;
 pub mod metrics;
 pub mod persistence;
 pub mod request;
+pub mod sandbox;
 pub mod worker;
 
 pub use device::RngDevice;

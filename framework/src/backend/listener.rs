@@ -127,6 +127,13 @@ impl VhostUserListener {
         self.options.stats.as_ref()
     }
 
+    /// The socket the listener accepts on (or the inherited connection), for a sandbox
+    /// that keeps only the fds it is told about; `None` for a `--client` listener, which
+    /// opens a new socket per connection.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.endpoint.raw_fd()
+    }
+
     /// The socket path this listener created, if any.
     pub fn path(&self) -> Option<&Path> {
         self.endpoint.path()

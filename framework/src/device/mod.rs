@@ -115,6 +115,14 @@ pub trait Device: Send + 'static {
         )))
     }
 
+    /// What the device needs inside a sandbox beyond the framework's own system calls
+    /// (see [`crate::sandbox`]): more system calls, host paths, capabilities, the host's
+    /// network namespace. Asked once, of a device made for the purpose, before the
+    /// device process is confined. The default: nothing more.
+    fn sandbox_needs(&self) -> crate::sandbox::SandboxNeeds {
+        crate::sandbox::SandboxNeeds::new()
+    }
+
     /// SEND_RARP (with the RARP protocol feature): announce `mac` after migration. The
     /// default refuses.
     fn send_rarp(&mut self, mac: [u8; 6]) -> Result<(), DeviceError> {

@@ -313,11 +313,20 @@ impl<D: Device> Session<D> {
     }
 }
 
+/// Refuses an fd that is not an eventfd. `/proc/self/fd` names the kind of anonymous
+/// inode; without `/proc` (a chroot sandbox) the fd must at least be an anonymous inode
+/// (no file type: not a socket, pipe, file or device).
 fn check_eventfd(request: &'static str, f: &File) -> Result<()> {
     use std::os::fd::AsRawFd;
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    use std::os::unix::fs::MetadataExt;
+    let link = match std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())) {
+        Ok(p) => p.to_string_lossy().into_owned(),
+        Err(_) => match f.metadata() {
+            Ok(m) if m.mode() & nix::libc::S_IFMT == 0 => return Ok(()),
+            Ok(m) => format!("mode {:#o}", m.mode()),
+            Err(e) => e.to_string(),
+        },
+    };
     if link == "anon_inode:[eventfd]" {
         Ok(())
     } else {

@@ -5,6 +5,7 @@
 mod connection_error;
 mod endpoint;
 mod fault_guard;
+pub mod sandbox;
 
 mod shutdown;
 mod signals;
