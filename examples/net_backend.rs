@@ -14,6 +14,7 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 use vhost_user_sync::backend::Shutdown;
 use vhost_user_sync::device::Device;
+use vhost_user_sync_net::link;
 use vhost_user_sync_net::tap::Tap;
 use vhost_user_sync_net::{NetBackend, NetConfig, NetCounters, NetDevice, NetMetrics};
 
@@ -145,8 +146,22 @@ fn main() {
     }
     let metrics = Arc::new(NetMetrics::default());
     let counted = metrics.clone();
+    // Frames for the guest the tap dropped because nothing took them (no RX buffers
+    // from the guest, or no frontend connected), counted by the kernel since start.
+    let tap_index = match &backend {
+        NetBackend::Tap(taps) => nix::net::if_::if_nametoindex(taps[0].name())
+            .ok()
+            .map(|i| i as i32),
+        NetBackend::Null { .. } => None,
+    };
+    let dropped_at_start = tap_index
+        .and_then(|i| link::query_link(i).ok())
+        .map_or(0, |l| l.tx_dropped);
     let counters: common::DeviceCounters = Arc::new(move || {
         let c = counted.snapshot();
+        let dropped = tap_index
+            .and_then(|i| link::query_link(i).ok())
+            .map_or(0, |l| l.tx_dropped.saturating_sub(dropped_at_start));
         vec![
             ("tx_packets", c.tx_packets),
             ("tx_bytes", c.tx_bytes),
@@ -154,6 +169,7 @@ fn main() {
             ("rx_bytes", c.rx_bytes),
             ("tx_malformed", c.tx_malformed),
             ("rx_malformed", c.rx_malformed),
+            ("rx_dropped_no_buffers", dropped),
         ]
     });
     let make =

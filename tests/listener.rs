@@ -326,3 +326,40 @@ fn backend_programs_refuse_a_path_that_is_not_a_socket() {
         .file_type()
         .is_symlink());
 }
+
+#[test]
+fn serve_all_serves_every_listener_with_its_own_devices() {
+    let dir = TempDir::new("serve-all");
+    let shutdown = vhost_user_sync::backend::Shutdown::new();
+    let paths: Vec<_> = (0..4)
+        .map(|i| dir.path().join(format!("d{i}.sock")))
+        .collect();
+    let mut listeners: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            VhostUserListener::new(p.to_str().unwrap(), None)
+                .unwrap()
+                .with_shutdown(shutdown.clone())
+        })
+        .collect();
+    let made = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = made.clone();
+    let t = std::thread::spawn(move || {
+        VhostUserListener::serve_all(&mut listeners, |i| {
+            record.lock().unwrap().push(i);
+            RngDevice::new("/dev/urandom")
+        })
+    });
+    // Two frontends connected at once, on different listeners, are both served.
+    let mut first = Frontend::connect(&paths[2]).unwrap();
+    exercise(&mut first);
+    let mut second = Frontend::connect(&paths[0]).unwrap();
+    exercise(&mut second);
+    drop(first);
+    // A listener serves again once its frontend has left.
+    let mut again = Frontend::connect(&paths[2]).unwrap();
+    exercise(&mut again);
+    assert_eq!(*made.lock().unwrap(), [2, 0, 2]);
+    shutdown.trigger();
+    t.join().unwrap().unwrap();
+}

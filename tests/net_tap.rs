@@ -288,3 +288,88 @@ fn a_short_rx_buffer_among_held_ones_is_returned_once_and_in_order() {
     );
     assert!(ids.contains(&short), "{ids:?}");
 }
+
+/// Sends `count` broadcast frames out of interface `ifname` (of the calling thread's
+/// network namespace) through a packet socket; returns how many the kernel took.
+fn send_frames(ifname: &str, count: usize) -> usize {
+    use nix::libc;
+    let index = nix::net::if_::if_nametoindex(ifname).unwrap();
+    // SAFETY: socket() takes integers and returns a new fd or -1.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(
+        fd >= 0,
+        "packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the fd was just made and is owned by nothing else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value to fill in.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = index as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x88, 0xb5]); // local experimental type
+    frame.resize(60, 0);
+    let mut sent = 0;
+    for _ in 0..count {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sendto reads `frame` and `addr`, both live for the call, with their
+        // true lengths.
+        let r = unsafe {
+            libc::sendto(
+                sock.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if r == frame.len() as isize {
+            sent += 1;
+        }
+    }
+    sent
+}
+
+#[test]
+fn frames_the_guest_gives_no_buffers_for_are_counted_as_dropped() {
+    let Some((ns, be)) = tap_backend(&[]) else {
+        return;
+    };
+    let dropped = |be: &BackendProcess| -> u64 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(be.pid()),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
+        let line = be.wait_log("rx_dropped_no_buffers=", T);
+        let v = line.split("rx_dropped_no_buffers=").nth(1).unwrap();
+        v.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    // Nothing lost yet (the kernel's own frames on link up fit in the tap's queue).
+    assert_eq!(dropped(&be), 0);
+    // No frontend gives buffers: the tap queues what it can and drops the rest.
+    const SENT: usize = 2000;
+    let sent = ns.spawn(|| send_frames("vhutap0", SENT)).join().unwrap();
+    assert_eq!(sent, SENT);
+    let queue_len: usize = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "cat",
+            "/sys/class/net/vhutap0/tx_queue_len",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().parse().unwrap())
+        .unwrap();
+    let n = dropped(&be) as usize;
+    // The kernel's own few frames (IPv6 on link up) take room in the queue too.
+    assert!(
+        n >= SENT - queue_len && n <= SENT + 16,
+        "{n} dropped of {SENT} sent with a {queue_len}-frame queue"
+    );
+}

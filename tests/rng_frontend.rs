@@ -620,3 +620,45 @@ fn sandbox_none_and_seccomp_none_serve_in_one_process() {
     assert_eq!(be.device_pid(), be.pid());
     assert_eq!(status_field(be.pid(), "Seccomp"), "0");
 }
+
+/// Threads of process `pid`.
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// Waits until process `pid` has `n` threads (a connection's threads end just after
+/// the frontend sees it closed).
+fn wait_threads(pid: i32, n: usize) {
+    let deadline = std::time::Instant::now() + T;
+    while threads(pid) != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} threads, not {n}",
+            threads(pid)
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn idle_devices_share_a_thread_and_a_connected_one_has_two() {
+    let be = BackendProcess::start("rng_backend", &["--socket-count", "16"]);
+    let socket = |i: usize| std::path::PathBuf::from(format!("{}{i}", be.socket.display()));
+    let mut a = setup_at(&socket(3), u64::MAX);
+    assert!(looks_random(&fill_one(&mut a, 4096)));
+    let device = be.device_pid();
+    let with_one = threads(device);
+    let mut b = setup_at(&socket(11), u64::MAX);
+    assert!(looks_random(&fill_one(&mut b, 4096)));
+    // A connected device: its connection thread and its worker.
+    assert_eq!(threads(device), with_one + 2);
+    drop(a);
+    drop(b);
+    // Sixteen idle devices: the main thread (waiting on every socket), signals and
+    // statistics. Nothing per device.
+    let idle = with_one - 2;
+    assert!(idle <= 4, "{idle} threads for 16 idle devices");
+    wait_threads(device, idle);
+}

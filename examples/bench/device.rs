@@ -151,14 +151,15 @@ impl Device {
             .context(format_args!("GET_CONFIG {size} bytes at {offset}"))
     }
 
-    /// The backend's pid, from SO_PEERCRED on the socket.
+    /// The pid of the process serving the device: SO_PEERCRED on the socket names the
+    /// one that listens, a sandboxed program's device process is below it.
     pub fn backend_pid(&self) -> Result<i32> {
         let cred = nix::sys::socket::getsockopt(
             self.fe.connection().stream(),
             nix::sys::socket::sockopt::PeerCredentials,
         )
         .context("SO_PEERCRED")?;
-        Ok(cred.pid())
+        Ok(crate::scale::serving_process(cred.pid()))
     }
 
     /// Stops the rings (GET_VRING_BASE, as a VMM does before it goes away). Failures

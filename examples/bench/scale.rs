@@ -57,20 +57,27 @@ fn sample(pid: i32) -> Result<ProcSample> {
 }
 
 /// The process serving the devices behind `socket`: SO_PEERCRED names the process that
-/// listens (a sandboxed program's supervisor); its only child, followed down (through a
-/// namespace sandbox's keeper), is the device process.
+/// listens (a sandboxed program's supervisor), [`serving_process`] the one below it.
 fn peer_pid(socket: &Path) -> Result<i32> {
     let s =
         UnixStream::connect(socket).context(format_args!("connecting to {}", socket.display()))?;
     let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
         .context("SO_PEERCRED")?;
-    let mut pid = cred.pid();
+    Ok(serving_process(cred.pid()))
+}
+
+/// `pid`'s only child, followed down while there is exactly one: a sandboxed
+/// program's device process under its supervisor (and a namespace sandbox's keeper).
+pub fn serving_process(mut pid: i32) -> i32 {
     loop {
         let children =
             std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         match children.split_whitespace().collect::<Vec<_>>()[..] {
-            [only] => pid = only.parse().context("a child's pid")?,
-            _ => return Ok(pid),
+            [only] => match only.parse() {
+                Ok(child) => pid = child,
+                Err(_) => return pid,
+            },
+            _ => return pid,
         }
     }
 }
@@ -232,10 +239,21 @@ pub fn run(
         }
     }
     let secs = meter.elapsed();
+    let device_description = devs.first().map_or_else(Json::obj, Device::describe);
     let end = sample(pid)?;
     for d in &mut devs {
         d.stop();
     }
+    // Every frontend leaves; the backend should shrink back to its idle size.
+    drop(devs);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut gone = sample(pid)?;
+    while gone.threads > before.threads && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        gone = sample(pid)?;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let gone = sample(pid)?;
 
     let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;
     let mut backend = Json::obj();
@@ -253,10 +271,19 @@ pub fn run(
             "rss_anon_kib_per_device",
             per(after.rss_anon_kib, before.rss_anon_kib),
         )
+        .set("rss_kib_after_disconnect", gone.rss_kib)
+        .set(
+            "rss_after_disconnect_vs_idle",
+            gone.rss_kib as f64 / before.rss_kib.max(1) as f64,
+        )
+        .set("rss_kib_idle_per_device", before.rss_kib as f64 / n as f64)
+        .set("rss_anon_kib_before", before.rss_anon_kib)
+        .set("rss_anon_kib_after_disconnect", gone.rss_anon_kib)
         .set("threads_before", before.threads)
+        .set("threads_after_disconnect", gone.threads)
         .set("threads_with_devices", after.threads)
         .set("threads_per_device", per(after.threads, before.threads));
-    let device = devs.first().map_or_else(Json::obj, Device::describe);
+    let device = device_description;
     let s = &meter.streams[0];
     if json {
         let mut j = Json::obj();
@@ -269,14 +296,21 @@ pub fn run(
         println!("{j}");
     } else {
         println!(
-            "scale: {n} devices, backend pid {pid}: RSS {} -> {} KiB ({:.0} KiB/device, {:.0} KiB/device after the run), threads {} -> {} ({:.2}/device); {} over {:.1} s ({})",
+            "scale: {n} devices, backend pid {pid}: RSS idle {} KiB ({:.1} KiB/device), connected {} KiB ({:.0} KiB/device, {:.0} KiB/device after the run), after disconnect {} KiB ({:.2}x idle; anonymous {} -> {} KiB, {:.2}x); threads idle {}, connected {} ({:.2}/device), after disconnect {}; {} over {:.1} s ({})",
             before.rss_kib,
+            before.rss_kib as f64 / n as f64,
             after.rss_kib,
             per(after.rss_kib, before.rss_kib),
             per(end.rss_kib, before.rss_kib),
+            gone.rss_kib,
+            gone.rss_kib as f64 / before.rss_kib.max(1) as f64,
+            before.rss_anon_kib,
+            gone.rss_anon_kib,
+            gone.rss_anon_kib as f64 / before.rss_anon_kib.max(1) as f64,
             before.threads,
             after.threads,
             per(after.threads, before.threads),
+            gone.threads,
             stream_line(s, secs),
             secs,
             flat(&device)

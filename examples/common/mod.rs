@@ -327,9 +327,9 @@ pub fn listeners(
         .collect()
 }
 
-/// Serves every listener on a thread of its own, each connection with a fresh device
-/// from `make`; returns when all of them have stopped (on a signal), with the first
-/// error.
+/// Serves every listener, each connection with a fresh device from `make`, until all of
+/// them have stopped (on a signal): idle listeners wait together on this thread, a
+/// connected device gets threads of its own while its frontend stays.
 pub fn serve_all<D, F>(listeners: &mut [VhostUserListener], make: F) -> Result<(), String>
 where
     D: vhost_user_sync::device::Device,
@@ -338,30 +338,7 @@ where
     if let [one] = listeners {
         return one.serve(&make).map_err(|e| e.to_string());
     }
-    std::thread::scope(|scope| {
-        let threads: Vec<_> = listeners
-            .iter_mut()
-            .map(|l| {
-                let make = &make;
-                std::thread::Builder::new()
-                    .name("listener".into())
-                    .spawn_scoped(scope, move || l.serve(make).map_err(|e| e.to_string()))
-            })
-            .collect();
-        let mut first = Ok(());
-        for t in threads {
-            let r = match t {
-                Ok(handle) => handle
-                    .join()
-                    .unwrap_or_else(|_| Err("a listener thread panicked".to_string())),
-                Err(e) => Err(format!("cannot start a listener thread: {e}")),
-            };
-            if first.is_ok() {
-                first = r;
-            }
-        }
-        first
-    })
+    VhostUserListener::serve_all(listeners, |_| make()).map_err(|e| e.to_string())
 }
 
 /// Opens the listener the arguments ask for, with `default_path` when none is given.

@@ -27,7 +27,8 @@ pub struct DeviceStats(Arc<Mutex<Inner>>);
 struct Inner {
     started: Instant,
     connections: u64,
-    device: Option<String>,
+    /// Empty until a frontend connected.
+    device: String,
     queues: Vec<Arc<QueueStats>>,
     /// Totals of the connections that ended.
     past: Vec<QueueCounters>,
@@ -66,13 +67,20 @@ impl Eq for DeviceStats {}
 
 impl DeviceStats {
     /// A handle with nothing counted yet.
+    ///
+    /// Its storage is made here, with room for a device name and a few queues, and
+    /// reused by every connection: an allocation a connection made and left behind would
+    /// sit among that connection's freed memory and keep the allocator from giving its
+    /// page back after the frontend leaves (hundreds of idle devices, one pinned page
+    /// each).
     pub fn new() -> Self {
+        const ROOM: usize = 8;
         DeviceStats(Arc::new(Mutex::new(Inner {
             started: Instant::now(),
             connections: 0,
-            device: None,
-            queues: Vec::new(),
-            past: Vec::new(),
+            device: String::with_capacity(32),
+            queues: Vec::with_capacity(ROOM),
+            past: Vec::with_capacity(ROOM),
         })))
     }
 
@@ -94,7 +102,7 @@ impl DeviceStats {
             })
             .collect();
         DeviceSnapshot {
-            device: inner.device.clone(),
+            device: (!inner.device.is_empty()).then(|| inner.device.clone()),
             connected: !inner.queues.is_empty(),
             connections: inner.connections,
             uptime: inner.started.elapsed(),
@@ -106,19 +114,23 @@ impl DeviceStats {
     pub(crate) fn connected(&self, device: &str, queues: &[Arc<QueueStats>]) {
         let mut inner = self.0.lock();
         inner.connections += 1;
-        inner.device = Some(device.to_string());
-        inner.queues = queues.to_vec();
+        if inner.device != device {
+            inner.device.clear();
+            inner.device.push_str(device);
+        }
+        inner.queues.clear();
+        inner.queues.extend(queues.iter().cloned());
     }
 
     /// The current connection ended: its counts go into the totals.
     pub(crate) fn disconnected(&self) {
         let mut inner = self.0.lock();
-        let ended: Vec<QueueCounters> = inner.queues.drain(..).map(|q| q.snapshot()).collect();
-        for (i, q) in ended.iter().enumerate() {
+        let inner = &mut *inner;
+        for (i, q) in inner.queues.drain(..).enumerate() {
             if inner.past.len() <= i {
                 inner.past.push(QueueCounters::default());
             }
-            let total = sum(&inner.past[i], q);
+            let total = sum(&inner.past[i], &q.snapshot());
             inner.past[i] = total;
             inner.past[i].in_flight = 0;
             inner.past[i].broken = 0;

@@ -26,9 +26,9 @@ use crate::sys::unix::{
 /// listener.serve(make_device).unwrap();
 /// ```
 pub struct VhostUserListener {
-    endpoint: Endpoint,
-    shutdown: Shutdown,
-    options: ServeOptions,
+    pub(super) endpoint: Endpoint,
+    pub(super) shutdown: Shutdown,
+    pub(super) options: ServeOptions,
 }
 
 impl VhostUserListener {

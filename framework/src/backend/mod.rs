@@ -12,6 +12,7 @@ mod listener_error;
 mod request_error;
 mod serve_options;
 mod session;
+mod shared_acceptor;
 mod vring_config;
 mod worker;
 

@@ -169,6 +169,15 @@ impl Endpoint {
         }
     }
 
+    /// The listening socket, when this endpoint accepts (for one poll over many
+    /// endpoints, see [`VhostUserListener::serve_all`](crate::VhostUserListener::serve_all)).
+    pub fn listening_socket(&self) -> Option<&UnixListener> {
+        match &self.source {
+            Source::Listening(l) => Some(l),
+            _ => None,
+        }
+    }
+
     /// The socket path this endpoint created, if any.
     pub fn path(&self) -> Option<&Path> {
         self.owned_path.as_deref()

@@ -1,10 +1,12 @@
 //! Platform code: unix domain sockets and the endpoints frontends come from, fds,
-//! signals and the shutdown trigger they wake, the SIGBUS guard over shared mappings, and
-//! the sockets a service manager passes.
+//! signals and the shutdown trigger they wake, the SIGBUS guard over shared mappings,
+//! the sockets a service manager passes, returning freed memory to the kernel, and the
+//! sandbox's process, namespace, privilege and seccomp calls (`sandbox/`).
 
 mod connection_error;
 mod endpoint;
 mod fault_guard;
+mod free_memory;
 pub mod sandbox;
 
 mod shutdown;
@@ -15,6 +17,7 @@ mod socket_activation;
 pub use connection_error::ConnectionError;
 pub use endpoint::{Endpoint, EndpointError, ParentResources, DEFAULT_SOCKET_MODE};
 pub use fault_guard::{FaultGuard, FaultNotice, MAX_GUARDED};
+pub use free_memory::release_free_memory;
 pub use shutdown::Shutdown;
 
 pub use signals::shutdown_on_signals;

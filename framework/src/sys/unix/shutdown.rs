@@ -48,6 +48,14 @@ impl Shutdown {
         self.inner.flag.load(Ordering::Acquire)
     }
 
+    /// Forgets the wakers that are gone (each dead entry pins its allocation, and a
+    /// program serving many devices would keep one per connection it ever served).
+    pub(crate) fn forget_gone_wakers(&self) {
+        let mut wakers = self.inner.wakers.lock();
+        wakers.retain(|w| w.strong_count() > 0);
+        wakers.shrink_to_fit();
+    }
+
     pub(crate) fn watch(&self, waker: &Arc<Waker>) {
         let mut wakers = self.inner.wakers.lock();
         wakers.retain(|w| w.strong_count() > 0);
