@@ -332,6 +332,70 @@ fn features_and_config_space() {
         .is_err());
 }
 
+/// The cache mode the driver chose and the request counts move from one backend process
+/// to another through the device state (as a migration moves them), and I/O goes on.
+#[test]
+fn the_cache_mode_and_counters_move_to_another_backend_process() {
+    let a = start_in(TempDir::new("blk-state-a"), &[], None);
+    let b = start_in(TempDir::new("blk-state-b"), &[], None);
+    let mut src = connect(&a, u64::MAX, 1);
+    src.fe
+        .request(
+            vhost_user_sync::protocol::FrontendRequest::SET_CONFIG,
+            &config_body(32, &[0]),
+            &[],
+        )
+        .unwrap();
+    for sector in 0..3 {
+        let mut r = Req::new(kind::IN, sector);
+        r.inb = vec![512, 1];
+        assert_eq!(src.run(0, &r).status(), OK);
+    }
+    src.fe.get_vring_base(0).unwrap();
+    let state = src.fe.save_device_state().unwrap();
+
+    let mem = FrontendMemory::new(&[(0, 16 << 20)]).unwrap();
+    let mut fe = Frontend::connect(&b.be.socket).unwrap();
+    fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    fe.set_mem_table(&mem).unwrap();
+    assert_eq!(
+        fe.get_config(32, 1).unwrap(),
+        [1],
+        "b starts in writeback mode"
+    );
+    fe.load_device_state(&state).unwrap();
+    assert_eq!(
+        fe.get_config(32, 1).unwrap(),
+        [0],
+        "the driver's choice arrived"
+    );
+    let mut q = DriverQueue::new(&mem, 0, 128).unwrap();
+    q.attach(&mut fe, &mem).unwrap();
+    let mut dst = Blk {
+        mem,
+        fe,
+        queues: vec![q],
+    };
+    let mut w = Req::new(kind::OUT, 8);
+    w.out = vec![vec![0x5a; 512]];
+    assert_eq!(dst.run(0, &w).status(), OK);
+    assert_eq!(b.file_bytes(8 * 512, 512), vec![0x5a; 512]);
+    drop(dst);
+    // b's counts go on from a's: 3 reads there, 1 write here.
+    let mut be = b.be;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(be.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = be.wait_log("exiting:", T);
+    assert!(
+        exit.contains("3 reads") && exit.contains("1 writes"),
+        "{exit}"
+    );
+    be.wait_exit();
+}
+
 fn config_body(offset: u32, data: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&offset.to_le_bytes());

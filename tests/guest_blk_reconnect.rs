@@ -3,7 +3,8 @@
 //! new backend on the same socket and image, hands it the in-flight area it kept, and
 //! the guest's O_DIRECT write/read-back loop (four jobs, requests in flight) carries on
 //! with every block verified. The image holds what the guest last wrote. On both I/O
-//! engines, split and packed rings.
+//! engines, split and packed rings; and once with only the sandboxed device process
+//! killed, which the program (its supervisor) replaces on the same socket by itself.
 
 #[path = "support/backend.rs"]
 mod backend;
@@ -60,7 +61,21 @@ impl Drop for StopGuestOnPanic {
     }
 }
 
+/// What each kill hits.
+#[derive(Clone, Copy, PartialEq)]
+enum Victim {
+    /// The whole program (its device process dies with it); a new program is started.
+    Program,
+    /// Only the sandboxed device process: the program, its supervisor, starts another
+    /// on the same socket by itself.
+    DeviceProcess,
+}
+
 fn churn_through_kills(aio: &str, packed: bool) {
+    churn(aio, packed, Victim::Program, KILLS);
+}
+
+fn churn(aio: &str, packed: bool, victim: Victim, kills: usize) {
     let Some(image) = guest::require_guest() else {
         return;
     };
@@ -101,9 +116,26 @@ fn churn_through_kills(aio: &str, packed: bool) {
     // end (a killed one only as its log).
     let mut backends = vec![first];
     let mut resubmitted = 0;
-    for kill in 1..=KILLS {
+    for kill in 1..=kills {
         wait_rounds(&console, 2, &format!("before kill {kill}"));
         let be = backends.last_mut().expect("a backend");
+        if victim == Victim::DeviceProcess {
+            let device = be.device_pid();
+            assert_ne!(device, be.pid(), "no sandboxed device process to kill");
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(device), Signal::SIGKILL).unwrap();
+            be.wait_log("starting another", GUEST_T);
+            let lines = be.log_until("in-flight area of 1 queue(s)", GUEST_T);
+            assert!(
+                lines.iter().any(|l| l.contains("frontend connected")),
+                "kill {kill}: {lines:#?}"
+            );
+            let started = be.log_until("ring 0: in-flight records on", GUEST_T);
+            resubmitted += started
+                .iter()
+                .filter(|l| l.contains("submitted again"))
+                .count();
+            continue;
+        }
         let status = be.signal_and_wait(Signal::SIGKILL);
         assert!(!status.success(), "kill {kill}: {status}");
         let next = BackendProcess::start_on(&socket, "blk_backend", &args);
@@ -135,16 +167,21 @@ fn churn_through_kills(aio: &str, packed: bool) {
         .unwrap();
     let run = guest.join().expect("guest thread");
     eprintln!(
-        "{aio}, {} ring: guest run with {KILLS} backend kills took {:.1}s; {resubmitted} \
+        "{aio}, {} ring: guest run with {kills} kills of the {} took {:.1}s; {resubmitted} \
          restart(s) found requests in flight",
         if packed { "packed" } else { "split" },
+        if victim == Victim::Program {
+            "backend program"
+        } else {
+            "device process"
+        },
         run.elapsed.as_secs_f64()
     );
     run.assert_pass();
     let r = run.expect_pass("blk_churn");
     let rounds = r.field_u64("rounds").unwrap_or(0);
     assert!(
-        rounds >= 2 * KILLS as u64,
+        rounds >= 2 * kills as u64,
         "only {rounds} rounds\n{}",
         run.report()
     );
@@ -181,4 +218,12 @@ fn guest_disk_on_a_packed_ring_survives_backend_kills_on_io_uring() {
 #[test]
 fn guest_disk_on_a_packed_ring_survives_backend_kills_on_sync_io() {
     churn_through_kills("sync", true);
+}
+
+/// The supervisor's own restart: the program stays, its device process is killed, and
+/// QEMU reconnects to the one it starts on the same socket (fewer kills than the
+/// supervisor's limit of 5 failures a minute).
+#[test]
+fn guest_disk_survives_device_process_kills_under_the_supervisor() {
+    churn("io-uring", false, Victim::DeviceProcess, 4);
 }

@@ -171,10 +171,11 @@ impl BlkDevice {
         BlkDevice { config, shared }
     }
 
-    /// The cache mode, as it would be saved.
+    /// The cache mode and counters, as they are saved.
     pub fn state(&self) -> BlkState {
         BlkState {
             writeback: self.shared.writeback.load(Ordering::Acquire),
+            counters: self.shared.metrics.snapshot(),
         }
     }
 
@@ -208,6 +209,18 @@ impl BlkDevice {
 impl Device for BlkDevice {
     type Worker = BlkWorker;
 
+    fn save_state(&mut self) -> Result<Vec<u8>, DeviceError> {
+        Ok(self.state().to_bytes())
+    }
+
+    /// The cache mode takes the saved one; the counters go on from the saved counts.
+    fn load_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
+        let s = BlkState::from_bytes(state).map_err(DeviceError::Other)?;
+        self.shared.writeback.store(s.writeback, Ordering::Release);
+        self.shared.metrics.add(&s.counters);
+        Ok(())
+    }
+
     fn sandbox_needs(&self) -> vhost_user_sync::sandbox::SandboxNeeds {
         crate::sandbox::needs(self.config.aio)
     }
@@ -226,6 +239,8 @@ impl Device for BlkDevice {
             // Writes have effects: a request in flight when the backend dies is
             // submitted again by the next one.
             .with_inflight_tracking()
+            // The cache mode and the counters move with a migration.
+            .with_device_state()
     }
 
     fn read_config(&self, offset: u32, data: &mut [u8]) {

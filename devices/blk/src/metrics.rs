@@ -36,7 +36,7 @@ pub struct BlkMetrics {
 }
 
 /// A copy of the counters.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BlkCounters {
     /// See [`BlkMetrics::read_ops`].
     pub read_ops: u64,
@@ -61,6 +61,25 @@ pub struct BlkCounters {
 }
 
 impl BlkMetrics {
+    /// Reads every counter.
+    /// Adds `c` to the counters (a device state loaded from another backend: its
+    /// counts go on from there).
+    pub fn add(&self, c: &BlkCounters) {
+        let a = |x: &AtomicU64, v: u64| {
+            x.fetch_add(v, Ordering::Relaxed);
+        };
+        a(&self.read_ops, c.read_ops);
+        a(&self.read_bytes, c.read_bytes);
+        a(&self.write_ops, c.write_ops);
+        a(&self.write_bytes, c.write_bytes);
+        a(&self.flush_ops, c.flush_ops);
+        a(&self.discard_ops, c.discard_ops);
+        a(&self.malformed, c.malformed);
+        a(&self.io_errors, c.io_errors);
+        a(&self.bounced, c.bounced);
+        a(&self.ring_ops, c.ring_ops);
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> BlkCounters {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -13,6 +13,7 @@ mod request_error;
 mod serve_options;
 mod session;
 mod shared_acceptor;
+pub mod state_stream;
 mod vring_config;
 mod worker;
 

@@ -96,6 +96,14 @@ pub enum RequestError {
         /// Why (the device's `create_worker`, or the thread spawn).
         source: std::io::Error,
     },
+    /// A thread the request needs could not be started.
+    #[error("{request}: cannot start a thread: {source}")]
+    NoThread {
+        /// The request.
+        request: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A worker did not carry out a command in time (device code is stuck): the
     /// connection is closed.
     #[error(transparent)]

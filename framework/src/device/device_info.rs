@@ -80,6 +80,22 @@ impl DeviceInfo {
         self
     }
 
+    /// Offers `VHOST_USER_PROTOCOL_F_DEVICE_STATE`: the frontend may save the device's
+    /// own state ([`Device::save_state`](crate::device::Device::save_state)) and load it
+    /// into a device of another backend process ([`Device::load_state`](crate::device::Device::load_state)),
+    /// for migration and snapshots.
+    ///
+    /// ```
+    /// use vhost_user_sync::device::DeviceInfo;
+    /// use vhost_user_sync::protocol::ProtocolFeatures;
+    /// let info = DeviceInfo::new("counter", 0xffff, 1).with_device_state();
+    /// assert!(info.protocol_features.contains(ProtocolFeatures::DEVICE_STATE));
+    /// ```
+    pub fn with_device_state(mut self) -> Self {
+        self.protocol_features |= ProtocolFeatures::DEVICE_STATE;
+        self
+    }
+
     /// With a config space of `size` bytes.
     pub fn with_config_size(mut self, size: u32) -> Self {
         self.config_size = size;

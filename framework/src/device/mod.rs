@@ -115,6 +115,29 @@ pub trait Device: Send + 'static {
         )))
     }
 
+    /// Saves what only the backend knows of the device (the frontend saves the rings
+    /// itself), for SET_DEVICE_STATE_FD in the stopped phase: every ring is stopped and
+    /// its workers hold no request. Called on the connection thread; the framework wraps
+    /// the bytes in a versioned, checksummed envelope and writes them to the frontend's
+    /// pipe on a thread of its own. Offered when [`DeviceInfo::with_device_state`] is set.
+    /// Never put secrets (keys) in it: the frontend stores it.
+    fn save_state(&mut self) -> Result<Vec<u8>, DeviceError> {
+        Err(DeviceError::Other(
+            "this device has no state to save".into(),
+        ))
+    }
+
+    /// Loads state [`Self::save_state`] made (perhaps in another process, or another
+    /// build of the device), when the frontend's CHECK_DEVICE_STATE follows the transfer.
+    /// The envelope has been checked; the payload is untrusted still: validate all of it
+    /// before changing anything, so that a refused state leaves the device as it was.
+    fn load_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
+        let _ = state;
+        Err(DeviceError::Other(
+            "this device has no state to load".into(),
+        ))
+    }
+
     /// What the device needs inside a sandbox beyond the framework's own system calls
     /// (see [`crate::sandbox`]): more system calls, host paths, capabilities, the host's
     /// network namespace. Asked once, of a device made for the purpose, before the

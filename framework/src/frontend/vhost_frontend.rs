@@ -6,8 +6,8 @@ use std::os::fd::AsFd;
 use super::{FrontendError, FrontendMemory};
 use crate::message::{read_message, write_message};
 use crate::protocol::payload::{
-    ConfigAccess, InflightInfo, MemoryRegionDesc, MemoryTableDesc, RingFd, SingleRegion, VringAddr,
-    VringState,
+    ConfigAccess, DeviceStateTransfer, InflightInfo, MemoryRegionDesc, MemoryTableDesc, RingFd,
+    SingleRegion, VringAddr, VringState,
 };
 use crate::protocol::{virtio, FrontendRequest as R, HeaderFlags, ProtocolFeatures, ReplyRule};
 use crate::sys::unix::SocketPlatformConnection;
@@ -421,6 +421,85 @@ impl Frontend {
             request: "raw",
             why: "none".into(),
         })
+    }
+
+    /// SET_DEVICE_STATE_FD in the stopped phase: `direction` 0 has the backend write its
+    /// device state to `fd`, 1 has it read one from `fd`. Returns the backend's answer
+    /// (bits 0-7: 0 on success; bit 8: it returns no fd of its own).
+    pub fn set_device_state_fd(&mut self, direction: u32, fd: &File) -> Result<u64> {
+        let req = R::SET_DEVICE_STATE_FD;
+        let body = DeviceStateTransfer {
+            direction,
+            phase: 0,
+        }
+        .encode();
+        let reply = self.request(req, &body, &[fd])?.unwrap_or_default();
+        let v = u64_of(req, &reply)?;
+        if v & 0xff != 0 {
+            return Err(FrontendError::Nack {
+                request: req.name(),
+                value: v,
+            });
+        }
+        Ok(v)
+    }
+
+    /// CHECK_DEVICE_STATE: `Ok` when the last transfer succeeded, the backend's
+    /// nonzero answer as a [`FrontendError::Nack`] otherwise.
+    pub fn check_device_state(&mut self) -> Result<()> {
+        let req = R::CHECK_DEVICE_STATE;
+        let reply = self.request(req, &[], &[])?.unwrap_or_default();
+        match u64_of(req, &reply)? {
+            0 => Ok(()),
+            value => Err(FrontendError::Nack {
+                request: req.name(),
+                value,
+            }),
+        }
+    }
+
+    /// The device's own state, as a migration saves it: every ring must be stopped
+    /// first (GET_VRING_BASE). Reads the backend's pipe to its end, then checks.
+    ///
+    /// ```no_run
+    /// # use vhost_user_sync::frontend::Frontend;
+    /// let mut a = Frontend::connect("/tmp/a.sock")?;
+    /// let mut b = Frontend::connect("/tmp/b.sock")?;
+    /// // ... negotiate DEVICE_STATE on both, stop a's rings ...
+    /// let state = a.save_device_state()?;
+    /// b.load_device_state(&state)?;
+    /// # Ok::<(), vhost_user_sync::frontend::FrontendError>(())
+    /// ```
+    pub fn save_device_state(&mut self) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| FrontendError::Io(e.into()))?;
+        let wr = File::from(wr);
+        self.set_device_state_fd(0, &wr)?;
+        // Our copy of the write end goes, so the read ends when the backend's does.
+        drop(wr);
+        let mut state = Vec::new();
+        File::from(rd).read_to_end(&mut state)?;
+        self.check_device_state()?;
+        Ok(state)
+    }
+
+    /// Loads `state` (from [`Self::save_device_state`]) into the device before its rings
+    /// start: writes it to the backend's pipe, closes it, then checks.
+    pub fn load_device_state(&mut self, state: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| FrontendError::Io(e.into()))?;
+        let rd = File::from(rd);
+        self.set_device_state_fd(1, &rd)?;
+        drop(rd);
+        let mut wr = File::from(wr);
+        // A backend that stops reading (it refused the state) closes its end: the write
+        // fails with EPIPE, and CHECK_DEVICE_STATE says why.
+        let written = wr.write_all(state);
+        drop(wr);
+        self.check_device_state()?;
+        written.map_err(FrontendError::Io)
     }
 }
 

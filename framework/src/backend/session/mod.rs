@@ -4,6 +4,7 @@
 //! `device_requests` (config, status, MTU, RARP, backend channel) and `workers`.
 
 mod device_requests;
+mod device_state;
 mod features;
 mod inflight;
 mod memory;
@@ -87,6 +88,8 @@ pub(crate) struct Session<D: Device> {
     queue_stats: Vec<Arc<QueueStats>>,
     /// Where the listener's owner reads them (`ServeOptions::stats`).
     device_stats: Option<DeviceStats>,
+    /// SET_DEVICE_STATE_FD's transfer until CHECK_DEVICE_STATE.
+    transfer: device_state::Transfer,
 }
 
 type Result<T> = std::result::Result<T, RequestError>;
@@ -144,6 +147,7 @@ impl<D: Device> Session<D> {
             worker_timeout,
             queue_stats,
             device_stats,
+            transfer: device_state::Transfer::Idle,
         })
     }
 
@@ -323,6 +327,8 @@ impl<D: Device> Session<D> {
             R::GET_STATUS => self.get_status(req, body),
             R::GET_INFLIGHT_FD => self.get_inflight_fd(req, body),
             R::SET_INFLIGHT_FD => self.set_inflight_fd(req, body, fds),
+            R::SET_DEVICE_STATE_FD => self.set_device_state_fd(req, body, fds),
+            R::CHECK_DEVICE_STATE => self.check_device_state(req),
             other => Err(RequestError::Unsupported(other.name())),
         }
     }
@@ -339,6 +345,7 @@ impl<D: Device> Session<D> {
 
 impl<D: Device> Drop for Session<D> {
     fn drop(&mut self) {
+        self.finish_transfer();
         // Workers stop and join before the memory they use is unmapped.
         self.workers.clear();
         if let Some(s) = &self.device_stats {
