@@ -203,19 +203,10 @@ fn main() {
     let metrics = Arc::new(BlkMetrics::default());
     let counted = metrics.clone();
     let counters: common::DeviceCounters = Arc::new(move || {
-        let c = counted.snapshot();
-        vec![
-            ("reads", c.read_ops),
-            ("read_bytes", c.read_bytes),
-            ("writes", c.write_ops),
-            ("write_bytes", c.write_bytes),
-            ("flushes", c.flush_ops),
-            ("discards", c.discard_ops),
-            ("malformed", c.malformed),
-            ("io_errors", c.io_errors),
-            ("bounced", c.bounced),
-            ("ring_ops", c.ring_ops),
-        ]
+        BlkCounters::NAMES
+            .into_iter()
+            .zip(counted.snapshot().values())
+            .collect()
     });
     let make = || BlkDevice::new(config.clone(), disk.clone(), metrics.clone());
     let device = common::DeviceProcess {

@@ -60,6 +60,60 @@ pub struct BlkCounters {
     pub ring_ops: u64,
 }
 
+impl BlkCounters {
+    /// The counters' names, in the order of [`Self::values`].
+    pub const NAMES: [&'static str; 10] = [
+        "reads",
+        "read_bytes",
+        "writes",
+        "write_bytes",
+        "flushes",
+        "discards",
+        "malformed",
+        "io_errors",
+        "bounced",
+        "ring_ops",
+    ];
+
+    /// Every counter, in the order of [`Self::NAMES`].
+    ///
+    /// ```
+    /// use vhost_user_sync_blk::BlkCounters;
+    /// let c = BlkCounters { write_ops: 2, ..Default::default() };
+    /// assert_eq!(BlkCounters::from_values(c.values()), c);
+    /// ```
+    pub fn values(&self) -> [u64; 10] {
+        [
+            self.read_ops,
+            self.read_bytes,
+            self.write_ops,
+            self.write_bytes,
+            self.flush_ops,
+            self.discard_ops,
+            self.malformed,
+            self.io_errors,
+            self.bounced,
+            self.ring_ops,
+        ]
+    }
+
+    /// The counters from [`Self::values`]' order.
+    pub fn from_values(v: [u64; 10]) -> Self {
+        BlkCounters {
+            read_ops: v[0],
+            read_bytes: v[1],
+            write_ops: v[2],
+            write_bytes: v[3],
+            flush_ops: v[4],
+            discard_ops: v[5],
+            malformed: v[6],
+            io_errors: v[7],
+            bounced: v[8],
+            ring_ops: v[9],
+        }
+    }
+}
+
 impl BlkMetrics {
     /// Reads every counter.
     /// Adds `c` to the counters (a device state loaded from another backend: its

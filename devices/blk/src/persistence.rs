@@ -39,7 +39,7 @@ impl BlkState {
         let mut b = Vec::with_capacity(STATE_LEN);
         b.push(VERSION);
         b.push(u8::from(self.writeback));
-        for v in counters(&self.counters) {
+        for v in self.counters.values() {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b
@@ -72,35 +72,9 @@ impl BlkState {
         }
         Ok(BlkState {
             writeback,
-            counters: BlkCounters {
-                read_ops: v[0],
-                read_bytes: v[1],
-                write_ops: v[2],
-                write_bytes: v[3],
-                flush_ops: v[4],
-                discard_ops: v[5],
-                malformed: v[6],
-                io_errors: v[7],
-                bounced: v[8],
-                ring_ops: v[9],
-            },
+            counters: BlkCounters::from_values(v),
         })
     }
-}
-
-fn counters(c: &BlkCounters) -> [u64; 10] {
-    [
-        c.read_ops,
-        c.read_bytes,
-        c.write_ops,
-        c.write_bytes,
-        c.flush_ops,
-        c.discard_ops,
-        c.malformed,
-        c.io_errors,
-        c.bounced,
-        c.ring_ops,
-    ]
 }
 
 #[cfg(test)]
