@@ -307,3 +307,33 @@ fn packed_rings_carry_tx_rx_and_control_with_in_order_and_mrg_rxbuf() {
         assert_eq!(ctrl(&mut n, &cmd), 0);
     }
 }
+
+/// The MAC address the driver set moves to another backend process with the device
+/// state (as a migration moves it); a damaged state is refused and changes nothing.
+#[test]
+fn the_mac_the_driver_set_moves_to_another_backend_process() {
+    let a = BackendProcess::start("net_backend", &["--backend", "null"]);
+    let b = BackendProcess::start("net_backend", &["--backend", "null"]);
+    let mut src = connect(&a, u64::MAX);
+    assert_eq!(ctrl(&mut src, &[1, 1, 2, 0, 0, 0, 0, 0x42]), 0, "MAC set");
+    for q in 0..3 {
+        src.fe.get_vring_base(q).unwrap();
+    }
+    let state = src.fe.save_device_state().unwrap();
+    let mut fe = Frontend::connect(&b.socket).unwrap();
+    fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    let before = fe.get_config(0, 6).unwrap();
+    assert_ne!(before, [2, 0, 0, 0, 0, 0x42]);
+    let mut damaged = state.clone();
+    let last = damaged.len() - 9;
+    damaged[last] ^= 0xff;
+    assert!(fe.load_device_state(&damaged).is_err());
+    assert_eq!(
+        fe.get_config(0, 6).unwrap(),
+        before,
+        "a refused state changed nothing"
+    );
+    fe.load_device_state(&state).unwrap();
+    assert_eq!(fe.get_config(0, 6).unwrap(), [2, 0, 0, 0, 0, 0x42]);
+    b.wait_log("device state loaded", T);
+}

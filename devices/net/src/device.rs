@@ -112,6 +112,7 @@ impl NetDevice {
         let state = NetState {
             mac: config.mac,
             status: STATUS_LINK_UP,
+            acked: 0,
         };
         Ok(NetDevice {
             backend: backend.try_clone()?,
@@ -172,6 +173,8 @@ impl Device for NetDevice {
             .with_config_size(CONFIG_SIZE)
             .with_max_queue_size(self.config.max_queue_size)
             .with_protocol_features(ProtocolFeatures::MTU | ProtocolFeatures::RARP)
+            // The MAC, link status and offloads move with a migration.
+            .with_device_state()
     }
 
     fn read_config(&self, offset: u32, data: &mut [u8]) {
@@ -288,6 +291,30 @@ impl Device for NetDevice {
         *self.state.lock() = NetState {
             mac: self.config.mac,
             status: STATUS_LINK_UP,
+            acked: 0,
         };
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, DeviceError> {
+        let mut s = *self.state.lock();
+        s.acked = self.acked.load(Ordering::Acquire);
+        Ok(s.to_bytes())
+    }
+
+    /// The MAC and status take the saved ones; the tap gets the offloads the saved
+    /// features call for (the frontend acks the same features again before the rings
+    /// start).
+    fn load_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
+        let s = NetState::from_bytes(state).map_err(DeviceError::Other)?;
+        if let NetBackend::Tap(taps) = &self.backend {
+            if let Some(tap) = taps.first() {
+                tap.set_offload_for(s.acked)
+                    .map_err(|e| DeviceError::Other(format!("tap offloads: {e}")))?;
+            }
+        }
+        let mut st = self.state.lock();
+        st.mac = s.mac;
+        st.status = s.status;
+        Ok(())
     }
 }

@@ -4,10 +4,11 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use vhost_user_sync::device::{Device, DeviceInfo};
+use vhost_user_sync::device::{Device, DeviceError, DeviceInfo};
 use vhost_user_sync::sandbox::SandboxNeeds;
 
 use crate::drbg::Drbg;
+use crate::persistence::RngState;
 use crate::worker::{EntropySource, RngWorker};
 use crate::RngMetrics;
 
@@ -82,7 +83,23 @@ impl Device for RngDevice {
     type Worker = RngWorker;
 
     fn info(&self) -> DeviceInfo {
-        DeviceInfo::new("rng", VIRTIO_ID_RNG, 1)
+        // The counters move with a migration.
+        DeviceInfo::new("rng", VIRTIO_ID_RNG, 1).with_device_state()
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, DeviceError> {
+        Ok(RngState {
+            requests: self.metrics.requests(),
+            bytes: self.metrics.bytes(),
+        }
+        .to_bytes())
+    }
+
+    /// The counters go on from the saved counts.
+    fn load_state(&mut self, state: &[u8]) -> Result<(), DeviceError> {
+        let s = RngState::from_bytes(state).map_err(DeviceError::Other)?;
+        self.metrics.add(s.requests, s.bytes);
+        Ok(())
     }
 
     fn create_worker(&mut self, _index: usize) -> std::io::Result<RngWorker> {

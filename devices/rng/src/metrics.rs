@@ -23,6 +23,12 @@ impl RngMetrics {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Adds counts served elsewhere (a device state loaded from another backend).
+    pub fn add(&self, requests: u64, bytes: u64) {
+        self.requests.fetch_add(requests, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Requests served.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
