@@ -39,6 +39,11 @@ pub struct DescriptorChain {
     first_writable: usize,
     readable_len: u32,
     writable_len: u32,
+    /// How far into the writable buffers guest memory may have been written: what a
+    /// [`ChainWriter`] wrote, or handed to the kernel to fill (a `readv`, an io_uring
+    /// read), whatever the used length says later. The dirty log covers at least this
+    /// much when the chain is used or handed back.
+    reach: std::cell::Cell<u32>,
 }
 
 impl DescriptorChain {
@@ -177,6 +182,7 @@ impl DescriptorChain {
             first_writable: 0,
             readable_len: 0,
             writable_len: 0,
+            reach: std::cell::Cell::new(0),
         }
     }
 
@@ -189,6 +195,7 @@ impl DescriptorChain {
         self.first_writable = 0;
         self.readable_len = 0;
         self.writable_len = 0;
+        self.reach.set(0);
     }
 
     /// Appends a buffer: readable ones must come before writable ones, and the lengths
@@ -260,9 +267,21 @@ impl DescriptorChain {
         ChainReader::new(mem, self.readable())
     }
 
-    /// An `io::Write` over the writable buffers.
+    /// An `io::Write` over the writable buffers. What it writes, or hands to the kernel
+    /// to write, is remembered for the dirty log.
     pub fn writer<'a>(&'a self, mem: &'a MemoryTable) -> ChainWriter<'a> {
-        ChainWriter::new(mem, self.writable())
+        ChainWriter::new(mem, self.writable()).reaching(&self.reach)
+    }
+
+    /// Bytes of the writable buffers that may have been written (see [`Self::writer`]).
+    pub(crate) fn reach(&self) -> u32 {
+        self.reach.get()
+    }
+
+    /// Forgets the reach (the chain is offered again, unwritten as far as the next
+    /// user knows: what was written is logged already).
+    pub(crate) fn clear_reach(&self) {
+        self.reach.set(0);
     }
 }
 

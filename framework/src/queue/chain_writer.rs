@@ -31,6 +31,8 @@ pub struct ChainWriter<'a> {
     mem: &'a MemoryTable,
     cursor: ChainCursor<'a>,
     written: usize,
+    /// The chain's record of how far guest memory may have been written.
+    reach: Option<&'a std::cell::Cell<u32>>,
 }
 
 impl<'a> ChainWriter<'a> {
@@ -40,6 +42,23 @@ impl<'a> ChainWriter<'a> {
             mem,
             cursor: ChainCursor::new(descs),
             written: 0,
+            reach: None,
+        }
+    }
+
+    /// Keeps `reach` at least as far as this writer writes or lets the kernel write.
+    pub(crate) fn reaching(mut self, reach: &'a std::cell::Cell<u32>) -> Self {
+        self.reach = Some(reach);
+        self
+    }
+
+    /// Records that the first `bytes` more bytes from here on may be written.
+    fn extend_reach(&self, bytes: usize) {
+        if let Some(r) = self.reach {
+            let to = u32::try_from(self.written.saturating_add(bytes)).unwrap_or(u32::MAX);
+            if to > r.get() {
+                r.set(to);
+            }
         }
     }
 
@@ -60,6 +79,7 @@ impl<'a> ChainWriter<'a> {
     /// Fills up to `max` bytes of the chain from `fd` with one `readv(2)` straight into
     /// guest memory; advances by what was read.
     pub fn read_from_fd(&mut self, fd: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        self.extend_reach(max.min(self.available()));
         let (want, n) = self
             .cursor
             .with_iovecs(self.mem, max, IOV_MAX, true, |iovs| {
@@ -86,6 +106,7 @@ impl<'a> ChainWriter<'a> {
         max: usize,
     ) -> io::Result<usize> {
         let offset = file_offset(offset)?;
+        self.extend_reach(max.min(self.available()));
         let (want, n) = self
             .cursor
             .with_iovecs(self.mem, max, IOV_MAX, true, |iovs| {
@@ -111,6 +132,9 @@ impl<'a> ChainWriter<'a> {
         let (want, iovs) = self
             .cursor
             .with_iovecs(self.mem, max, IOV_MAX, true, |iovs| iovs.to_vec())?;
+        // The kernel will write there: the dirty log must cover it when the chain is
+        // used, even if the read fails half way.
+        self.extend_reach(want);
         Ok((iovs, want))
     }
 
@@ -129,6 +153,7 @@ impl<'a> ChainWriter<'a> {
 
 impl io::Write for ChainWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.extend_reach(buf.len().min(self.available()));
         // The common case (a packet or a header into the current buffer, in one region)
         // without the general walk.
         if let Some((gpa, room)) = self.cursor.current() {

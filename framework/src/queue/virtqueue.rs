@@ -374,9 +374,17 @@ impl Virtqueue {
         }
         self.stats.completed(chain.readable_len(), len);
         // The bytes are marked before the ring stops (and the log is read), whether the
-        // used entry went out now or waits for its turn with IN_ORDER.
+        // used entry went out now or waits for its turn with IN_ORDER: as many as the
+        // used length says, or as far as guest memory may have been written if that is
+        // more (a read that failed half way, a length the device got wrong).
+        self.log_written(chain, len.max(chain.reach()));
+        Ok(())
+    }
+
+    /// Marks the first `len` bytes of `chain`'s writable buffers in the dirty log.
+    fn log_written(&self, chain: &DescriptorChain, len: u32) {
         if let Some(log) = &self.buffer_log {
-            let mut left = u64::from(len);
+            let mut left = u64::from(len.min(chain.writable_len()));
             for d in chain.writable() {
                 if left == 0 {
                     break;
@@ -386,7 +394,6 @@ impl Virtqueue {
                 left -= n;
             }
         }
-        Ok(())
     }
 
     /// Hands back `chain` unused: the next [`Self::pop`] offers it again (handed-back
@@ -395,6 +402,10 @@ impl Virtqueue {
     pub fn give_back(&mut self, chain: &DescriptorChain) -> Result<(), QueueError> {
         self.check_own(chain)?;
         self.in_flight.give_back(chain.id(), chain.token.seq)?;
+        // Whatever the device wrote into it before changing its mind is guest memory
+        // written all the same.
+        self.log_written(chain, chain.reach());
+        chain.clear_reach();
         let id = usize::from(chain.id());
         if self.returned.len() <= id {
             self.returned.resize_with(id + 1, || None);
@@ -543,6 +554,72 @@ mod tests {
 
     fn pop(m: &MemoryTable, vq: &mut Virtqueue) -> DescriptorChain {
         vq.pop(m).unwrap().expect("a chain")
+    }
+
+    /// A log over the test memory, and chain 0 made one writable buffer over pages 5, 6
+    /// and 7.
+    fn logging(vq: &mut Virtqueue, m: &MemoryTable) -> Arc<DirtyLog> {
+        let d = Descriptor {
+            addr: 0x5000,
+            len: 0x3000,
+            flags: Descriptor::F_WRITE,
+            next: 0,
+        };
+        m.write(0, &d.to_bytes()).unwrap();
+        let fd = nix::sys::memfd::memfd_create("log", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let file = std::fs::File::from(fd);
+        file.set_len(4096).unwrap();
+        let log = Arc::new(DirtyLog::map(file, 4096, 0).unwrap());
+        vq.set_buffer_log(Some(log.clone()));
+        log
+    }
+
+    fn dirty_pages(log: &DirtyLog) -> Vec<u64> {
+        (0..16)
+            .filter(|p| log.byte(p / 8) & (1 << (p % 8)) != 0)
+            .collect()
+    }
+
+    #[test]
+    fn what_the_device_wrote_is_logged_whatever_length_it_reports() {
+        use std::io::Write;
+        let (m, mut vq) = setup(false, &[]);
+        let log = logging(&mut vq, &m);
+        offer(&m, &[0]);
+        let c = pop(&m, &mut vq);
+        c.writer(&m).write_all(&[7u8; 0x2000]).unwrap();
+        // A request that failed after its data was written: used length 0.
+        vq.add_used(&m, &c, 0).unwrap();
+        assert_eq!(dirty_pages(&log), [5, 6]);
+    }
+
+    #[test]
+    fn buffers_handed_to_the_kernel_are_logged_even_if_the_read_fails() {
+        let (m, mut vq) = setup(false, &[]);
+        let log = logging(&mut vq, &m);
+        offer(&m, &[0]);
+        let c = pop(&m, &mut vq);
+        let (_iovecs, bytes) = c.writer(&m).host_iovecs(0x3000).unwrap();
+        assert_eq!(bytes, 0x3000);
+        // An I/O error: only the status byte is reported.
+        vq.add_used(&m, &c, 1).unwrap();
+        assert_eq!(dirty_pages(&log), [5, 6, 7]);
+    }
+
+    #[test]
+    fn a_chain_written_then_handed_back_is_logged() {
+        use std::io::Write;
+        let (m, mut vq) = setup(false, &[]);
+        let log = logging(&mut vq, &m);
+        offer(&m, &[0]);
+        let c = pop(&m, &mut vq);
+        c.writer(&m).write_all(&[1u8; 0x800]).unwrap();
+        vq.give_back(&c).unwrap();
+        assert_eq!(dirty_pages(&log), [5]);
+        // Offered again and used short: the earlier write stays logged, nothing more.
+        let again = pop(&m, &mut vq);
+        vq.add_used(&m, &again, 0).unwrap();
+        assert_eq!(dirty_pages(&log), [5]);
     }
 
     #[test]

@@ -431,8 +431,18 @@ impl SplitRing {
                 )?,
             }
             self.no_notify_set = true;
+            self.log_used_ring(l::USED_FLAGS, 2);
         }
         Ok(())
+    }
+
+    /// Marks `len` bytes at `offset` in the used ring as written (used flags,
+    /// avail_event: the other writes log themselves where they happen).
+    #[inline]
+    fn log_used_ring(&self, offset: u64, len: u64) {
+        if let Some((log, used_gpa)) = &self.used_log {
+            log.mark(used_gpa.wrapping_add(offset), len);
+        }
     }
 
     /// Asks the guest to kick for the next entry; returns whether entries arrived in the
@@ -449,6 +459,11 @@ impl SplitRing {
             (None, false) => {
                 mem.store::<u16>(self.addrs.used + l::USED_FLAGS, 0, Ordering::Relaxed)?
             }
+        }
+        if self.event_idx {
+            self.log_used_ring(l::avail_event(self.size), 2);
+        } else {
+            self.log_used_ring(l::USED_FLAGS, 2);
         }
         self.no_notify_set = false;
         fence(Ordering::SeqCst);
@@ -548,6 +563,55 @@ mod tests {
         assert!(q.next(&m).unwrap().is_none());
         q.rewind(0);
         assert_eq!(pop(&m, &mut q).id(), 0, "read again after a rewind");
+    }
+
+    /// A dirty log over the test memory, for ring `q`'s used ring (at its gpa).
+    fn used_logging(q: &mut SplitRing) -> Arc<DirtyLog> {
+        let fd = nix::sys::memfd::memfd_create("log", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let file = std::fs::File::from(fd);
+        file.set_len(4096).unwrap();
+        let log = Arc::new(DirtyLog::map(file, 4096, 0).unwrap());
+        q.set_used_log(Some((log.clone(), A.used)));
+        log
+    }
+
+    fn page_dirty(log: &DirtyLog, gpa: u64) -> bool {
+        let p = gpa / 4096;
+        log.byte(p / 8) & (1 << (p % 8)) != 0
+    }
+
+    #[test]
+    fn used_flags_writes_are_logged() {
+        let m = mem();
+        let mut q = SplitRing::new(&m, 8, A, 0, false, false).unwrap();
+        let log = used_logging(&mut q);
+        q.disable_notification(&m).unwrap();
+        assert!(page_dirty(&log, A.used), "NO_NOTIFY set");
+        let log = used_logging(&mut q);
+        q.enable_notification(&m).unwrap();
+        assert!(page_dirty(&log, A.used), "NO_NOTIFY cleared");
+    }
+
+    #[test]
+    fn avail_event_writes_are_logged() {
+        // 1024 entries: avail_event sits two pages past the used ring's start.
+        let m = crate::memory::test_table(0x20000);
+        let addrs = RingAddrs {
+            desc: 0x8000,
+            avail: 0x1000,
+            used: 0x10000,
+        };
+        let mut q = SplitRing::new(&m, 1024, addrs, 0, true, false).unwrap();
+        let fd = nix::sys::memfd::memfd_create("log", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let file = std::fs::File::from(fd);
+        file.set_len(4096).unwrap();
+        let log = Arc::new(DirtyLog::map(file, 4096, 0).unwrap());
+        q.set_used_log(Some((log.clone(), addrs.used)));
+        let at = addrs.used + l::avail_event(1024);
+        assert_eq!(at / 4096, addrs.used / 4096 + 2);
+        q.enable_notification(&m).unwrap();
+        assert!(page_dirty(&log, at), "avail_event's page");
+        assert!(!page_dirty(&log, addrs.used), "nothing else was written");
     }
 
     /// Two tables over the same guest-physical range, each with its own memfd.
