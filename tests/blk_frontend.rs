@@ -75,6 +75,7 @@ on_both_engines!(
     a_full_ring_of_requests_in_flight_completes_and_stops_consistent,
     a_ring_disabled_with_requests_in_flight_uses_them_once_enabled_again,
     a_read_into_truncated_guest_memory_fails_with_an_io_error,
+    reads_into_guest_memory_are_in_the_dirty_log,
 );
 
 fn start(args: &[&str]) -> Disk {
@@ -330,6 +331,34 @@ fn features_and_config_space() {
             &[],
         )
         .is_err());
+}
+
+/// Whether the log (one bit per 4 KiB page) says page `gpa` was written.
+fn logged(log: &FrontendMemory, gpa: u64) -> bool {
+    let mut b = [0u8; 1];
+    log.table().read(gpa / 4096 / 8, &mut b).unwrap();
+    b[0] & (1 << ((gpa / 4096) % 8)) != 0
+}
+
+/// While migrating, a read from the image straight into guest memory (a `preadv`, or the
+/// kernel filling io_uring's iovecs) marks every page it wrote.
+fn reads_into_guest_memory_are_in_the_dirty_log() {
+    let disk = start(&[]);
+    let mut b = connect(&disk, u64::MAX, 1);
+    assert_ne!(b.fe.features() & virtio::LOG_ALL, 0);
+    // 16 MiB of guest memory: 4096 pages, 512 bytes of log.
+    let log = FrontendMemory::new(&[(0, 4096)]).unwrap();
+    b.fe.set_log_base(512, 0, &log.files()[0]).unwrap();
+    let mut r = Req::new(kind::IN, 0);
+    r.inb = vec![3 * 4096, 1];
+    let bufs = b.submit(0, &r);
+    b.queues[0].wait_used(b.mem.table(), T).unwrap();
+    let data = bufs[0].0;
+    for page in 0..3 {
+        assert!(logged(&log, data + page * 4096), "page {page} of the read");
+    }
+    assert!(logged(&log, bufs[1].0), "the status byte");
+    assert!(!logged(&log, 15 << 20), "memory nothing wrote");
 }
 
 /// The cache mode the driver chose and the request counts move from one backend process

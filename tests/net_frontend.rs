@@ -337,3 +337,27 @@ fn the_mac_the_driver_set_moves_to_another_backend_process() {
     assert_eq!(fe.get_config(0, 6).unwrap(), [2, 0, 0, 0, 0, 0x42]);
     b.wait_log("device state loaded", T);
 }
+
+/// While migrating, frames the device writes into RX buffers mark their pages.
+#[test]
+fn received_frames_are_in_the_dirty_log() {
+    let be = BackendProcess::start("net_backend", &["--backend", "null", "--frame-len", "6000"]);
+    let mut n = connect(&be, u64::MAX & !nf::MRG_RXBUF);
+    assert_ne!(n.fe.features() & virtio::LOG_ALL, 0);
+    // 4 MiB of guest memory: 1024 pages, 128 bytes of log.
+    let log = FrontendMemory::new(&[(0, 4096)]).unwrap();
+    n.fe.set_log_base(128, 0, &log.files()[0]).unwrap();
+    let logged = |gpa: u64| {
+        let mut b = [0u8; 1];
+        log.table().read(gpa / 4096 / 8, &mut b).unwrap();
+        b[0] & (1 << ((gpa / 4096) % 8)) != 0
+    };
+    // One 12 KiB buffer across three pages takes one 6 KiB frame and its header.
+    let buf = n.mem.alloc(3 * 4096, 4096).unwrap();
+    n.rx.add(n.mem.table(), &[(buf, 3 * 4096, true)]).unwrap();
+    n.rx.kick(n.mem.table()).unwrap();
+    let used = n.rx.wait_used(n.mem.table(), T).unwrap();
+    assert_eq!(used.len as usize, NET_HDR_LEN + 6000);
+    assert!(logged(buf) && logged(buf + 4096), "the frame's pages");
+    assert!(!logged(buf + 2 * 4096), "the page the frame did not reach");
+}
