@@ -342,7 +342,7 @@ fn the_mac_the_driver_set_moves_to_another_backend_process() {
 #[test]
 fn received_frames_are_in_the_dirty_log() {
     let be = BackendProcess::start("net_backend", &["--backend", "null", "--frame-len", "6000"]);
-    let mut n = connect(&be, u64::MAX & !nf::MRG_RXBUF);
+    let mut n = connect(&be, !nf::MRG_RXBUF);
     assert_ne!(n.fe.features() & virtio::LOG_ALL, 0);
     // 4 MiB of guest memory: 1024 pages, 128 bytes of log.
     let log = FrontendMemory::new(&[(0, 4096)]).unwrap();

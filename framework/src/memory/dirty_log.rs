@@ -131,3 +131,21 @@ impl DirtyLog {
             .unwrap_or(0)
     }
 }
+
+/// A 4 KiB log (bits for 128 MiB of guest pages) over a fresh memfd, for unit tests;
+/// `dirty_pages` lists the pages of the first 64 marked in it.
+#[cfg(test)]
+pub(crate) fn test_log() -> std::sync::Arc<DirtyLog> {
+    let fd = nix::sys::memfd::memfd_create("log", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    let file = File::from(fd);
+    file.set_len(4096).unwrap();
+    std::sync::Arc::new(DirtyLog::map(file, 4096, 0).unwrap())
+}
+
+/// The pages among the first 64 that `log` has marked.
+#[cfg(test)]
+pub(crate) fn dirty_pages(log: &DirtyLog) -> Vec<u64> {
+    (0..64)
+        .filter(|p| log.byte(p / 8) & (1 << (p % 8)) != 0)
+        .collect()
+}

@@ -566,19 +566,12 @@ mod tests {
             next: 0,
         };
         m.write(0, &d.to_bytes()).unwrap();
-        let fd = nix::sys::memfd::memfd_create("log", nix::sys::memfd::MFdFlags::empty()).unwrap();
-        let file = std::fs::File::from(fd);
-        file.set_len(4096).unwrap();
-        let log = Arc::new(DirtyLog::map(file, 4096, 0).unwrap());
+        let log = crate::memory::test_log();
         vq.set_buffer_log(Some(log.clone()));
         log
     }
 
-    fn dirty_pages(log: &DirtyLog) -> Vec<u64> {
-        (0..16)
-            .filter(|p| log.byte(p / 8) & (1 << (p % 8)) != 0)
-            .collect()
-    }
+    use crate::memory::dirty_pages;
 
     #[test]
     fn what_the_device_wrote_is_logged_whatever_length_it_reports() {

@@ -567,17 +567,13 @@ mod tests {
 
     /// A dirty log over the test memory, for ring `q`'s used ring (at its gpa).
     fn used_logging(q: &mut SplitRing) -> Arc<DirtyLog> {
-        let fd = nix::sys::memfd::memfd_create("log", nix::sys::memfd::MFdFlags::empty()).unwrap();
-        let file = std::fs::File::from(fd);
-        file.set_len(4096).unwrap();
-        let log = Arc::new(DirtyLog::map(file, 4096, 0).unwrap());
+        let log = crate::memory::test_log();
         q.set_used_log(Some((log.clone(), A.used)));
         log
     }
 
     fn page_dirty(log: &DirtyLog, gpa: u64) -> bool {
-        let p = gpa / 4096;
-        log.byte(p / 8) & (1 << (p % 8)) != 0
+        crate::memory::dirty_pages(log).contains(&(gpa / 4096))
     }
 
     #[test]
@@ -602,10 +598,7 @@ mod tests {
             used: 0x10000,
         };
         let mut q = SplitRing::new(&m, 1024, addrs, 0, true, false).unwrap();
-        let fd = nix::sys::memfd::memfd_create("log", nix::sys::memfd::MFdFlags::empty()).unwrap();
-        let file = std::fs::File::from(fd);
-        file.set_len(4096).unwrap();
-        let log = Arc::new(DirtyLog::map(file, 4096, 0).unwrap());
+        let log = crate::memory::test_log();
         q.set_used_log(Some((log.clone(), addrs.used)));
         let at = addrs.used + l::avail_event(1024);
         assert_eq!(at / 4096, addrs.used / 4096 + 2);
