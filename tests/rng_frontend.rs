@@ -662,3 +662,54 @@ fn idle_devices_share_a_thread_and_a_connected_one_has_two() {
     assert!(idle <= 4, "{idle} threads for 16 idle devices");
     wait_threads(device, idle);
 }
+
+/// Whether page `gpa` is marked in `log` (one bit per 4 KiB page).
+fn log_marks(log: &FrontendMemory, gpa: u64) -> bool {
+    let mut b = [0u8; 1];
+    log.table().read(gpa / 4096 / 8, &mut b).unwrap();
+    b[0] & (1 << ((gpa / 4096) % 8)) != 0
+}
+
+/// Fills one page-aligned 4 KiB buffer; returns its address.
+fn fill_page(s: &mut Setup) -> u64 {
+    let buf = s.mem.alloc(4096, 4096).unwrap();
+    s.q.add(s.mem.table(), &[(buf, 4096, true)]).unwrap();
+    s.q.kick(s.mem.table()).unwrap();
+    s.q.wait_used(s.mem.table(), T).unwrap();
+    buf
+}
+
+/// QEMU turns VHOST_F_LOG_ALL on when a migration starts and off when it is cancelled,
+/// and hands over a bigger log when memory grows, all while the rings run: each change
+/// applies to the running ring from the next request on.
+#[test]
+fn logging_follows_log_all_and_a_new_log_base_while_the_ring_runs() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut s = setup(&be, !virtio::LOG_ALL);
+    let first = FrontendMemory::new(&[(0, 4096)]).unwrap();
+    s.fe.set_log_base(32, 0, &first.files()[0]).unwrap();
+    let features = s.fe.features();
+    assert_eq!(features & virtio::LOG_ALL, 0);
+    let before = fill_page(&mut s);
+    assert!(!log_marks(&first, before), "no logging without LOG_ALL");
+    // The migration starts.
+    s.fe.set_features(features | virtio::LOG_ALL).unwrap();
+    let during = fill_page(&mut s);
+    assert!(log_marks(&first, during), "logged once LOG_ALL is on");
+    // A new log: writes go there from now on.
+    let second = FrontendMemory::new(&[(0, 4096)]).unwrap();
+    s.fe.set_log_base(32, 0, &second.files()[0]).unwrap();
+    let after_switch = fill_page(&mut s);
+    assert!(log_marks(&second, after_switch), "the new log is used");
+    assert!(
+        !log_marks(&first, after_switch),
+        "the old log is left alone"
+    );
+    // The migration is cancelled.
+    s.fe.set_features(features).unwrap();
+    let cancelled = fill_page(&mut s);
+    assert!(
+        !log_marks(&second, cancelled),
+        "no logging after LOG_ALL is off"
+    );
+}
