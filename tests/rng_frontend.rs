@@ -713,3 +713,36 @@ fn logging_follows_log_all_and_a_new_log_base_while_the_ring_runs() {
         "no logging after LOG_ALL is off"
     );
 }
+
+/// QEMU re-sends SET_VRING_ADDR with VHOST_VRING_F_LOG set when a migration starts and
+/// cleared when it ends, while the ring runs: used-ring logging follows from the next
+/// request on.
+#[test]
+fn used_ring_logging_follows_set_vring_addr_while_the_ring_runs() {
+    let be = BackendProcess::start("rng_backend", &[]);
+    let mut s = setup(&be, u64::MAX);
+    let log = FrontendMemory::new(&[(0, 4096)]).unwrap();
+    s.fe.set_log_base(32, 0, &log.files()[0]).unwrap();
+    let used = s.q.used_gpa();
+    let clear = || log.table().write(0, &[0u8; 32]).unwrap();
+    fill_page(&mut s);
+    assert!(
+        !log_marks(&log, used),
+        "no used-ring logging without the flag"
+    );
+    let mut addr = s.q.vring_addr(&s.mem);
+    addr.flags = vhost_user_sync::protocol::payload::VringAddr::F_LOG;
+    addr.log = used;
+    s.fe.set_vring_addr(&addr).unwrap();
+    fill_page(&mut s);
+    assert!(log_marks(&log, used), "logged once the flag is set");
+    addr.flags = 0;
+    s.fe.set_vring_addr(&addr).unwrap();
+    clear();
+    let buf = fill_page(&mut s);
+    assert!(log_marks(&log, buf), "buffers are still logged (LOG_ALL)");
+    assert!(
+        !log_marks(&log, used),
+        "the used ring is not, with the flag cleared"
+    );
+}
