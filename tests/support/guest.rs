@@ -105,6 +105,9 @@ pub struct GuestConfig {
     /// cloned: once the run has returned and the configuration is dropped, the
     /// receiver sees the channel disconnected.
     pub console: Option<mpsc::Sender<String>>,
+    /// Run without taking the guest lock: the destination of a migration, whose source
+    /// (started first, by the same test) holds it.
+    pub lock_held_by_source: bool,
 }
 
 impl Default for GuestConfig {
@@ -122,6 +125,7 @@ impl Default for GuestConfig {
             packed: false,
             reboot: false,
             console: None,
+            lock_held_by_source: false,
         }
     }
 }
@@ -671,7 +675,7 @@ impl GuestImage {
         // flock() locks belong to the open file description, so a second
         // thread of this process opening the file waits just like another
         // process does.
-        let _lock = take_guest_lock();
+        let _lock = (!cfg.lock_held_by_source).then(take_guest_lock);
 
         let n = RUN_COUNTER.fetch_add(1, Ordering::Relaxed);
         let work = std::env::temp_dir().join(format!("vhu-guest-{}-{n}", std::process::id()));

@@ -76,6 +76,16 @@ impl<D: Device> Session<D> {
             base.mmap_offset,
             Some(self.notice.clone()),
         )?));
+        info!(
+            "{}: dirty log of {} bytes set (migration); {}",
+            self.info.name,
+            base.mmap_size,
+            if self.acked_features & virtio::LOG_ALL != 0 {
+                "logging"
+            } else {
+                "logging once VHOST_F_LOG_ALL is acked"
+            }
+        );
         self.push_log_state()?;
         u64_reply(0)
     }
