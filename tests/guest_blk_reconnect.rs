@@ -8,58 +8,18 @@
 
 #[path = "support/backend.rs"]
 mod backend;
+#[path = "support/churn.rs"]
+mod churn;
 #[path = "support/guest.rs"]
 mod guest;
 
-use std::os::unix::fs::FileExt;
-use std::process::Command;
-use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
-
-use backend::{BackendProcess, TempDir};
-use guest::{md5, GuestConfig};
+use backend::BackendProcess;
+use churn::{wait_ready, wait_rounds, ChurnDisk, StopGuestOnPanic, GUEST_T};
+use guest::{GuestConfig, GuestLock};
 use nix::sys::signal::Signal;
 
-const MIB: u64 = 1 << 20;
 /// Backends killed in one guest run.
 const KILLS: usize = 10;
-/// Where the guest's jobs write (MiB); the stop marker is one MiB before.
-const CHURN_OFF_MIB: u64 = 8;
-const JOBS: u64 = 4;
-/// How long the guest may take for anything the host waits on.
-const GUEST_T: Duration = Duration::from_secs(180);
-
-/// Waits until the guest's jobs have finished `rounds` more rounds between them.
-fn wait_rounds(console: &Receiver<String>, rounds: usize, what: &str) {
-    let deadline = Instant::now() + GUEST_T;
-    let mut seen = 0;
-    while seen < rounds {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match console.recv_timeout(left) {
-            Ok(line) if line.contains("VHU-INFO churn job=") => seen += 1,
-            Ok(line) if line.contains("VHU-RESULT") || line.contains("VHU-FINAL") => {
-                panic!("{what}: the guest finished early: {line}")
-            }
-            Ok(_) => {}
-            Err(e) => panic!("{what}: the guest made no progress ({seen} of {rounds} rounds): {e}"),
-        }
-    }
-}
-
-/// Kills the QEMU serving `socket` when the test panics: the guest runs on a thread of
-/// its own, and left running it would hold the guest lock that every later guest test
-/// waits for.
-struct StopGuestOnPanic(String);
-
-impl Drop for StopGuestOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = Command::new("pkill")
-                .args(["-KILL", "-f", &format!("qemu-system.*{}", self.0)])
-                .status();
-        }
-    }
-}
 
 /// What each kill hits.
 #[derive(Clone, Copy, PartialEq)]
@@ -79,13 +39,11 @@ fn churn(aio: &str, packed: bool, victim: Victim, kills: usize) {
     let Some(image) = guest::require_guest() else {
         return;
     };
-    let dir = TempDir::new("guest-blk-reconnect");
-    let disk = dir.path().join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(32 * MIB)
-        .unwrap();
-    let disk_arg = disk.to_string_lossy().into_owned();
+    // Held before any deadline starts: a test queued behind another guest must not run
+    // out of time while it waits. Dropped last, after a panicking test's QEMU is killed.
+    let _guest_lock = GuestLock::take();
+    let disk = ChurnDisk::new("guest-blk-reconnect");
+    let disk_arg = disk.arg();
     let args = ["--image", disk_arg.as_str(), "--aio", aio, "--direct"];
     let first = BackendProcess::start("blk_backend", &args);
     let socket = first.socket.clone();
@@ -95,22 +53,14 @@ fn churn(aio: &str, packed: bool, victim: Victim, kills: usize) {
         blk_reconnect: true,
         packed,
         console: Some(tx),
-        timeout: Duration::from_secs(600),
-        extra_cmdline: format!("vhu.churn_jobs={JOBS} vhu.churn_off_mib={CHURN_OFF_MIB}"),
+        timeout: std::time::Duration::from_secs(600),
+        extra_cmdline: ChurnDisk::cmdline(),
+        lock_held: true,
         ..GuestConfig::with_tests(&["info", "blk_churn"])
     };
-    let _stop = StopGuestOnPanic(socket.to_string_lossy().into_owned());
+    let _stop = StopGuestOnPanic(vec![socket.to_string_lossy().into_owned()]);
     let guest = std::thread::spawn(move || image.run(&cfg));
-    let deadline = Instant::now() + GUEST_T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = console
-            .recv_timeout(left)
-            .unwrap_or_else(|e| panic!("the guest never started its jobs: {e}"));
-        if line.contains("VHU-READY blk_churn") {
-            break;
-        }
-    }
+    wait_ready(&console);
     first.wait_log("in-flight area of 1 queue(s)", GUEST_T);
     // The first backend holds the socket's directory: every backend is kept until the
     // end (a killed one only as its log).
@@ -158,13 +108,7 @@ fn churn(aio: &str, packed: bool, victim: Victim, kills: usize) {
             .count();
     }
     wait_rounds(&console, 2, "after the last restart");
-    // Tell the jobs to stop (they read this sector with O_DIRECT each round).
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&disk)
-        .unwrap()
-        .write_all_at(b"VHU-STOP", (CHURN_OFF_MIB - 1) * MIB)
-        .unwrap();
+    disk.stop();
     let run = guest.join().expect("guest thread");
     eprintln!(
         "{aio}, {} ring: guest run with {kills} kills of the {} took {:.1}s; {resubmitted} \
@@ -177,27 +121,7 @@ fn churn(aio: &str, packed: bool, victim: Victim, kills: usize) {
         },
         run.elapsed.as_secs_f64()
     );
-    run.assert_pass();
-    let r = run.expect_pass("blk_churn");
-    let rounds = r.field_u64("rounds").unwrap_or(0);
-    assert!(
-        rounds >= 2 * kills as u64,
-        "only {rounds} rounds\n{}",
-        run.report()
-    );
-    let f = std::fs::File::open(&disk).unwrap();
-    for j in 0..JOBS {
-        let mut b = vec![0u8; 64 << 10];
-        f.read_exact_at(&mut b, (CHURN_OFF_MIB + j) * MIB).unwrap();
-        let want = r
-            .field(&format!("md5_{j}"))
-            .unwrap_or_else(|| panic!("no md5_{j}\n{}", run.report()));
-        assert_eq!(
-            md5(&b),
-            want,
-            "job {j}: the image does not hold its last data"
-        );
-    }
+    disk.verify(&run, 2 * kills as u64);
 }
 
 #[test]

@@ -158,17 +158,22 @@ fn crash_and_resume(step: &str, count: u32, flagged: u32) {
     crash_and_resume_on(true, step, count, flagged);
 }
 
-fn crash_and_resume_on(packed: bool, step: &str, count: u32, flagged: u32) {
-    let layout = if packed { "packed" } else { "split" };
-    let dir = TempDir::new("inflight");
-    let journal = dir.path().join("journal.log");
-    let journal_arg = journal.to_string_lossy().into_owned();
-    let mut first = BackendProcess::start(
+/// A journal backend that will crash at a step, connected, with an in-flight area set
+/// and the ring attached.
+struct Started {
+    first: BackendProcess,
+    fe: Frontend,
+    g: Guest,
+    info: InflightInfo,
+    area: File,
+}
+
+fn start_with_area(journal_arg: &str, step: &str, packed: bool) -> Started {
+    let first = BackendProcess::start(
         "journal_backend",
-        &["--journal", &journal_arg, "--crash-at", step],
+        &["--journal", journal_arg, "--crash-at", step],
     );
-    let socket = first.socket.clone();
-    let mut fe = connect_as(&socket, packed);
+    let mut fe = connect_as(&first.socket, packed);
     let mut g = Guest::with_layout(&mut fe, packed);
     let (info, area) = fe
         .get_inflight_fd(1, QUEUE_SIZE)
@@ -177,6 +182,48 @@ fn crash_and_resume_on(packed: bool, step: &str, count: u32, flagged: u32) {
     assert_eq!(info.num_queues, 1);
     fe.set_inflight_fd(&info, &area).expect("SET_INFLIGHT_FD");
     g.q.attach(&mut fe, &g.mem).expect("attach");
+    Started {
+        first,
+        fe,
+        g,
+        info,
+        area,
+    }
+}
+
+/// The replacement for a crashed backend: same socket, same area (as QEMU keeps it),
+/// the ring resumed at the used index the crashed backend published. Nothing kicked.
+fn resume_after_crash(
+    socket: &Path,
+    journal_arg: &str,
+    packed: bool,
+    g: &mut Guest,
+    info: &InflightInfo,
+    area: &File,
+) -> (BackendProcess, Frontend) {
+    let second = BackendProcess::start_on(socket, "journal_backend", &["--journal", journal_arg]);
+    let mut fe = connect_as(socket, packed);
+    fe.set_mem_table(&g.mem).expect("SET_MEM_TABLE");
+    fe.set_inflight_fd(info, area)
+        .expect("SET_INFLIGHT_FD again");
+    g.q.attach_after_loss(&mut fe, &g.mem)
+        .expect("attach after loss");
+    (second, fe)
+}
+
+fn crash_and_resume_on(packed: bool, step: &str, count: u32, flagged: u32) {
+    let layout = if packed { "packed" } else { "split" };
+    let dir = TempDir::new("inflight");
+    let journal = dir.path().join("journal.log");
+    let journal_arg = journal.to_string_lossy().into_owned();
+    let Started {
+        mut first,
+        fe,
+        mut g,
+        info,
+        area,
+    } = start_with_area(&journal_arg, step, packed);
+    let socket = first.socket.clone();
     let early = 6;
     for seq in 0..early {
         g.post(seq, if seq == 0 || seq == 3 { HOLD } else { 0 });
@@ -204,15 +251,7 @@ fn crash_and_resume_on(packed: bool, step: &str, count: u32, flagged: u32) {
     drop(fe);
     g.reap();
     let before: Vec<u32> = g.answered.clone();
-    // The replacement: same socket, same area (as QEMU keeps it), ring resumed at the
-    // used index the crashed backend published.
-    let second = BackendProcess::start_on(&socket, "journal_backend", &["--journal", &journal_arg]);
-    let mut fe = connect_as(&socket, packed);
-    fe.set_mem_table(&g.mem).expect("SET_MEM_TABLE");
-    fe.set_inflight_fd(&info, &area)
-        .expect("SET_INFLIGHT_FD again");
-    g.q.attach_after_loss(&mut fe, &g.mem)
-        .expect("attach after loss");
+    let (second, _fe) = resume_after_crash(&socket, &journal_arg, packed, &mut g, &info, &area);
     g.q.kick_now().expect("kick");
     g.reap_all();
     // Exactly once: every request answered once, the answers right (checked in reap).
@@ -405,4 +444,37 @@ fn an_area_truncated_under_a_running_ring_ends_only_that_connection() {
     let mut again = connect(&be.socket);
     assert!(again.get_features().is_ok());
     drop(be);
+}
+
+/// A backend can die between publishing used entries and writing the call eventfd, and
+/// the driver then waits for an interrupt that never comes (a QEMU guest's disk stalls
+/// for good). A ring that resumes from a previous process's area calls the driver once,
+/// with no kick and nothing new posted.
+#[test]
+fn a_ring_resumed_after_a_crash_calls_the_driver() {
+    for packed in [false, true] {
+        let dir = TempDir::new("inflight-call");
+        let journal = dir.path().join("journal.log");
+        let mut run = start_with_area(journal.to_str().expect("utf-8"), "signalled", packed);
+        run.g.post(0, 0);
+        run.g.post(1, CRASH);
+        run.g.q.kick_now().expect("kick");
+        assert!(!run.first.wait_exit().success());
+        drop(run.fe);
+        run.g.reap();
+        while run.g.q.wait_call(Duration::ZERO).expect("call fd") {}
+        let (_second, _fe) = resume_after_crash(
+            &run.first.socket,
+            journal.to_str().expect("utf-8"),
+            packed,
+            &mut run.g,
+            &run.info,
+            &run.area,
+        );
+        assert!(
+            run.g.q.wait_call(T).expect("call fd"),
+            "{}: the resumed ring never called the driver",
+            if packed { "packed" } else { "split" }
+        );
+    }
 }

@@ -295,7 +295,7 @@ impl Case<'_> {
         let expected = if self.packed {
             self.packed_model(&mut region, state)
         } else {
-            self.split_model(&mut region)
+            self.split_model(&mut region, state)
         };
         let mut ring = Ring::new(
             self.mem,
@@ -313,8 +313,9 @@ impl Case<'_> {
             (Err(e @ QueueError::Inflight(_)), None) => Err(e),
             (Err(e), None) => panic!("refused with {e}, not an in-flight error"),
             (Err(e), Some(x)) => panic!("refused ({e}), the model resubmits {:?}", x.ids),
-            (Ok(n), None) => panic!("accepted with {n} chains, the model refuses"),
+            (Ok(n), None) => panic!("accepted with {n:?} chains, the model refuses"),
             (Ok(n), Some(x)) => {
+                let n = n.unwrap_or(0);
                 assert_eq!(usize::from(n), x.ids.len(), "resubmits {:?}", x.ids);
                 let mut seen = vec![false; usize::from(self.size)];
                 for &id in &x.ids {
@@ -333,7 +334,7 @@ impl Case<'_> {
 
     /// The split rules: what a start must resubmit, or `None` when the area must be
     /// refused. `region` becomes what recovery leaves.
-    fn split_model(&self, region: &mut [u8]) -> Option<Expected> {
+    fn split_model(&self, region: &mut [u8], base: RingState) -> Option<Expected> {
         let (cap, size) = (self.info.queue_size, self.size);
         let ring_used = self.mem_u16(ADDRS.used + 2);
         let expected = |ids: Vec<u16>| Expected {
@@ -355,7 +356,18 @@ impl Case<'_> {
                 put16(region, ls::LAST_BATCH_HEAD, 0);
                 put16(region, ls::USED_IDX, ring_used);
                 put16(region, ls::VERSION, layout::VERSION);
-                return Some(expected(Vec::new()));
+                // A new area: the ring starts where SET_VRING_BASE said. A resumed ring
+                // reads again from the used index, which is where this one stopped
+                // only if it started there.
+                let aligned = base
+                    == RingState::Split {
+                        next_avail: ring_used,
+                    };
+                return Some(Expected {
+                    state: base,
+                    ids: Vec::new(),
+                    aligned,
+                });
             }
             layout::VERSION => {}
             _ => return None,

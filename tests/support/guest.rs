@@ -105,9 +105,11 @@ pub struct GuestConfig {
     /// cloned: once the run has returned and the configuration is dropped, the
     /// receiver sees the channel disconnected.
     pub console: Option<mpsc::Sender<String>>,
-    /// Run without taking the guest lock: the destination of a migration, whose source
-    /// (started first, by the same test) holds it.
-    pub lock_held_by_source: bool,
+    /// Run without taking the guest lock, because the caller holds it ([`GuestLock`]).
+    /// A test whose host side waits on the guest with deadlines takes the lock before it
+    /// starts the clock, so that time spent queued behind other guests is not counted;
+    /// a migration's destination runs under the lock its source's test took.
+    pub lock_held: bool,
 }
 
 impl Default for GuestConfig {
@@ -125,7 +127,7 @@ impl Default for GuestConfig {
             packed: false,
             reboot: false,
             console: None,
-            lock_held_by_source: false,
+            lock_held: false,
         }
     }
 }
@@ -507,6 +509,20 @@ impl Drop for QemuProcess {
     }
 }
 
+/// The exclusive right to run QEMU guests, held until dropped (see [`GuestImage::run`]).
+pub struct GuestLock {
+    _file: File,
+}
+
+impl GuestLock {
+    /// Waits until no other guest runs, in this process or another.
+    pub fn take() -> GuestLock {
+        GuestLock {
+            _file: take_guest_lock(),
+        }
+    }
+}
+
 // File::lock() is newer than the workspace's rust-version; this file is
 // only built by the test suite, with the current toolchain.
 #[allow(clippy::incompatible_msrv)]
@@ -675,7 +691,7 @@ impl GuestImage {
         // flock() locks belong to the open file description, so a second
         // thread of this process opening the file waits just like another
         // process does.
-        let _lock = (!cfg.lock_held_by_source).then(take_guest_lock);
+        let _lock = (!cfg.lock_held).then(take_guest_lock);
 
         let n = RUN_COUNTER.fetch_add(1, Ordering::Relaxed);
         let work = std::env::temp_dir().join(format!("vhu-guest-{}-{n}", std::process::id()));

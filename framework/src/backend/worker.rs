@@ -407,6 +407,11 @@ impl<W: QueueWorker> WorkerState<W> {
                     self.worker
                         .queue_stopping(&mut Queue::new(&mut q, &self.mem));
                     let (state, account) = q.stop(&self.mem);
+                    debug!(
+                        "{}: queue {index} stopped at {state:?} after {} chain(s)",
+                        self.name,
+                        q.taken()
+                    );
                     if account.rewound > 0 || account.returned_empty > 0 {
                         info!(
                             "{}: queue {index} stopped with {} chain(s) in flight: {} unused at \

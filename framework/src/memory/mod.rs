@@ -13,6 +13,6 @@ pub use region::GuestRegion;
 pub use table::{MemoryTable, MAX_MEM_SLOTS, PREFETCH_MAX};
 
 #[cfg(test)]
-pub(crate) use dirty_log::{dirty_pages, test_log};
+pub(crate) use dirty_log::{collect, dirty_pages, test_log};
 #[cfg(test)]
 pub(crate) use table::test_table;

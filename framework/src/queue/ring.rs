@@ -75,13 +75,14 @@ impl Ring {
     }
 
     /// Records the ring's chains in its part of the in-flight area from now on, after
-    /// taking back what a previous process left in flight there; returns how many
-    /// chains will be resubmitted. The part must be in the ring's layout.
+    /// taking back what a previous process left in flight there. Returns how many
+    /// chains will be resubmitted when the ring resumes from a previous process, `None`
+    /// when the area is new. The part must be in the ring's layout.
     pub fn attach_inflight(
         &mut self,
         mem: &MemoryTable,
         inflight: QueueInflight,
-    ) -> Result<u16, QueueError> {
+    ) -> Result<Option<u16>, QueueError> {
         match (self, inflight) {
             (Ring::Split(r), QueueInflight::Split(i)) => r.attach_inflight(i),
             (Ring::Packed(r), QueueInflight::Packed(i)) => r.attach_inflight(mem, i),

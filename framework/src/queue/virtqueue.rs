@@ -59,6 +59,8 @@ pub struct Virtqueue {
     buffer_log: Option<Arc<DirtyLog>>,
     kick: Option<File>,
     call: Option<Arc<File>>,
+    /// One call to write regardless of suppression ([`Virtqueue::owe_call`]).
+    call_owed: bool,
     err: Option<Arc<File>>,
     enabled: bool,
 }
@@ -80,6 +82,7 @@ impl Virtqueue {
             buffer_log: None,
             kick: None,
             call: None,
+            call_owed: false,
             err: None,
             enabled: true,
         }
@@ -173,9 +176,40 @@ impl Virtqueue {
         self.kick = kick;
     }
 
-    /// Sets the call eventfd (SET_VRING_CALL).
+    /// Sets the call eventfd (SET_VRING_CALL); an owed call is written to it.
     pub fn set_call(&mut self, call: Option<Arc<File>>) {
         self.call = call;
+        self.pay_owed_call();
+    }
+
+    /// Asks for one call (interrupt) regardless of notification suppression, written
+    /// as soon as there is a call eventfd: a ring resuming after its previous process
+    /// died owes the driver the interrupt that process may not have sent.
+    pub fn owe_call(&mut self) {
+        self.call_owed = true;
+        self.pay_owed_call();
+    }
+
+    fn pay_owed_call(&mut self) {
+        if self.call_owed && self.call.is_some() {
+            self.call_owed = false;
+            self.write_call();
+        }
+    }
+
+    fn write_call(&self) {
+        let Some(call) = &self.call else {
+            return;
+        };
+        self.stats.called();
+        if let Err(e) = nix::unistd::write(call.as_ref(), &1u64.to_ne_bytes()) {
+            if e != nix::errno::Errno::EAGAIN {
+                error!(
+                    "{}: queue {}: call eventfd write failed: {e}",
+                    self.name, self.index
+                );
+            }
+        }
     }
 
     /// Sets the err eventfd (SET_VRING_ERR), written once when the ring breaks.
@@ -474,19 +508,7 @@ impl Virtqueue {
     pub fn signal(&mut self, mem: &MemoryTable) {
         self.stats.set_in_flight(self.in_flight.outstanding());
         match self.ring.needs_notification(mem) {
-            Ok(true) => {
-                if let Some(call) = &self.call {
-                    self.stats.called();
-                    if let Err(e) = nix::unistd::write(call.as_ref(), &1u64.to_ne_bytes()) {
-                        if e != nix::errno::Errno::EAGAIN {
-                            error!(
-                                "{}: queue {}: call eventfd write failed: {e}",
-                                self.name, self.index
-                            );
-                        }
-                    }
-                }
-            }
+            Ok(true) => self.write_call(),
             Ok(false) => {}
             Err(e) => self.set_broken(e),
         }

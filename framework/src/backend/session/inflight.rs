@@ -83,10 +83,11 @@ impl<D: Device> Session<D> {
     }
 
     /// Hands ring `i` its part of the in-flight area, if there is one, and says how
-    /// many chains a previous process left in flight.
-    pub(super) fn attach_inflight(&self, i: usize, ring: &mut Ring) -> Result<()> {
+    /// many chains a previous process left in flight. True when the ring resumes from
+    /// a previous process's records (a reconnect).
+    pub(super) fn attach_inflight(&self, i: usize, ring: &mut Ring) -> Result<bool> {
         let Some(area) = &self.inflight else {
-            return Ok(());
+            return Ok(false);
         };
         if area.packed() != self.packed() {
             return Err(RequestError::BadOrder {
@@ -96,9 +97,15 @@ impl<D: Device> Session<D> {
         }
         // A queue beyond the area (the frontend described fewer) keeps no records.
         let Ok(part) = area.queue(i as u16) else {
-            return Ok(());
+            return Ok(false);
         };
-        let resubmitted = ring.attach_inflight(&self.mem, part)?;
+        let Some(resubmitted) = ring.attach_inflight(&self.mem, part)? else {
+            info!(
+                "{}: ring {i}: in-flight records on (a new area)",
+                self.info.name
+            );
+            return Ok(false);
+        };
         if resubmitted > 0 {
             info!(
                 "{}: ring {i}: in-flight records on; {resubmitted} request(s) left in \
@@ -111,6 +118,6 @@ impl<D: Device> Session<D> {
                 self.info.name
             );
         }
-        Ok(())
+        Ok(true)
     }
 }

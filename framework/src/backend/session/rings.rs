@@ -261,9 +261,15 @@ impl<D: Device> Session<D> {
             features & virtio::RING_EVENT_IDX != 0,
             features & virtio::RING_INDIRECT_DESC != 0,
         )?;
-        self.attach_inflight(i, &mut ring)?;
+        let resumed = self.attach_inflight(i, &mut ring)?;
         let mut vq = Virtqueue::new(i as u16, ring, features & virtio::IN_ORDER != 0)
             .with_name(&self.info.name);
+        if resumed {
+            // The previous process may have died between publishing a used entry and
+            // writing the call eventfd: the driver would wait for that interrupt
+            // forever. One extra interrupt is harmless.
+            vq.owe_call();
+        }
         let log = self.active_log();
         vq.set_ring_log(log.clone().zip(self.used_log_addr(i)));
         vq.set_buffer_log(log);

@@ -72,6 +72,12 @@ impl SplitInflight {
         self.region.store(at, v, order)
     }
 
+    /// Whether a backend has set the region up before (its version is not 0): the ring
+    /// resumes from a previous process rather than starting afresh.
+    pub fn in_use(&self) -> bool {
+        self.load::<u16>(l::VERSION) != 0
+    }
+
     /// Prepares the region for a ring of `ring_size` entries whose used ring holds
     /// `ring_used` as its index: a new region (version 0) is set up; a region in use
     /// is recovered. Returns the heads still in flight, oldest first (to be taken

@@ -138,21 +138,22 @@ impl PackedRing {
     /// previous process left in it: the chains still in flight are rebuilt from their
     /// copies and taken first, oldest first, and the ring resumes at the positions the
     /// area holds (after a crash the frontend's are not to be trusted: a packed ring
-    /// has no used index in guest memory). Returns how many are resubmitted.
+    /// has no used index in guest memory). Returns how many are resubmitted, or `None`
+    /// for a new area (the ring starts where SET_VRING_BASE said).
     pub fn attach_inflight(
         &mut self,
         mem: &MemoryTable,
         mut inflight: PackedInflight,
-    ) -> Result<u16, QueueError> {
+    ) -> Result<Option<u16>, QueueError> {
         let resume = inflight.recover(self.size, (self.next_used, self.used_wrap), |slot| {
             self.load_flags(mem, slot).ok()
         })?;
-        let mut count = 0;
+        let mut count = None;
         if let Some(r) = resume {
             (self.next_used, self.used_wrap) = r.used;
             (self.next_avail, self.avail_wrap) = r.avail;
             self.signalled = r.used;
-            count = r.chains.len() as u16;
+            count = Some(r.chains.len() as u16);
             self.resubmit = r.chains.into();
         }
         self.inflight = Some(Box::new(inflight));
@@ -450,13 +451,15 @@ impl PackedRing {
         }
         let flags = l::used_bits(self.used_wrap) | if len > 0 { l::F_WRITE } else { 0 };
         if self.held_flags.is_none() {
+            // Its flags, and its log bit, come at publish_used: a bit set before the
+            // write could be collected by the frontend before the write lands.
             self.held_flags = Some((self.next_used, flags));
         } else {
             fence(Ordering::Release);
             self.store_flags(mem, self.next_used, flags)?;
-        }
-        if let Some(log) = &self.log {
-            log.mark(at, l::DESC_SIZE);
+            if let Some(log) = &self.log {
+                log.mark(at, l::DESC_SIZE);
+            }
         }
         let (slot, wrap) = l::advance(self.next_used, self.used_wrap, slots, self.size);
         self.next_used = slot;
@@ -481,6 +484,11 @@ impl PackedRing {
         };
         fence(Ordering::Release);
         self.store_flags(mem, slot, flags)?;
+        // Logged after the store: the whole descriptor (its id and length were written
+        // at add_used).
+        if let Some(log) = &self.log {
+            log.mark(self.desc_at(slot), l::DESC_SIZE);
+        }
         if let Some(f) = &mut self.inflight {
             f.published((self.next_used, self.used_wrap));
         }
@@ -614,6 +622,26 @@ mod tests {
             assert_eq!(d.pop_used(&m).unwrap(), Some((id, 16)), "round {round}");
         }
         assert_eq!(d.free_descriptors(), 5);
+    }
+
+    #[test]
+    fn a_used_descriptor_is_logged_after_its_flags_are_written() {
+        // The first used descriptor of a batch gets its flags at publish time. A
+        // frontend that collects the log in between must find the page marked again
+        // once the flags are there, or the destination gets the descriptor unused.
+        let (m, mut d, mut vq) = setup(8, false, false);
+        let log = crate::memory::test_log();
+        vq.set_ring_log(Some((log.clone(), 0)));
+        let id = d.add(&m, &[buf(0, 8, true)]).unwrap();
+        let c = vq.pop(&m).unwrap().unwrap();
+        vq.add_used(&m, &c, 8).unwrap();
+        crate::memory::collect(&log);
+        vq.signal(&m);
+        assert_eq!(d.pop_used(&m).unwrap(), Some((id, 8)));
+        assert!(
+            crate::memory::dirty_pages(&log).contains(&(A.desc / 4096)),
+            "the descriptor ring's page is not marked after the flags were written"
+        );
     }
 
     #[test]

@@ -140,6 +140,10 @@ impl SplitRing {
         };
         q.check_rings(mem)?;
         let next_used = mem.load::<u16>(addrs.used + l::USED_IDX, Ordering::Acquire)?;
+        log::debug!(
+            "split ring of {size}: starts reading avail at {}, used index {next_used}",
+            q.next_avail
+        );
         // Nothing used yet since this start: no interrupt is owed.
         Ok(SplitRing {
             next_used,
@@ -204,16 +208,26 @@ impl SplitRing {
     /// Records this ring's chains in `inflight` from now on, after recovering what a
     /// previous process left in it: the chains still in flight are taken first, oldest
     /// first, and the avail ring is read again from the used index plus their number.
-    /// Returns how many are resubmitted.
-    pub fn attach_inflight(&mut self, mut inflight: SplitInflight) -> Result<u16, QueueError> {
+    /// Returns how many are resubmitted, or `None` for a new area (the ring starts where
+    /// SET_VRING_BASE said).
+    pub fn attach_inflight(
+        &mut self,
+        mut inflight: SplitInflight,
+    ) -> Result<Option<u16>, QueueError> {
+        let resumed = inflight.in_use();
         let heads = inflight.recover(self.size, self.next_used)?;
         // recover() returns at most one head per entry of the ring.
         let count = heads.len() as u16;
+        if !resumed {
+            // A new area: SET_VRING_BASE said where the ring starts.
+            self.inflight = Some(Box::new(inflight));
+            return Ok(None);
+        }
         self.next_avail = self.next_used.wrapping_add(count);
         self.avail_seen = self.next_avail;
         self.resubmit = heads.into();
         self.inflight = Some(Box::new(inflight));
-        Ok(count)
+        Ok(Some(count))
     }
 
     /// Whether chains are recorded in an in-flight area.
