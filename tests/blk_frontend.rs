@@ -76,6 +76,7 @@ on_both_engines!(
     a_ring_disabled_with_requests_in_flight_uses_them_once_enabled_again,
     a_read_into_truncated_guest_memory_fails_with_an_io_error,
     reads_into_guest_memory_are_in_the_dirty_log,
+    packed_reads_and_used_descriptors_are_in_the_dirty_log,
 );
 
 fn start(args: &[&str]) -> Disk {
@@ -155,13 +156,26 @@ fn connect(disk: &Disk, want: u64, queues: u16) -> Blk {
 }
 
 fn connect_at(socket: &std::path::Path, want: u64, queues: u16) -> Blk {
+    connect_layout(socket, want, queues, false)
+}
+
+/// A frontend on split or packed rings.
+fn connect_layout(socket: &std::path::Path, want: u64, queues: u16, packed: bool) -> Blk {
     let mem = FrontendMemory::new(&[(0, 16 << 20)]).unwrap();
     let mut fe = Frontend::connect(socket).unwrap();
-    fe.negotiate(want, u64::MAX).unwrap();
+    if packed {
+        fe.negotiate_packed(want, u64::MAX).unwrap();
+    } else {
+        fe.negotiate(want, u64::MAX).unwrap();
+    }
     fe.set_mem_table(&mem).unwrap();
     let queues = (0..queues)
         .map(|i| {
-            let mut q = DriverQueue::new(&mem, i, 128).unwrap();
+            let mut q = if packed {
+                DriverQueue::new_packed(&mem, i, 128).unwrap()
+            } else {
+                DriverQueue::new(&mem, i, 128).unwrap()
+            };
             q.attach(&mut fe, &mem).unwrap();
             q
         })
@@ -343,12 +357,27 @@ fn logged(log: &FrontendMemory, gpa: u64) -> bool {
 /// While migrating, a read from the image straight into guest memory (a `preadv`, or the
 /// kernel filling io_uring's iovecs) marks every page it wrote.
 fn reads_into_guest_memory_are_in_the_dirty_log() {
+    reads_are_logged(false);
+}
+
+/// The same on a packed ring, whose used descriptors are written over the descriptor
+/// ring and whose event suppression area the device writes.
+fn packed_reads_and_used_descriptors_are_in_the_dirty_log() {
+    reads_are_logged(true);
+}
+
+fn reads_are_logged(packed: bool) {
     let disk = start(&[]);
-    let mut b = connect(&disk, u64::MAX, 1);
+    let mut b = connect_layout(&disk.be.socket, u64::MAX, 1, packed);
     assert_ne!(b.fe.features() & virtio::LOG_ALL, 0);
     // 16 MiB of guest memory: 4096 pages, 512 bytes of log.
     let log = FrontendMemory::new(&[(0, 4096)]).unwrap();
     b.fe.set_log_base(512, 0, &log.files()[0]).unwrap();
+    // As QEMU does when a migration starts: the ring's own writes are logged too.
+    let mut addr = b.queues[0].vring_addr(&b.mem);
+    addr.flags = vhost_user_sync::protocol::payload::VringAddr::F_LOG;
+    addr.log = b.queues[0].used_gpa();
+    b.fe.set_vring_addr(&addr).unwrap();
     let mut r = Req::new(kind::IN, 0);
     r.inb = vec![3 * 4096, 1];
     let bufs = b.submit(0, &r);
@@ -358,6 +387,11 @@ fn reads_into_guest_memory_are_in_the_dirty_log() {
         assert!(logged(&log, data + page * 4096), "page {page} of the read");
     }
     assert!(logged(&log, bufs[1].0), "the status byte");
+    if packed {
+        assert!(logged(&log, b.queues[0].desc_gpa()), "the used descriptor");
+    } else {
+        assert!(logged(&log, b.queues[0].used_gpa()), "the used ring");
+    }
     assert!(!logged(&log, 15 << 20), "memory nothing wrote");
 }
 

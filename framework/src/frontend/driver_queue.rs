@@ -221,9 +221,16 @@ impl DriverQueue {
         Ok(())
     }
 
-    /// Guest-physical address of the used ring (where used-ring writes are logged).
+    /// Guest-physical address of the used ring (where used-ring writes are logged); of
+    /// a packed ring, its device event suppression area.
     pub fn used_gpa(&self) -> u64 {
         self.used
+    }
+
+    /// Guest-physical address of the descriptor table (a packed ring's descriptor ring,
+    /// where the device writes used descriptors).
+    pub fn desc_gpa(&self) -> u64 {
+        self.desc
     }
 
     /// The kick eventfd (for a VMM that hands it elsewhere).
