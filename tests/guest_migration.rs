@@ -1,8 +1,14 @@
 //! Live migration of a running guest, proven with QEMU: two QEMU processes on this
-//! machine, each with its own `blk_backend` on one image (shared storage, image locks
-//! off), the destination started with `-incoming`. The guest's jobs write, read back and
-//! compare blocks with O_DIRECT in a loop while QMP migrates it; on the destination
-//! every block is verified and the image holds what the guest last wrote. Downtime and
+//! machine, each with its own backend process, the destination started with `-incoming`
+//! and the migration started over QMP while the guest works.
+//!
+//! - blk: both `blk_backend`s on one image (shared storage, image locks off). The
+//!   guest's jobs write, read back and compare blocks with O_DIRECT in a loop; on the
+//!   destination every block is verified and the image holds what the guest last wrote.
+//! - net: each `net_backend` with its own tap, both taps in one bridge with the host's
+//!   address. The guest pings the host across the switch; the destination announces it.
+//!
+//! Split and packed rings; a cancelled migration leaves the source serving. Downtime and
 //! total time come from `query-migrate`.
 
 #[path = "support/backend.rs"]
@@ -11,6 +17,8 @@ mod backend;
 mod churn;
 #[path = "support/guest.rs"]
 mod guest;
+#[path = "support/netns.rs"]
+mod netns;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -22,6 +30,7 @@ use std::time::Duration;
 use backend::{BackendProcess, TempDir};
 use churn::{try_wait_rounds, wait_ready, wait_rounds, ChurnDisk, StopGuestOnPanic, GUEST_T, JOBS};
 use guest::{GuestConfig, GuestImage, GuestLock, GuestRun};
+use netns::NetNs;
 
 /// A QMP connection.
 struct Qmp {
@@ -88,13 +97,13 @@ impl Qmp {
         }
     }
 
-    /// The vhost-user-blk device's queue 0 as QEMU and its vhost side see it.
-    fn ring_status(&mut self) -> String {
+    /// Queue 0 of the virtio device named `device`, as QEMU and its vhost side see it.
+    fn ring_status(&mut self, device: &str) -> String {
         let devices = self.try_execute("x-query-virtio", serde_json::json!({}));
         let Some(path) = devices
             .as_ref()
             .ok()
-            .and_then(|d| d.as_array()?.iter().find(|d| d["name"] == "vhost-user-blk"))
+            .and_then(|d| d.as_array()?.iter().find(|d| d["name"] == device))
             .and_then(|d| d["path"].as_str().map(str::to_string))
         else {
             return format!("x-query-virtio: {devices:?}");
@@ -148,30 +157,48 @@ struct Side {
     qemu: JoinHandle<GuestRun>,
 }
 
-/// A source and a destination QEMU, each with its own `blk_backend` on one image.
+/// A source and a destination QEMU, each with its own backend process.
 struct Migration {
     src: Side,
     dst: Side,
     channel: PathBuf,
-    disk: ChurnDisk,
+    /// The vhost-user device as QEMU names it (for the ring dump).
+    device: &'static str,
+    /// The guest's disk (blk).
+    disk: Option<ChurnDisk>,
+    /// The namespace the taps live in (net): removed after the backends have gone.
+    _netns: Option<NetNs>,
     _dir: TempDir,
     stop: StopGuestOnPanic,
     // Dropped last: the guests run under the test's hold of the lock.
     _lock: GuestLock,
 }
 
-impl Migration {
-    /// Starts the source with the guest's jobs running, and the destination waiting for
-    /// the migration stream.
-    fn start(image: GuestImage, packed: bool, tag: &str) -> Migration {
+/// What a migration runs: a backend for each side and the guest configuration of a side
+/// given its backend (the console, QMP, `-incoming` and the lock are added).
+struct Plan {
+    src: BackendProcess,
+    dst: BackendProcess,
+    guest: Box<dyn Fn(&BackendProcess) -> GuestConfig>,
+    /// Returns once the guest on the source works (reads its console).
+    working: fn(&Receiver<String>),
+    device: &'static str,
+    dir: TempDir,
+    disk: Option<ChurnDisk>,
+    netns: Option<NetNs>,
+    lock: GuestLock,
+}
+
+impl Plan {
+    /// Both sides on `blk_backend` and one image (shared storage: neither locks it); the
+    /// guest's disk jobs run.
+    fn blk(packed: bool, tag: &str) -> Plan {
         let lock = GuestLock::take();
         let disk = ChurnDisk::new(tag);
         let dir = TempDir::new(tag);
         let disk_arg = disk.arg();
         let backend = |name: &str| {
             let stats = dir.path().join(format!("{name}.stats"));
-            let stats = stats.to_string_lossy();
-            // Shared storage: both backends serve the image, so neither may lock it.
             let args = [
                 "--image",
                 &disk_arg,
@@ -179,12 +206,114 @@ impl Migration {
                 "off",
                 "--direct",
                 "--stats-socket",
-                &stats,
+                &stats.to_string_lossy(),
             ];
             BackendProcess::start("blk_backend", &args)
         };
-        let src_be = backend("src");
-        let dst_be = backend("dst");
+        Plan {
+            src: backend("src"),
+            dst: backend("dst"),
+            guest: Box::new(move |be| GuestConfig {
+                blk_socket: Some(be.socket.clone()),
+                extra_cmdline: ChurnDisk::cmdline(),
+                packed,
+                ..GuestConfig::with_tests(&["blk_churn"])
+            }),
+            working: |console| {
+                wait_ready(console);
+                wait_rounds(console, 2, "on the source");
+            },
+            device: "vhost-user-blk",
+            dir,
+            disk: Some(disk),
+            netns: None,
+            lock,
+        }
+    }
+}
+
+/// The guest's address and the host's, on the bridge the two taps are in.
+const GUEST_ADDR: &str = "10.77.0.2";
+const HOST_ADDR: &str = "10.77.0.1";
+/// Pings the guest sends, one every 0.2 s.
+const PINGS: usize = 100;
+
+impl Plan {
+    /// Both sides on `net_backend`, each with its own tap; the two taps and the host's
+    /// address on one bridge in a namespace of the test's own. The guest pings the host.
+    fn net(packed: bool) -> Plan {
+        let lock = GuestLock::take();
+        let dir = TempDir::new("guest-migration-net");
+        let ns = NetNs::create();
+        ns.ip(&["link", "add", "vhubr0", "type", "bridge"]);
+        let backend = |name: &str| {
+            let stats = dir.path().join(format!("{name}.stats"));
+            let tap = format!("vhutap-{name}");
+            let args = ["--tap", &tap, "--stats-socket", &stats.to_string_lossy()];
+            let be = BackendProcess::start_in_netns(ns.name(), "net_backend", &args);
+            ns.ip(&["link", "set", &tap, "master", "vhubr0"]);
+            ns.ip(&["link", "set", &tap, "up"]);
+            be
+        };
+        let (src, dst) = (backend("src"), backend("dst"));
+        ns.ip(&["addr", "add", &format!("{HOST_ADDR}/24"), "dev", "vhubr0"]);
+        ns.ip(&["link", "set", "vhubr0", "up"]);
+        Plan {
+            src,
+            dst,
+            guest: Box::new(move |be| GuestConfig {
+                net_socket: Some(be.socket.clone()),
+                extra_cmdline: format!(
+                    "vhu.ip={GUEST_ADDR}/24 vhu.peer={HOST_ADDR} vhu.pings={PINGS}"
+                ),
+                packed,
+                ..GuestConfig::with_tests(&["net_churn"])
+            }),
+            working: |console| {
+                let deadline = std::time::Instant::now() + GUEST_T;
+                let mut answered = 0;
+                while answered < 5 {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    match console.recv_timeout(left) {
+                        Ok(line)
+                            if line.contains("VHU-INFO net_churn") && line.ends_with(" ok") =>
+                        {
+                            answered += 1
+                        }
+                        Ok(line) if line.contains("VHU-RESULT") => {
+                            panic!("the guest ended: {line}")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            panic!("the guest's pings were not answered ({answered} of 5): {e}")
+                        }
+                    }
+                }
+            },
+            device: "virtio-net",
+            dir,
+            disk: None,
+            netns: Some(ns),
+            lock,
+        }
+    }
+}
+
+impl Migration {
+    /// Starts the source with the guest working, and the destination waiting for the
+    /// migration stream.
+    fn start(image: GuestImage, plan: Plan) -> Migration {
+        let Plan {
+            src: src_be,
+            dst: dst_be,
+            guest,
+            working,
+            device,
+            dir,
+            disk,
+            netns,
+            lock,
+        } = plan;
         let stop = StopGuestOnPanic(vec![
             src_be.socket.to_string_lossy().into_owned(),
             dst_be.socket.to_string_lossy().into_owned(),
@@ -200,14 +329,11 @@ impl Migration {
             }
             let (tx, console) = std::sync::mpsc::channel();
             let cfg = GuestConfig {
-                blk_socket: Some(backend.socket.clone()),
                 console: Some(tx),
                 timeout: Duration::from_secs(600),
-                extra_cmdline: ChurnDisk::cmdline(),
                 extra_qemu_args,
-                packed,
                 lock_held: true,
-                ..GuestConfig::with_tests(&["blk_churn"])
+                ..guest(&backend)
             };
             let image = image.clone();
             let qemu = std::thread::spawn(move || image.run(&cfg));
@@ -220,8 +346,7 @@ impl Migration {
             }
         };
         let mut src = side(src_be, "src", false);
-        wait_ready(&src.console);
-        wait_rounds(&src.console, 2, "on the source");
+        working(&src.console);
         let dst = side(dst_be, "dst", true);
         // MIGRATION events say how it goes; no polling.
         src.qmp.execute(
@@ -232,7 +357,9 @@ impl Migration {
             src,
             dst,
             channel,
+            device,
             disk,
+            _netns: netns,
             _dir: dir,
             stop,
             _lock: lock,
@@ -247,7 +374,7 @@ impl Migration {
             .cloned()
             .or_else(|| what.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
-        let rings = self.dst.qmp.ring_status();
+        let rings = self.dst.qmp.ring_status(self.device);
         self.stop.kill_now();
         let stats = stats(&self._dir.path().join("dst.stats"));
         let run = |side: Side| side.qemu.join().ok();
@@ -263,6 +390,48 @@ impl Migration {
                 report(dst)
             ),
         }
+    }
+
+    /// Migrates, checks that the destination runs, quits the source and reports the
+    /// figures; the source backend must have logged its writes for the migration.
+    fn switch_over(&mut self, device: &str, packed: bool) {
+        self.migrate();
+        let end = self
+            .src
+            .qmp
+            .wait_event("MIGRATION", &["completed", "failed", "cancelled"]);
+        let done = self.src.qmp.execute("query-migrate", serde_json::json!({}));
+        assert_eq!(end["data"]["status"], "completed", "{done}");
+        let status = self.dst.qmp.execute("query-status", serde_json::json!({}));
+        assert_eq!(status["status"], "running", "{status}");
+        self.src.qmp.execute("quit", serde_json::json!({}));
+        eprintln!(
+            "{device} migration ({} ring): downtime {} ms, total {} ms, {} bytes of RAM sent",
+            if packed { "packed" } else { "split" },
+            done["downtime"],
+            done["total-time"],
+            done["ram"]["transferred"]
+        );
+        self.src.backend.wait_log("dirty log of", GUEST_T);
+    }
+
+    /// Ends an attempt: a failure on the way (`going`) as [`Migration::fail`] reports
+    /// it; otherwise the destination guest's run once it has ended, unless its kernel
+    /// crashed.
+    fn finish(self, going: std::thread::Result<()>) -> Result<GuestRun, Failure> {
+        if let Err(e) = going {
+            return Err(self.fail(e));
+        }
+        let Migration { src, dst, .. } = self;
+        let _ = src.qemu.join();
+        let run = dst.qemu.join().expect("destination thread");
+        if kernel_crashed(&run.console) {
+            return Err(Failure {
+                guest_crashed: true,
+                report: run.report(),
+            });
+        }
+        Ok(run)
     }
 
     fn migrate(&mut self) {
@@ -313,14 +482,11 @@ fn kernel_crashed(console: &str) -> bool {
     .any(|sign| console.contains(sign))
 }
 
-/// The guest's jobs run on the source, then on the destination after the migration;
-/// every block verified, the image holds the last data.
-fn migrate_blk(packed: bool) {
-    let Some(image) = guest::require_guest() else {
-        return;
-    };
+/// Runs a migration attempt again while it fails with a crashed destination guest
+/// kernel, at most [`QEMU_CRASH_RETRIES`] times; any other failure panics at once.
+fn retrying_qemu_crashes(mut attempt_once: impl FnMut() -> Result<(), Failure>) {
     for attempt in 1.. {
-        let Err(failure) = migrate_blk_once(image.clone(), packed) else {
+        let Err(failure) = attempt_once() else {
             return;
         };
         if !failure.guest_crashed || attempt > QEMU_CRASH_RETRIES {
@@ -334,49 +500,76 @@ fn migrate_blk(packed: bool) {
     }
 }
 
+/// The guest's jobs run on the source, then on the destination after the migration;
+/// every block verified, the image holds the last data.
+fn migrate_blk(packed: bool) {
+    let Some(image) = guest::require_guest() else {
+        return;
+    };
+    retrying_qemu_crashes(|| migrate_blk_once(image.clone(), packed));
+}
+
 fn migrate_blk_once(image: GuestImage, packed: bool) -> Result<(), Failure> {
-    let mut m = Migration::start(image, packed, "guest-migration");
+    let mut m = Migration::start(image, Plan::blk(packed, "guest-migration"));
     let going = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        m.migrate();
-        let end = m
-            .src
-            .qmp
-            .wait_event("MIGRATION", &["completed", "failed", "cancelled"]);
-        let done = m.src.qmp.execute("query-migrate", serde_json::json!({}));
-        assert_eq!(end["data"]["status"], "completed", "{done}");
-        let status = m.dst.qmp.execute("query-status", serde_json::json!({}));
-        assert_eq!(status["status"], "running", "{status}");
-        m.src.qmp.execute("quit", serde_json::json!({}));
-        eprintln!(
-            "blk migration ({} ring): downtime {} ms, total {} ms, {} bytes of RAM sent",
-            if packed { "packed" } else { "split" },
-            done["downtime"],
-            done["total-time"],
-            done["ram"]["transferred"]
-        );
-        // The source logged its writes for the migration; the destination serves the
-        // rest.
-        m.src.backend.wait_log("dirty log of", GUEST_T);
+        m.switch_over("blk", packed);
         // The guest goes on writing and verifying on the destination.
         if let Err(e) = try_wait_rounds(&m.dst.console, 2 * JOBS as usize, "on the destination") {
             panic!("{e}");
         }
     }));
-    m.disk.stop();
-    if let Err(e) = going {
-        return Err(m.fail(e));
-    }
-    let Migration { src, dst, disk, .. } = m;
-    let _ = src.qemu.join();
-    let run = dst.qemu.join().expect("destination thread");
-    if kernel_crashed(&run.console) {
-        return Err(Failure {
-            guest_crashed: true,
-            report: run.report(),
-        });
-    }
+    let disk = m.disk.take().expect("a disk");
+    disk.stop();
+    let run = m.finish(going)?;
     disk.verify(&run, 1);
     Ok(())
+}
+
+/// A guest pinging the host through `net_backend` and a tap migrates to another QEMU
+/// whose backend has a tap in the same bridge: the destination announces the guest
+/// (QEMU's SEND_RARP, written to its tap), the pings go on, and at most a short run of
+/// them is lost.
+fn migrate_net(packed: bool) {
+    let Some(image) = guest::require_guest() else {
+        return;
+    };
+    if let Some(why) = netns::unavailable() {
+        guest::skip_or_fail(&why);
+        return;
+    }
+    retrying_qemu_crashes(|| migrate_net_once(image.clone(), packed));
+}
+
+fn migrate_net_once(image: GuestImage, packed: bool) -> Result<(), Failure> {
+    let mut m = Migration::start(image, Plan::net(packed));
+    let going = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m.switch_over("net", packed);
+        m.dst.backend.wait_log("(RARP)", GUEST_T);
+    }));
+    let run = m.finish(going)?;
+    run.assert_pass();
+    let r = run.expect_pass("net_churn");
+    let field = |k: &str| r.field_u64(k).unwrap_or(0);
+    eprintln!(
+        "net migration: {} of {PINGS} pings answered, {} lost, at most {} in a row",
+        field("received"),
+        field("lost"),
+        field("worst_run")
+    );
+    // A ping waits a second for its answer: a handful lost covers the switch-over.
+    assert!(field("worst_run") <= 5, "{}", run.report());
+    assert!(field("received") + 10 >= PINGS as u64, "{}", run.report());
+    Ok(())
+}
+
+#[test]
+fn a_guest_pinging_the_host_migrates_with_its_network() {
+    migrate_net(false);
+}
+
+#[test]
+fn a_guest_on_packed_rings_migrates_with_its_network() {
+    migrate_net(true);
 }
 
 /// A migration cancelled half way (QMP `migrate_cancel`) leaves the source running and
@@ -386,7 +579,7 @@ fn a_cancelled_migration_leaves_the_source_serving() {
     let Some(image) = guest::require_guest() else {
         return;
     };
-    let mut m = Migration::start(image, false, "guest-migration-cancel");
+    let mut m = Migration::start(image, Plan::blk(false, "guest-migration-cancel"));
     // Slow enough never to finish on its own.
     m.src.qmp.execute(
         "migrate-set-parameters",
@@ -401,6 +594,7 @@ fn a_cancelled_migration_leaves_the_source_serving() {
     assert_eq!(status["status"], "running", "{status}");
     // The destination gives up when its stream ends.
     let Migration { src, dst, disk, .. } = m;
+    let disk = disk.expect("a disk");
     let _ = dst.qemu.join();
     // The guest goes on, on the source.
     wait_rounds(&src.console, 2 * JOBS as usize, "after the cancel");

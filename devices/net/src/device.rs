@@ -281,6 +281,10 @@ impl Device for NetDevice {
             if let Some(tap) = taps.first() {
                 let frame = crate::worker::rarp_frame(mac);
                 nix::unistd::write(tap.file(), &frame).map_err(io::Error::from)?;
+                log::info!(
+                    "net: announced {} on the tap (RARP)",
+                    mac.map(|b| format!("{b:02x}")).join(":")
+                );
             }
         }
         Ok(())
