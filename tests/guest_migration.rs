@@ -28,7 +28,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use backend::{BackendProcess, TempDir};
-use churn::{try_wait_rounds, wait_ready, wait_rounds, ChurnDisk, StopGuestOnPanic, GUEST_T, JOBS};
+use churn::{
+    count_console_lines, try_wait_rounds, wait_ready, wait_rounds, ChurnDisk, StopGuestOnPanic,
+    GUEST_T, JOBS,
+};
 use guest::{GuestConfig, GuestImage, GuestLock, GuestRun};
 use netns::NetNs;
 
@@ -62,9 +65,16 @@ impl Qmp {
     }
 
     fn read(&mut self) -> serde_json::Value {
+        self.try_read().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The next message, or what went wrong (QEMU gone, not JSON).
+    fn try_read(&mut self) -> Result<serde_json::Value, String> {
         let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP said {line:?}: {e}"))
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("QMP read: {e}"))?;
+        serde_json::from_str(&line).map_err(|e| format!("QMP said {line:?}: {e}"))
     }
 
     /// Waits for event `name` whose `data.status` is one of `statuses`; returns it.
@@ -77,7 +87,8 @@ impl Qmp {
         }
     }
 
-    /// Runs `command`; its `return` value, or the error QEMU answered.
+    /// Runs `command`; its `return` value, or the error QEMU answered (or why there was
+    /// no answer). Events on the way are skipped.
     fn try_execute(
         &mut self,
         command: &str,
@@ -86,7 +97,7 @@ impl Qmp {
         let msg = serde_json::json!({"execute": command, "arguments": arguments});
         writeln!(self.writer, "{msg}").map_err(|e| serde_json::json!(e.to_string()))?;
         loop {
-            let v = self.read();
+            let v = self.try_read().map_err(serde_json::Value::from)?;
             if v.get("event").is_some() {
                 continue;
             }
@@ -108,7 +119,6 @@ impl Qmp {
         else {
             return format!("x-query-virtio: {devices:?}");
         };
-        let path = format!("{path}/virtio-backend");
         let mut out = String::new();
         for cmd in [
             "x-query-virtio-queue-status",
@@ -122,31 +132,14 @@ impl Qmp {
 
     /// Runs `command`; returns its `return` value (events on the way are skipped).
     fn execute(&mut self, command: &str, arguments: serde_json::Value) -> serde_json::Value {
-        let msg = serde_json::json!({"execute": command, "arguments": arguments});
-        writeln!(self.writer, "{msg}").unwrap();
-        loop {
-            let v = self.read();
-            if v.get("event").is_some() {
-                continue;
-            }
-            if let Some(r) = v.get("return") {
-                return r.clone();
-            }
-            panic!("QMP {command}: {v}");
-        }
+        self.try_execute(command, arguments)
+            .unwrap_or_else(|e| panic!("QMP {command}: {e}"))
     }
 }
 
-/// A backend's counters (Prometheus text from its statistics socket).
+/// A backend's counters (Prometheus text from its statistics socket), or why not.
 fn stats(socket: &std::path::Path) -> String {
-    use std::io::Read;
-    let Ok(mut c) = UnixStream::connect(socket) else {
-        return format!("no statistics at {}", socket.display());
-    };
-    let _ = write!(c, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut answer = String::new();
-    let _ = c.read_to_string(&mut answer);
-    answer
+    backend::stats_get(socket, "/metrics").unwrap_or_else(|e| e)
 }
 
 /// One side of a migration: a backend and the QEMU that uses it, on a thread.
@@ -270,24 +263,9 @@ impl Plan {
                 ..GuestConfig::with_tests(&["net_churn"])
             }),
             working: |console| {
-                let deadline = std::time::Instant::now() + GUEST_T;
-                let mut answered = 0;
-                while answered < 5 {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    match console.recv_timeout(left) {
-                        Ok(line)
-                            if line.contains("VHU-INFO net_churn") && line.ends_with(" ok") =>
-                        {
-                            answered += 1
-                        }
-                        Ok(line) if line.contains("VHU-RESULT") => {
-                            panic!("the guest ended: {line}")
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            panic!("the guest's pings were not answered ({answered} of 5): {e}")
-                        }
-                    }
+                let answered = |l: &str| l.contains("VHU-INFO net_churn") && l.ends_with(" ok");
+                if let Err(e) = count_console_lines(console, 5, "pings answered", answered) {
+                    panic!("{e}");
                 }
             },
             device: "virtio-net",

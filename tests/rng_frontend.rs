@@ -509,20 +509,7 @@ fn sigusr1_logs_the_queue_counters_across_connections() {
 
 /// One HTTP request on the statistics socket; returns the body.
 fn stats_request(socket: &std::path::Path, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(c, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .and_then(|n| n.parse().ok())
-        .expect("a length");
-    assert_eq!(body.len(), len);
-    body.to_string()
+    backend::stats_get(socket, path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `--stats-socket` answers with the counters as JSON, or in the Prometheus text format

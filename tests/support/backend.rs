@@ -329,3 +329,31 @@ pub fn pidfd(pid: i32) -> Option<std::os::fd::OwnedFd> {
     // SAFETY: a non-negative result is a new fd that nothing else owns.
     (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
+
+/// One HTTP request for `path` on a program's statistics socket (`--stats-socket`):
+/// the body of a complete `200 OK` answer, or what went wrong.
+pub fn stats_get(socket: &Path, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("statistics at {}: {e}", socket.display()))?;
+    write!(c, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .map_err(|e| format!("statistics request: {e}"))?;
+    let mut answer = String::new();
+    c.read_to_string(&mut answer)
+        .map_err(|e| format!("statistics answer: {e}"))?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP answer: {answer:?}"))?;
+    if !head.starts_with("HTTP/1.0 200 OK") {
+        return Err(format!("statistics answer: {head}"));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no length in {head:?}"))?;
+    if body.len() != len {
+        return Err(format!("a body of {} bytes, {len} announced", body.len()));
+    }
+    Ok(body.to_string())
+}

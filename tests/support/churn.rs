@@ -92,7 +92,7 @@ impl ChurnDisk {
     }
 }
 
-/// Waits until the guest says its jobs run.
+/// Waits until the guest says its jobs run (other tests may finish before them).
 pub fn wait_ready(console: &Receiver<String>) {
     let deadline = Instant::now() + GUEST_T;
     loop {
@@ -120,19 +120,30 @@ pub fn try_wait_rounds(
     rounds: usize,
     what: &str,
 ) -> Result<(), String> {
+    count_console_lines(console, rounds, what, |l| l.contains("VHU-INFO churn job="))
+}
+
+/// Waits (at most [`GUEST_T`]) for `n` console lines that `counts` accepts; an error
+/// when the guest prints its results first or stops printing.
+pub fn count_console_lines(
+    console: &Receiver<String>,
+    n: usize,
+    what: &str,
+    counts: impl Fn(&str) -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + GUEST_T;
     let mut seen = 0;
-    while seen < rounds {
+    while seen < n {
         let left = deadline.saturating_duration_since(Instant::now());
         match console.recv_timeout(left) {
-            Ok(line) if line.contains("VHU-INFO churn job=") => seen += 1,
+            Ok(line) if counts(&line) => seen += 1,
             Ok(line) if line.contains("VHU-RESULT") || line.contains("VHU-FINAL") => {
                 return Err(format!("{what}: the guest finished early: {line}"));
             }
             Ok(_) => {}
             Err(e) => {
                 return Err(format!(
-                    "{what}: the guest made no progress ({seen} of {rounds} rounds): {e}"
+                    "{what}: the guest made no progress ({seen} of {n} lines): {e}"
                 ))
             }
         }

@@ -216,13 +216,13 @@ impl SplitRing {
     ) -> Result<Option<u16>, QueueError> {
         let resumed = inflight.in_use();
         let heads = inflight.recover(self.size, self.next_used)?;
-        // recover() returns at most one head per entry of the ring.
-        let count = heads.len() as u16;
         if !resumed {
             // A new area: SET_VRING_BASE said where the ring starts.
             self.inflight = Some(Box::new(inflight));
             return Ok(None);
         }
+        // recover() returns at most one head per entry of the ring.
+        let count = heads.len() as u16;
         self.next_avail = self.next_used.wrapping_add(count);
         self.avail_seen = self.next_avail;
         self.resubmit = heads.into();
