@@ -1,8 +1,9 @@
 //! A device's own state moved between two backends (SET_DEVICE_STATE_FD, CHECK_DEVICE_STATE):
-//! a counting device whose count the guest reads from its config space is saved from one
-//! listener and loaded into another, through our frontend and through rust-vmm's
-//! `vhost` crate; every damaged or out-of-order transfer is refused and leaves the
-//! device as it was.
+//! a counting device whose count the guest reads from its config space, and whose worker
+//! numbers every reply (state only the worker holds), is saved from one listener and
+//! loaded into another, through our frontend and through rust-vmm's `vhost` crate; every
+//! damaged or out-of-order transfer is refused and leaves the device and its workers as
+//! they were.
 
 #[path = "support/backend.rs"]
 mod backend;
@@ -25,9 +26,14 @@ struct Counter {
     count: Arc<AtomicU64>,
 }
 
+/// Writes a ticket number into each request's buffer: the next one is data-path state,
+/// saved and loaded by the worker itself.
 struct CounterWorker {
     count: Arc<AtomicU64>,
+    next_ticket: u64,
 }
+
+const TICKET_TAG: &[u8; 8] = b"tickets1";
 
 const TAG: &[u8; 8] = b"counter1";
 
@@ -46,6 +52,7 @@ impl Device for Counter {
     fn create_worker(&mut self, _: usize) -> std::io::Result<CounterWorker> {
         Ok(CounterWorker {
             count: self.count.clone(),
+            next_ticket: 1,
         })
     }
     fn save_state(&mut self) -> Result<Vec<u8>, DeviceError> {
@@ -71,9 +78,33 @@ impl QueueWorker for CounterWorker {
     fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError> {
         while let Some(chain) = queue.pop() {
             self.count.fetch_add(1, Ordering::Relaxed);
-            queue.add_used(&chain, 0)?;
+            let n = chain
+                .writer(queue.mem())
+                .write(&self.next_ticket.to_le_bytes())?;
+            self.next_ticket += 1;
+            queue.add_used(&chain, n as u32)?;
         }
         Ok(())
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, DeviceError> {
+        Ok([&TICKET_TAG[..], &self.next_ticket.to_le_bytes()].concat())
+    }
+
+    fn check_state(&self, state: &[u8]) -> Result<(), DeviceError> {
+        match state.split_at_checked(8) {
+            Some((tag, next)) if tag == TICKET_TAG && next.len() == 8 => Ok(()),
+            _ => Err(DeviceError::Other(format!(
+                "not a ticket state ({} bytes)",
+                state.len()
+            ))),
+        }
+    }
+
+    fn load_state(&mut self, state: &[u8]) {
+        if let Some(next) = state.get(8..16).and_then(|b| b.try_into().ok()) {
+            self.next_ticket = u64::from_le_bytes(next);
+        }
     }
 }
 
@@ -138,11 +169,16 @@ impl Session {
         u64::from_le_bytes(self.fe.get_config(0, 8).unwrap().try_into().unwrap())
     }
 
-    fn request(&mut self) {
+    /// One request; returns the ticket the worker wrote into it.
+    fn request(&mut self) -> u64 {
         let buf = self.mem.alloc(8, 8).unwrap();
-        self.q.add(self.mem.table(), &[(buf, 8, false)]).unwrap();
+        self.q.add(self.mem.table(), &[(buf, 8, true)]).unwrap();
         self.q.kick(self.mem.table()).unwrap();
-        self.q.wait_used(self.mem.table(), T).unwrap();
+        let used = self.q.wait_used(self.mem.table(), T).unwrap();
+        assert_eq!(used.len, 8);
+        let mut ticket = [0u8; 8];
+        self.mem.table().read(buf, &mut ticket).unwrap();
+        u64::from_le_bytes(ticket)
     }
 
     fn stop(&mut self) {
@@ -159,17 +195,19 @@ fn the_count_moves_from_one_backend_to_another() {
     );
     let mut src = Session::open(&a);
     src.start();
-    for _ in 0..3 {
-        src.request();
-    }
+    let tickets: Vec<u64> = (0..3).map(|_| src.request()).collect();
+    assert_eq!(tickets, [1, 2, 3]);
     assert_eq!(src.count(), 3);
     // Saving needs the stopped phase: a running ring refuses it.
     assert!(src.fe.save_device_state().is_err());
     src.stop();
     let state = src.fe.save_device_state().unwrap();
+    let parts = state_stream::decode(&state).unwrap();
+    assert_eq!(parts.device, [&TAG[..], &3u64.to_le_bytes()].concat());
     assert_eq!(
-        state_stream::decode(&state).unwrap(),
-        [&TAG[..], &3u64.to_le_bytes()].concat()
+        parts.workers,
+        [[&TICKET_TAG[..], &4u64.to_le_bytes()].concat()],
+        "the worker's section"
     );
 
     let mut dst = Session::open(&b);
@@ -177,8 +215,52 @@ fn the_count_moves_from_one_backend_to_another() {
     dst.fe.load_device_state(&state).unwrap();
     assert_eq!(dst.count(), 3, "the count arrived");
     dst.start();
-    dst.request();
-    assert_eq!(dst.count(), 4, "and goes on");
+    assert_eq!(dst.request(), 4, "the worker's numbering goes on");
+    assert_eq!(dst.count(), 4, "and so does the count");
+}
+
+/// A state whose worker section the worker refuses, or with a section for a worker the
+/// device does not run, is refused whole: the device's own part is not loaded either.
+#[test]
+fn a_worker_refusing_its_part_leaves_the_device_as_it_was() {
+    let dir = TempDir::new("device-state-worker");
+    let b = Backend::start(&dir, "b.sock");
+    let mut s = Session::open(&b);
+    let device = [&TAG[..], &7u64.to_le_bytes()].concat();
+    let tickets = [&TICKET_TAG[..], &50u64.to_le_bytes()].concat();
+    let nacked = |r: Result<(), FrontendError>| {
+        assert!(
+            matches!(
+                r,
+                Err(FrontendError::Nack {
+                    request: "CHECK_DEVICE_STATE",
+                    ..
+                })
+            ),
+            "{r:?}"
+        )
+    };
+    nacked(s.fe.load_device_state(&state_stream::encode_parts(
+        &device,
+        &[b"tickets?".to_vec()],
+    )));
+    nacked(s.fe.load_device_state(&state_stream::encode_parts(
+        &device,
+        &[tickets.clone(), tickets.clone()],
+    )));
+    assert_eq!(s.count(), 0, "the device's part was not loaded");
+    s.fe.load_device_state(&state_stream::encode_parts(&device, &[tickets]))
+        .unwrap();
+    assert_eq!(s.count(), 7);
+    s.start();
+    assert_eq!(s.request(), 50);
+    // A state with no worker section (a device whose workers keep nothing, or an older
+    // build) leaves the workers' own state as it is.
+    s.stop();
+    s.fe.load_device_state(&state_stream::encode(&device))
+        .unwrap();
+    s.start();
+    assert_eq!(s.request(), 51);
 }
 
 #[test]

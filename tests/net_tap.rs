@@ -292,6 +292,15 @@ fn a_short_rx_buffer_among_held_ones_is_returned_once_and_in_order() {
 /// Sends `count` broadcast frames out of interface `ifname` (of the calling thread's
 /// network namespace) through a packet socket; returns how many the kernel took.
 fn send_frames(ifname: &str, count: usize) -> usize {
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x88, 0xb5]); // local experimental type
+    frame.resize(60, 0);
+    send_frame(ifname, &frame, count)
+}
+
+/// Sends `frame` (from its Ethernet header on) `count` times out of interface `ifname`
+/// through a packet socket; returns how many the kernel took.
+fn send_frame(ifname: &str, frame: &[u8], count: usize) -> usize {
     use nix::libc;
     let index = nix::net::if_::if_nametoindex(ifname).unwrap();
     // SAFETY: socket() takes integers and returns a new fd or -1.
@@ -308,10 +317,7 @@ fn send_frames(ifname: &str, count: usize) -> usize {
     addr.sll_family = libc::AF_PACKET as u16;
     addr.sll_ifindex = index as i32;
     addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    let mut frame = vec![0xffu8; 6];
-    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x88, 0xb5]); // local experimental type
-    frame.resize(60, 0);
+    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
     let mut sent = 0;
     for _ in 0..count {
         use std::os::fd::AsRawFd;
@@ -372,4 +378,97 @@ fn frames_the_guest_gives_no_buffers_for_are_counted_as_dropped() {
         n >= SENT - queue_len && n <= SENT + 16,
         "{n} dropped of {SENT} sent with a {queue_len}-frame queue"
     );
+}
+
+/// Whether the log (one bit per 4 KiB page) says page `gpa` was written.
+fn logged(log: &FrontendMemory, gpa: u64) -> bool {
+    let mut b = [0u8; 1];
+    log.table().read(gpa / 4096 / 8, &mut b).unwrap();
+    b[0] & (1 << ((gpa / 4096) % 8)) != 0
+}
+
+/// While migrating, a frame the tap hands over lands in guest memory with one `readv`,
+/// the kernel writing guest pages directly: every page it reached is marked in the dirty
+/// log, and so is the ring entry that returns the buffer.
+#[test]
+fn frames_from_the_tap_are_in_the_dirty_log() {
+    tap_frames_are_logged(false);
+}
+
+/// The same on a packed ring, whose used descriptors are written over its descriptors.
+#[test]
+fn frames_from_the_tap_on_a_packed_ring_are_in_the_dirty_log() {
+    tap_frames_are_logged(true);
+}
+
+fn tap_frames_are_logged(packed: bool) {
+    let Some((ns, be)) = tap_backend(&[]) else {
+        return;
+    };
+    let mem = FrontendMemory::new(&[(0, 16 << 20)]).unwrap();
+    let mut fe = Frontend::connect(&be.socket).unwrap();
+    if packed {
+        fe.negotiate_packed(u64::MAX, u64::MAX).unwrap();
+    } else {
+        fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    }
+    assert_ne!(fe.features() & virtio::LOG_ALL, 0);
+    fe.set_mem_table(&mem).unwrap();
+    let mut rx = if packed {
+        DriverQueue::new_packed(&mem, 0, 64).unwrap()
+    } else {
+        DriverQueue::new(&mem, 0, 64).unwrap()
+    };
+    rx.attach(&mut fe, &mem).unwrap();
+    // 16 MiB of guest memory: 4096 pages, 512 bytes of log.
+    let log = FrontendMemory::new(&[(0, 4096)]).unwrap();
+    fe.set_log_base(512, 0, &log.files()[0]).unwrap();
+    // As QEMU does when a migration starts: the ring's own writes are logged too.
+    let mut addr = rx.vring_addr(&mem);
+    addr.flags = vhost_user_sync::protocol::payload::VringAddr::F_LOG;
+    addr.log = rx.used_gpa();
+    fe.set_vring_addr(&addr).unwrap();
+    // Each buffer starts 1 KiB before a page boundary, so a full-size frame crosses it,
+    // and has two pages to itself, so no other buffer marks the page a frame ends in.
+    let area = mem.alloc(8192 * (RX_BUFFERS as u64 + 1), 4096).unwrap();
+    let mut bufs = std::collections::HashMap::new();
+    for k in 0..RX_BUFFERS as u64 {
+        let buf = area + k * 8192 + 3072;
+        let id = rx.add(mem.table(), &[(buf, 2048, true)]).unwrap();
+        bufs.insert(id, buf);
+    }
+    rx.kick(mem.table()).unwrap();
+    // The host's own frames (IPv6 on link up) may come first; ours is the one marked.
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x88, 0xb5]);
+    frame.extend_from_slice(b"VHU-DIRTY-LOG");
+    frame.resize(1514, 0x5a);
+    let sent = {
+        let frame = frame.clone();
+        ns.spawn(move || send_frame("vhutap0", &frame, 1))
+            .join()
+            .unwrap()
+    };
+    assert_eq!(sent, 1);
+    let buf = loop {
+        let used = rx.wait_used(mem.table(), T).unwrap();
+        let buf = bufs[&used.id];
+        let mut got = vec![0u8; used.len as usize];
+        mem.table().read(buf, &mut got).unwrap();
+        if got.len() == NET_HDR_LEN + frame.len() && got[NET_HDR_LEN..] == frame[..] {
+            break buf;
+        }
+    };
+    let end = buf + (NET_HDR_LEN + frame.len()) as u64 - 1;
+    assert_ne!(buf / 4096, end / 4096, "the frame crosses a page boundary");
+    assert!(logged(&log, buf), "the page the frame starts in");
+    assert!(logged(&log, end), "the page the frame ends in");
+    if packed {
+        assert!(logged(&log, rx.desc_gpa()), "the used descriptor");
+    } else {
+        assert!(logged(&log, rx.used_gpa()), "the used ring");
+    }
+    let last = area + 8192 * RX_BUFFERS as u64;
+    assert!(!logged(&log, last), "a page no frame reached");
+    assert!(!logged(&log, 15 << 20), "memory nothing wrote");
 }

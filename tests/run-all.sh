@@ -32,6 +32,8 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 # The guest kernel and initramfs, built once and cached under target/guest.
 bash tests/guest/build-guest.sh
+# The QEMU the live-migration tests run (9.0 or later; the script says why).
+bash tests/guest/fetch-migration-qemu.sh
 
 echo "run-all: cargo fmt --check"
 cargo fmt --all --check

@@ -326,9 +326,13 @@ pub struct GuestImage {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub qemu: PathBuf,
+    /// Searched for firmware and option ROMs before QEMU's own folders (`-L`), for a
+    /// QEMU that is not the machine's installed one.
+    pub qemu_data: Option<PathBuf>,
 }
 
 static IMAGE: OnceLock<Result<GuestImage, String>> = OnceLock::new();
+static MIGRATION_QEMU: OnceLock<Result<(PathBuf, Option<PathBuf>), String>> = OnceLock::new();
 
 /// Builds the guest image (once per process) and finds QEMU. The error says
 /// why a guest cannot be booted on this machine.
@@ -462,27 +466,95 @@ fn prepare_image() -> Result<GuestImage, String> {
         }
     }
     let qemu = find_qemu()?;
-    let version = Command::new(&qemu)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
-    if !version.status.success() {
-        return Err(format!("{} --version failed", qemu.display()));
-    }
-    let version = String::from_utf8_lossy(&version.stdout);
+    let version = qemu_first_line(&qemu)?;
     eprintln!(
-        "guest image ready in {:.1}s: {} ({})",
+        "guest image ready in {:.1}s: {} ({version})",
         started.elapsed().as_secs_f64(),
         dir.display(),
-        version.lines().next().unwrap_or("unknown QEMU version")
     );
     Ok(GuestImage {
         dir,
         kernel,
         initrd,
         qemu,
+        qemu_data: None,
     })
+}
+
+fn qemu_first_line(qemu: &Path) -> Result<String, String> {
+    let out = Command::new(qemu)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} --version failed", qemu.display()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("unknown QEMU version")
+        .to_string())
+}
+
+/// The QEMU for live migrations: `VHU_MIGRATION_QEMU` if set, else the one
+/// `tests/guest/fetch-migration-qemu.sh` unpacks next to the guest image (its
+/// comment says why the machine's QEMU 7.2 cannot be used: its TCG loses guest writes
+/// during a migration).
+fn prepare_migration_qemu(image: &GuestImage) -> Result<(PathBuf, Option<PathBuf>), String> {
+    if let Some(q) = std::env::var_os("VHU_MIGRATION_QEMU") {
+        return Ok((PathBuf::from(q), None));
+    }
+    let script = find_build_script()?.with_file_name("fetch-migration-qemu.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("VHU_GUEST_DIR", &image.dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "{} failed ({}):\n{}",
+            script.display(),
+            out.status,
+            tail(&format!("{stdout}{stderr}"), 30)
+        ));
+    }
+    let qemu = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("VHU_MIGRATION_QEMU="))
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("{} named no QEMU", script.display()))?;
+    // <folder>/root/usr/bin/qemu-system-x86_64 -> <folder>/root/usr/share/qemu
+    let data = qemu
+        .parent()
+        .and_then(Path::parent)
+        .map(|usr| usr.join("share/qemu"))
+        .filter(|d| d.is_dir());
+    Ok((qemu, data))
+}
+
+impl GuestImage {
+    /// This image booted by the QEMU the live-migration tests use (see
+    /// `tests/guest/fetch-migration-qemu.sh`), fetched once per process.
+    pub fn with_migration_qemu(&self) -> Result<GuestImage, String> {
+        let (qemu, qemu_data) = MIGRATION_QEMU
+            .get_or_init(|| prepare_migration_qemu(self))
+            .clone()?;
+        eprintln!(
+            "migration QEMU: {} ({})",
+            qemu.display(),
+            qemu_first_line(&qemu)?
+        );
+        Ok(GuestImage {
+            qemu,
+            qemu_data,
+            ..self.clone()
+        })
+    }
 }
 
 fn utf8(path: &Path) -> &str {
@@ -606,6 +678,9 @@ impl GuestImage {
         let cpu = if accel == "kvm" { "host" } else { "max" };
         let mem = cfg.mem_mib;
         let mut args: Vec<String> = vec!["-nodefaults".into(), "-display".into(), "none".into()];
+        if let Some(data) = &self.qemu_data {
+            args.extend(["-L".into(), utf8(data).to_string()]);
+        }
         if !cfg.reboot {
             // a reset (or a kernel panic, with panic=-1) ends QEMU
             args.push("-no-reboot".into());

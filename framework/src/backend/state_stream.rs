@@ -1,17 +1,20 @@
 //! The stream a device's state travels in through SET_DEVICE_STATE_FD's pipe: the
-//! framework's envelope around the bytes `Device::save_state` made, checked whole
-//! before `Device::load_state` sees any of it.
+//! framework's envelope around the bytes `Device::save_state` made and those each worker's
+//! `QueueWorker::save_state` made, checked whole before the device or a worker sees any
+//! of it.
 //!
 //! ```text
-//! magic "VUSD" | u16 version (1) | u16 reserved (0) | u32 payload length | payload | u64 FNV-1a of the payload
+//! magic "VUSD" | u16 version (2) | u16 worker sections | u32 payload length | payload | u64 FNV-1a of the payload
+//! payload: u32 device length | device bytes | per worker section: u32 length | bytes
 //! ```
 //! (little-endian), so a truncated, oversized, foreign or corrupted stream is refused
-//! with what is wrong, and the device is left as it was.
+//! with what is wrong, and the device is left as it was. Version 1 streams (the payload
+//! is the device's bytes, no worker sections, the u16 reserved as 0) are read too.
 
 /// The envelope's first bytes.
 pub const MAGIC: [u8; 4] = *b"VUSD";
-/// The envelope's version.
-pub const VERSION: u16 = 1;
+/// The envelope's version, as written.
+pub const VERSION: u16 = 2;
 /// The largest payload accepted (a device state is small; this bounds what a frontend
 /// can make the backend buffer).
 pub const MAX_PAYLOAD: usize = 16 << 20;
@@ -36,7 +39,7 @@ pub enum StateStreamError {
         found: [u8; 4],
     },
     /// An envelope version this build does not know.
-    #[error("device state stream version {version} (this build reads {VERSION})")]
+    #[error("device state stream version {version} (this build reads 1 and {VERSION})")]
     UnsupportedVersion {
         /// The version found.
         version: u16,
@@ -63,29 +66,87 @@ pub enum StateStreamError {
         /// Computed.
         actual: u64,
     },
+    /// The sections inside the payload do not add up to it.
+    #[error("device state section {section} of {sections}: {why}")]
+    BadSection {
+        /// Which section (0: the device's, then one per worker).
+        section: usize,
+        /// How many the stream says there are.
+        sections: usize,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A version 1 stream with something in the reserved field.
+    #[error("device state stream version 1 with {value:#x} in its reserved field")]
+    Reserved {
+        /// The value found.
+        value: u16,
+    },
 }
 
-/// Wraps `payload` in the envelope.
+/// A checked stream's parts: the device's bytes and each worker's (none when no
+/// worker saved anything).
+#[derive(Debug, PartialEq, Eq)]
+pub struct StateParts<'a> {
+    /// What `Device::save_state` made.
+    pub device: &'a [u8],
+    /// What each worker's `QueueWorker::save_state` made, by worker index.
+    pub workers: Vec<&'a [u8]>,
+}
+
+/// Wraps a device's state (and no worker sections) in the envelope.
 ///
 /// ```
 /// use vhost_user_sync::backend::state_stream::{decode, encode};
 /// let stream = encode(b"counter=7");
-/// assert_eq!(decode(&stream), Ok(&b"counter=7"[..]));
+/// let parts = decode(&stream).unwrap();
+/// assert_eq!(parts.device, b"counter=7");
+/// assert!(parts.workers.is_empty());
 /// assert!(decode(&stream[..stream.len() - 1]).is_err());
 /// ```
-pub fn encode(payload: &[u8]) -> Vec<u8> {
+pub fn encode(device: &[u8]) -> Vec<u8> {
+    encode_parts(device, &[])
+}
+
+/// Wraps a device's state and its workers' in the envelope. Workers that all saved
+/// nothing get no sections, so such a stream loads into a device with any number of
+/// workers.
+///
+/// ```
+/// use vhost_user_sync::backend::state_stream::{decode, encode_parts};
+/// let stream = encode_parts(b"mac", &[b"seq=4".to_vec(), Vec::new()]);
+/// let parts = decode(&stream).unwrap();
+/// assert_eq!(parts.device, b"mac");
+/// assert_eq!(parts.workers, [&b"seq=4"[..], &b""[..]]);
+/// ```
+///
+/// # Panics
+/// With more than 65535 workers (a device has at most one per queue).
+pub fn encode_parts(device: &[u8], workers: &[Vec<u8>]) -> Vec<u8> {
+    let workers = if workers.iter().all(Vec::is_empty) {
+        &[][..]
+    } else {
+        workers
+    };
+    let sections = u16::try_from(workers.len()).expect("at most 65535 workers");
+    let mut payload =
+        Vec::with_capacity(4 + device.len() + workers.iter().map(|w| 4 + w.len()).sum::<usize>());
+    for part in std::iter::once(device).chain(workers.iter().map(Vec::as_slice)) {
+        payload.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        payload.extend_from_slice(part);
+    }
     let mut out = Vec::with_capacity(payload.len() + OVERHEAD);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&sections.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(payload);
-    out.extend_from_slice(&fnv1a(payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&fnv1a(&payload).to_le_bytes());
     out
 }
 
-/// Checks the envelope and returns the payload.
-pub fn decode(stream: &[u8]) -> Result<&[u8], StateStreamError> {
+/// Checks the envelope and its sections and returns them.
+pub fn decode(stream: &[u8]) -> Result<StateParts<'_>, StateStreamError> {
     if stream.len() < 12 {
         return Err(StateStreamError::Truncated {
             len: stream.len(),
@@ -97,8 +158,12 @@ pub fn decode(stream: &[u8]) -> Result<&[u8], StateStreamError> {
         return Err(StateStreamError::BadMagic { found });
     }
     let version = u16::from_le_bytes([stream[4], stream[5]]);
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(StateStreamError::UnsupportedVersion { version });
+    }
+    let sections = u16::from_le_bytes([stream[6], stream[7]]);
+    if version == 1 && sections != 0 {
+        return Err(StateStreamError::Reserved { value: sections });
     }
     let len = u32::from_le_bytes([stream[8], stream[9], stream[10], stream[11]]) as usize;
     if len > MAX_PAYLOAD {
@@ -124,7 +189,45 @@ pub fn decode(stream: &[u8]) -> Result<&[u8], StateStreamError> {
     if expected != actual {
         return Err(StateStreamError::Checksum { expected, actual });
     }
-    Ok(payload)
+    if version == 1 {
+        return Ok(StateParts {
+            device: payload,
+            workers: Vec::new(),
+        });
+    }
+    split_sections(payload, usize::from(sections))
+}
+
+/// The device's section and `workers` more, which must fill `payload` exactly.
+fn split_sections(payload: &[u8], workers: usize) -> Result<StateParts<'_>, StateStreamError> {
+    let sections = workers + 1;
+    let bad = |section, why| StateStreamError::BadSection {
+        section,
+        sections,
+        why,
+    };
+    let mut rest = payload;
+    let mut parts = Vec::with_capacity(sections);
+    for section in 0..sections {
+        let (len, after) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad(section, "no room for its length"))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > after.len() {
+            return Err(bad(section, "longer than what is left of the payload"));
+        }
+        let (part, after) = after.split_at(len);
+        parts.push(part);
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(bad(sections - 1, "bytes left after the last section"));
+    }
+    let device = parts.remove(0);
+    Ok(StateParts {
+        device,
+        workers: parts,
+    })
 }
 
 /// 64-bit FNV-1a: catches a corrupted stream (not an attacker: the frontend that sends
@@ -142,8 +245,8 @@ mod tests {
     #[test]
     fn every_damage_is_refused_with_its_reason() {
         let good = encode(b"state");
-        assert_eq!(decode(&good), Ok(&b"state"[..]));
-        assert_eq!(decode(&encode(&[])), Ok(&[][..]));
+        assert_eq!(decode(&good).unwrap().device, b"state");
+        assert_eq!(decode(&encode(&[])).unwrap().device, b"");
         for cut in 0..good.len() {
             assert!(matches!(
                 decode(&good[..cut]),
@@ -163,10 +266,10 @@ mod tests {
             Err(StateStreamError::BadMagic { .. })
         ));
         let mut version = good.clone();
-        version[4] = 2;
+        version[4] = 3;
         assert_eq!(
             decode(&version),
-            Err(StateStreamError::UnsupportedVersion { version: 2 })
+            Err(StateStreamError::UnsupportedVersion { version: 3 })
         );
         let mut flipped = good.clone();
         flipped[13] ^= 1;
@@ -182,5 +285,68 @@ mod tests {
         ));
         // FNV-1a's published test value for "a".
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    /// A stream whose header and checksum are right but whose sections are not.
+    fn with_payload(version: u16, sections: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&sections.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&fnv1a(payload).to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn worker_sections_round_trip_and_must_fill_the_payload() {
+        let workers = [b"one".to_vec(), Vec::new(), b"three".to_vec()];
+        let stream = encode_parts(b"dev", &workers);
+        let parts = decode(&stream).unwrap();
+        assert_eq!(parts.device, b"dev");
+        assert_eq!(parts.workers, [&b"one"[..], b"", b"three"]);
+        // Workers that saved nothing add no sections.
+        let quiet = encode_parts(b"dev", &[Vec::new(), Vec::new()]);
+        assert_eq!(quiet, encode(b"dev"));
+        assert!(decode(&quiet).unwrap().workers.is_empty());
+
+        let section = |sections: u16, payload: &[u8]| {
+            decode(&with_payload(2, sections, payload)).map(|parts| parts.workers.len())
+        };
+        // The device's length runs past the payload.
+        assert!(matches!(
+            section(0, &[9, 0, 0, 0, 1]),
+            Err(StateStreamError::BadSection { section: 0, .. })
+        ));
+        // One worker section announced, none there.
+        assert!(matches!(
+            section(1, &[1, 0, 0, 0, 7]),
+            Err(StateStreamError::BadSection { section: 1, .. })
+        ));
+        // A worker's length cut short.
+        assert!(matches!(
+            section(1, &[0, 0, 0, 0, 2, 0]),
+            Err(StateStreamError::BadSection { section: 1, .. })
+        ));
+        // Bytes after the last section.
+        assert!(matches!(
+            section(0, &[0, 0, 0, 0, 5]),
+            Err(StateStreamError::BadSection { section: 0, .. })
+        ));
+        assert!(section(0, &[]).is_err(), "not even the device's length");
+        // Many sections announced in a small payload fail at once, never allocate them.
+        assert!(section(u16::MAX, &[0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn a_version_1_stream_is_the_device_state_alone() {
+        let v1 = with_payload(1, 0, b"old state");
+        let parts = decode(&v1).unwrap();
+        assert_eq!(parts.device, b"old state");
+        assert!(parts.workers.is_empty());
+        assert_eq!(
+            decode(&with_payload(1, 2, b"old state")),
+            Err(StateStreamError::Reserved { value: 2 })
+        );
     }
 }

@@ -61,6 +61,20 @@ pub(crate) enum WorkerCommand {
         rings: Vec<(u16, RingAddrs)>,
         done: Sender<()>,
     },
+    /// The worker's own state for SET_DEVICE_STATE_FD (every ring stopped).
+    SaveState {
+        reply: Sender<Result<Vec<u8>, String>>,
+    },
+    /// Whether the worker would take this state; changes nothing.
+    CheckState {
+        state: Vec<u8>,
+        reply: Sender<Result<(), String>>,
+    },
+    /// Take a state the worker accepted; answers once taken.
+    LoadState {
+        state: Vec<u8>,
+        done: Sender<()>,
+    },
 }
 
 /// The connection thread's handle on one worker thread.
@@ -224,6 +238,40 @@ impl WorkerHandle {
             // A worker that dies meanwhile drops `done`: the answer is `None` and its
             // old table is gone with it.
             self.answer(&rx, "switch to the new memory table")?;
+        }
+        Ok(())
+    }
+}
+
+impl WorkerHandle {
+    /// The worker's own state (see `QueueWorker::save_state`); a worker gone meanwhile
+    /// has none to give, which is an error.
+    pub(crate) fn save_state(&self) -> Result<Result<Vec<u8>, String>, WorkerStuck> {
+        let (reply, rx) = bounded(1);
+        let gone = || Err(format!("{} has ended", self.name));
+        if !self.send(WorkerCommand::SaveState { reply }) {
+            return Ok(gone());
+        }
+        Ok(self.answer(&rx, "save its state")?.unwrap_or_else(gone))
+    }
+
+    /// Whether the worker accepts `state` (see `QueueWorker::check_state`).
+    pub(crate) fn check_state(&self, state: &[u8]) -> Result<Result<(), String>, WorkerStuck> {
+        let (reply, rx) = bounded(1);
+        let gone = || Err(format!("{} has ended", self.name));
+        let state = state.to_vec();
+        if !self.send(WorkerCommand::CheckState { state, reply }) {
+            return Ok(gone());
+        }
+        Ok(self.answer(&rx, "check a state")?.unwrap_or_else(gone))
+    }
+
+    /// Hands the worker a state it accepted; returns once it took it.
+    pub(crate) fn load_state(&self, state: &[u8]) -> Result<(), WorkerStuck> {
+        let (done, rx) = bounded(1);
+        let state = state.to_vec();
+        if self.send(WorkerCommand::LoadState { state, done }) {
+            self.answer(&rx, "load a state")?;
         }
         Ok(())
     }
@@ -469,6 +517,16 @@ impl<W: QueueWorker> WorkerState<W> {
                         q.set_addrs(addrs);
                     }
                 }
+                let _ = done.send(());
+            }
+            WorkerCommand::SaveState { reply } => {
+                let _ = reply.send(self.worker.save_state().map_err(|e| e.to_string()));
+            }
+            WorkerCommand::CheckState { state, reply } => {
+                let _ = reply.send(self.worker.check_state(&state).map_err(|e| e.to_string()));
+            }
+            WorkerCommand::LoadState { state, done } => {
+                self.worker.load_state(&state);
                 let _ = done.send(());
             }
         }

@@ -194,4 +194,75 @@ pub trait QueueWorker: Send + 'static {
     fn queue_state_changed(&mut self, index: u16, running: bool) {
         let _ = (index, running);
     }
+
+    /// Saves what only this worker knows (a sequence number, a position in a stream),
+    /// for SET_DEVICE_STATE_FD in the stopped phase: every ring is stopped, so nothing
+    /// runs on the worker meanwhile. Called on the worker's thread; the bytes travel in
+    /// the same checked envelope as [`Device::save_state`]'s, one section per worker.
+    /// The default saves nothing. Never put secrets in it: the frontend stores it.
+    ///
+    /// ```
+    /// use vhost_user_sync::prelude::*;
+    ///
+    /// /// Numbers every reply; the numbering goes on after a migration.
+    /// struct Numbering {
+    ///     next: u64,
+    /// }
+    ///
+    /// impl QueueWorker for Numbering {
+    ///     fn process_queue(&mut self, queue: &mut Queue<'_>) -> Result<(), DeviceError> {
+    ///         while let Some(chain) = queue.pop() {
+    ///             let n = chain.writer(queue.mem()).write(&self.next.to_le_bytes())?;
+    ///             self.next += 1;
+    ///             queue.add_used(&chain, n as u32)?;
+    ///         }
+    ///         Ok(())
+    ///     }
+    ///     fn save_state(&mut self) -> Result<Vec<u8>, DeviceError> {
+    ///         Ok(self.next.to_le_bytes().to_vec())
+    ///     }
+    ///     fn check_state(&self, state: &[u8]) -> Result<(), DeviceError> {
+    ///         match state.len() {
+    ///             8 => Ok(()),
+    ///             n => Err(DeviceError::Other(format!("numbering state of {n} bytes"))),
+    ///         }
+    ///     }
+    ///     fn load_state(&mut self, state: &[u8]) {
+    ///         if let Ok(bytes) = state.try_into() {
+    ///             self.next = u64::from_le_bytes(bytes);
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let mut a = Numbering { next: 41 };
+    /// let saved = a.save_state().unwrap();
+    /// let mut b = Numbering { next: 0 };
+    /// b.check_state(&saved).unwrap();
+    /// b.load_state(&saved);
+    /// assert_eq!(b.next, 41);
+    /// assert!(b.check_state(b"short").is_err());
+    /// ```
+    fn save_state(&mut self) -> Result<Vec<u8>, DeviceError> {
+        Ok(Vec::new())
+    }
+
+    /// Checks a state [`Self::save_state`] made (perhaps in another process), without
+    /// changing anything: the bytes come from the frontend. Called on the worker's
+    /// thread, for every worker, before [`Device::load_state`]; only when every part of
+    /// the state is accepted is any of it loaded. The default accepts only an empty
+    /// state.
+    fn check_state(&self, state: &[u8]) -> Result<(), DeviceError> {
+        match state.len() {
+            0 => Ok(()),
+            n => Err(DeviceError::Other(format!(
+                "this worker keeps no state, and was sent {n} bytes of it"
+            ))),
+        }
+    }
+
+    /// Takes a state [`Self::check_state`] accepted, before any of the worker's rings
+    /// starts again.
+    fn load_state(&mut self, state: &[u8]) {
+        let _ = state;
+    }
 }

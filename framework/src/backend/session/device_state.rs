@@ -1,7 +1,8 @@
-//! SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE: the device's own state through the
-//! frontend's pipe. The bytes move on a thread of their own, so the connection keeps
-//! answering while a frontend is slow to read or write; CHECK_DEVICE_STATE waits for
-//! that thread and, after a load, hands the checked payload to the device.
+//! SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE: the device's own state, and each of its
+//! workers', through the frontend's pipe. The bytes move on a thread of their own, so
+//! the connection keeps answering while a frontend is slow to read or write;
+//! CHECK_DEVICE_STATE waits for that thread and, after a load, has every worker check
+//! its part before the device loads its own and the workers take theirs.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -10,9 +11,9 @@ use std::thread::JoinHandle;
 use log::{info, warn};
 
 use super::{u64_reply, Reply, Result, Session};
-use crate::backend::state_stream::{self, MAX_PAYLOAD, OVERHEAD};
+use crate::backend::state_stream::{self, StateParts, MAX_PAYLOAD, OVERHEAD};
 use crate::backend::RequestError;
-use crate::device::Device;
+use crate::device::{Device, DeviceError};
 use crate::protocol::payload::DeviceStateTransfer;
 use crate::protocol::{FrontendRequest as R, ProtocolFeatures as P};
 
@@ -65,7 +66,15 @@ impl<D: Device> Session<D> {
         }
         let name = self.info.name.clone();
         self.transfer = if t.direction == 0 {
-            let stream = state_stream::encode(&self.device.save_state()?);
+            let device = self.device.save_state()?;
+            let mut workers = Vec::with_capacity(self.workers.len());
+            for (i, w) in self.workers.iter().enumerate() {
+                let part = w.save_state()?.map_err(|why| {
+                    DeviceError::Other(format!("worker {i} could not save its state: {why}"))
+                })?;
+                workers.push(part);
+            }
+            let stream = state_stream::encode_parts(&device, &workers);
             let spawned = std::thread::Builder::new()
                 .name("device-state".into())
                 .spawn(move || {
@@ -116,9 +125,10 @@ impl<D: Device> Session<D> {
                     }
                     Err(_) => return u64_reply(1),
                 };
-                let loaded = state_stream::decode(&stream)
-                    .map_err(|e| e.to_string())
-                    .and_then(|payload| self.device.load_state(payload).map_err(|e| e.to_string()));
+                let loaded = match state_stream::decode(&stream) {
+                    Ok(parts) => self.load_parts(&parts)?,
+                    Err(e) => Err(e.to_string()),
+                };
                 match loaded {
                     Ok(()) => {
                         info!(
@@ -138,6 +148,32 @@ impl<D: Device> Session<D> {
                 }
             }
         }
+    }
+
+    /// Loads a checked stream's parts: each worker checks its section, then the device
+    /// loads its own part, then the workers take theirs; a refusal anywhere (the answer's
+    /// inner error) leaves the device and every worker as they were. A stream without
+    /// worker sections leaves the workers as they are. A worker that does not answer
+    /// ends the connection.
+    fn load_parts(&mut self, parts: &StateParts<'_>) -> Result<std::result::Result<(), String>> {
+        let (sections, workers) = (parts.workers.len(), self.workers.len());
+        if sections != 0 && sections != workers {
+            return Ok(Err(format!(
+                "the state has {sections} worker sections, this device runs {workers} workers"
+            )));
+        }
+        for (i, (w, part)) in self.workers.iter().zip(&parts.workers).enumerate() {
+            if let Err(why) = w.check_state(part)? {
+                return Ok(Err(format!("worker {i}: {why}")));
+            }
+        }
+        if let Err(e) = self.device.load_state(parts.device) {
+            return Ok(Err(e.to_string()));
+        }
+        for (w, part) in self.workers.iter().zip(&parts.workers) {
+            w.load_state(part)?;
+        }
+        Ok(Ok(()))
     }
 
     /// Waits for a transfer thread that will not be checked (the session ends, or a new
