@@ -733,3 +733,48 @@ fn used_ring_logging_follows_set_vring_addr_while_the_ring_runs() {
         "the used ring is not, with the flag cleared"
     );
 }
+
+/// rng's counters (requests and bytes served; never key material) move to another
+/// backend process with the device state, as a migration moves them, and go on there.
+#[test]
+fn the_counters_move_to_another_backend_process_and_go_on() {
+    use vhost_user_sync::backend::state_stream;
+    use vhost_user_sync_rng::persistence::{RngState, STATE_LEN};
+
+    let a = BackendProcess::start("rng_backend", &[]);
+    let b = BackendProcess::start("rng_backend", &[]);
+    let mut src = setup(&a, u64::MAX);
+    fill_one(&mut src, 100);
+    fill_one(&mut src, 28);
+    src.fe.get_vring_base(0).unwrap();
+    let state = src.fe.save_device_state().unwrap();
+    let parts = state_stream::decode(&state).unwrap();
+    assert_eq!(parts.device.len(), STATE_LEN, "counters only");
+    assert_eq!(
+        RngState::from_bytes(parts.device),
+        Ok(RngState {
+            requests: 2,
+            bytes: 128
+        })
+    );
+    // b: loaded in the stopped phase, before its ring starts.
+    let mem = FrontendMemory::new(&[(0, 1 << 20)]).unwrap();
+    let mut fe = Frontend::connect(&b.socket).unwrap();
+    fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    fe.set_mem_table(&mem).unwrap();
+    fe.load_device_state(&state).unwrap();
+    let mut q = DriverQueue::new(&mem, 0, 64).unwrap();
+    q.attach(&mut fe, &mem).unwrap();
+    let mut dst = Setup { mem, fe, q };
+    assert!(looks_random(&fill_one(&mut dst, 1000)));
+    dst.fe.get_vring_base(0).unwrap();
+    let again = dst.fe.save_device_state().unwrap();
+    assert_eq!(
+        RngState::from_bytes(state_stream::decode(&again).unwrap().device),
+        Ok(RngState {
+            requests: 3,
+            bytes: 1128
+        }),
+        "b counts on from a's counts"
+    );
+}

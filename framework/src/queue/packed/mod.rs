@@ -645,6 +645,31 @@ mod tests {
     }
 
     #[test]
+    fn device_event_area_writes_are_logged() {
+        // The device's event suppression area (flags, and off_wrap with EVENT_IDX) is
+        // device-written guest memory like the descriptors: each write marks its page.
+        for event_idx in [false, true] {
+            let (m, _d, mut vq) = setup(8, event_idx, false);
+            let log = crate::memory::test_log();
+            vq.set_ring_log(Some((log.clone(), 0)));
+            let event_page = A.used / 4096;
+            assert_ne!(event_page, A.desc / 4096);
+            vq.disable_notification(&m).unwrap();
+            assert!(
+                crate::memory::dirty_pages(&log).contains(&event_page),
+                "flags set to DISABLE (event_idx {event_idx})"
+            );
+            crate::memory::collect(&log);
+            vq.enable_notification(&m).unwrap();
+            assert_eq!(
+                crate::memory::dirty_pages(&log),
+                vec![event_page],
+                "flags set to ENABLE or DESC with off_wrap (event_idx {event_idx}), nothing else"
+            );
+        }
+    }
+
+    #[test]
     fn out_of_order_completion_of_chains_of_different_lengths() {
         let (m, mut d, mut vq) = setup(8, false, false);
         let a = d.add(&m, &[buf(0, 8, false), buf(1, 8, true)]).unwrap();
