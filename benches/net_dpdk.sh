@@ -201,9 +201,16 @@ SRCPID=""
 # tap_counter NAME: a counter of the tap (rx_packets, tx_packets, tx_dropped, ...).
 tap_counter() { cat "/sys/class/net/$TAP/statistics/$1" 2>/dev/null || echo 0; }
 
-# CPU seconds (user + system) a process has used so far.
+# CPU seconds (user + system) a process and every process under it have used so far:
+# net_backend serves from a sandboxed child process, and its parent only supervises.
 cpu_seconds() {
-    awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+    local pids=($1) i=0 child
+    while [ "$i" -lt "${#pids[@]}" ]; do
+        for child in $(pgrep -P "${pids[$i]}"); do pids+=("$child"); done
+        i=$((i + 1))
+    done
+    for i in "${pids[@]}"; do cat "/proc/$i/stat" 2>/dev/null; done |
+        awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); s += $12 + $13 } END { print s / hz }'
 }
 
 # start_backend KIND MODE PKT LOG; MODE is the client's forwarding mode.

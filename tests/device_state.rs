@@ -228,23 +228,11 @@ fn a_worker_refusing_its_part_leaves_the_device_as_it_was() {
     let mut s = Session::open(&b);
     let device = [&TAG[..], &7u64.to_le_bytes()].concat();
     let tickets = [&TICKET_TAG[..], &50u64.to_le_bytes()].concat();
-    let nacked = |r: Result<(), FrontendError>| {
-        assert!(
-            matches!(
-                r,
-                Err(FrontendError::Nack {
-                    request: "CHECK_DEVICE_STATE",
-                    ..
-                })
-            ),
-            "{r:?}"
-        )
-    };
-    nacked(s.fe.load_device_state(&state_stream::encode_parts(
+    nack(s.fe.load_device_state(&state_stream::encode_parts(
         &device,
         &[b"tickets?".to_vec()],
     )));
-    nacked(s.fe.load_device_state(&state_stream::encode_parts(
+    nack(s.fe.load_device_state(&state_stream::encode_parts(
         &device,
         &[tickets.clone(), tickets.clone()],
     )));
@@ -263,24 +251,26 @@ fn a_worker_refusing_its_part_leaves_the_device_as_it_was() {
     assert_eq!(s.request(), 51);
 }
 
+/// The backend refused a loaded state at CHECK_DEVICE_STATE.
+fn nack(r: Result<(), FrontendError>) {
+    assert!(
+        matches!(
+            r,
+            Err(FrontendError::Nack {
+                request: "CHECK_DEVICE_STATE",
+                ..
+            })
+        ),
+        "{r:?}"
+    )
+}
+
 #[test]
 fn damaged_and_out_of_order_transfers_are_refused_and_change_nothing() {
     let dir = TempDir::new("device-state-bad");
     let b = Backend::start(&dir, "b.sock");
     let mut s = Session::open(&b);
     let good = state_stream::encode(&[&TAG[..], &9u64.to_le_bytes()].concat());
-    let nack = |r: Result<(), FrontendError>| {
-        assert!(
-            matches!(
-                r,
-                Err(FrontendError::Nack {
-                    request: "CHECK_DEVICE_STATE",
-                    ..
-                })
-            ),
-            "{r:?}"
-        )
-    };
     // Truncated at every length, one bit flipped, bytes after the end, a foreign
     // payload inside a good envelope, a length beyond the limit.
     for cut in [0, 5, 12, good.len() - 1] {

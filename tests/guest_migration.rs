@@ -470,6 +470,15 @@ fn migration_guest() -> Option<GuestImage> {
     }
 }
 
+/// [`migration_guest`], where the test can make network namespaces too.
+fn net_migration_guest() -> Option<GuestImage> {
+    if let Some(why) = netns::unavailable() {
+        guest::skip_or_fail(&why);
+        return None;
+    }
+    migration_guest()
+}
+
 #[test]
 fn a_guest_writing_its_disk_migrates_to_another_qemu_and_backend() {
     migrate_blk(false);
@@ -517,13 +526,9 @@ fn migrate_blk(packed: bool) {
 /// (QEMU's SEND_RARP, written to its tap), the pings go on, and at most a short run of
 /// them is lost.
 fn migrate_net(packed: bool) {
-    let Some(image) = migration_guest() else {
+    let Some(image) = net_migration_guest() else {
         return;
     };
-    if let Some(why) = netns::unavailable() {
-        guest::skip_or_fail(&why);
-        return;
-    }
     let mut m = Migration::start(image, Plan::net(packed, Traffic::Pings));
     let going = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         m.switch_over("net", packed);
@@ -562,13 +567,9 @@ const STREAM_KIB: usize = 16 * 1024;
 /// quarter once the destination runs; the guest receives all of it, every byte right
 /// (its CRC-32 is checked).
 fn migrate_tcp(packed: bool) {
-    let Some(image) = migration_guest() else {
+    let Some(image) = net_migration_guest() else {
         return;
     };
-    if let Some(why) = netns::unavailable() {
-        guest::skip_or_fail(&why);
-        return;
-    }
     let data = pseudo_random(STREAM_KIB * 1024);
     let traffic = Traffic::Stream {
         kib: STREAM_KIB,

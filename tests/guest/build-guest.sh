@@ -30,16 +30,9 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
 INIT_SRC=$SCRIPT_DIR/init
 
-if [ -n "${VHU_GUEST_DIR:-}" ]; then
-    OUT=$VHU_GUEST_DIR
-elif [ -n "${CARGO_TARGET_DIR:-}" ]; then
-    case "$CARGO_TARGET_DIR" in
-        /*) OUT=$CARGO_TARGET_DIR/guest ;;
-        *) OUT=$PWD/$CARGO_TARGET_DIR/guest ;;
-    esac
-else
-    OUT=$REPO/target/guest
-fi
+# shellcheck source=guest-dir.sh
+. "$SCRIPT_DIR/guest-dir.sh"
+OUT=$GUEST_DIR
 FLAVOUR=${VHU_KERNEL_FLAVOUR:-cloud-amd64}
 
 # Kernel modules the guest loads; their dependencies are added automatically.

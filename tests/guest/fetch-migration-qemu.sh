@@ -35,19 +35,11 @@ die() { say "error: $*"; exit 1; }
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
-if [ -n "${VHU_GUEST_DIR:-}" ]; then
-    GUEST=$VHU_GUEST_DIR
-elif [ -n "${CARGO_TARGET_DIR:-}" ]; then
-    case "$CARGO_TARGET_DIR" in
-        /*) GUEST=$CARGO_TARGET_DIR/guest ;;
-        *) GUEST=$PWD/$CARGO_TARGET_DIR/guest ;;
-    esac
-else
-    GUEST=$REPO/target/guest
-fi
+# shellcheck source=guest-dir.sh
+. "$SCRIPT_DIR/guest-dir.sh"
+GUEST=$GUEST_DIR
 OUT=$GUEST/migration-qemu
 SUITE=${VHU_MIGRATION_SUITE:-bookworm-backports}
-BIN=$OUT/root/usr/bin/qemu-system-x86_64
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)

@@ -429,22 +429,18 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn prepare_image() -> Result<GuestImage, String> {
-    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        return Err("the test guest needs an x86_64 Linux host".to_string());
-    }
-    let script = find_build_script()?;
-    let dir = default_guest_dir(&script);
-    let started = Instant::now();
+/// Runs one of the guest scripts with `VHU_GUEST_DIR=dir`; returns the value of the last
+/// line of its output that starts with `key=`, if any, or why it failed.
+fn run_guest_script(script: &Path, dir: &Path, key: &str) -> Result<Option<PathBuf>, String> {
     let out = Command::new("bash")
-        .arg(&script)
-        .env("VHU_GUEST_DIR", &dir)
+        .arg(script)
+        .env("VHU_GUEST_DIR", dir)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(format!(
             "{} failed ({}):\n{}",
             script.display(),
@@ -452,12 +448,22 @@ fn prepare_image() -> Result<GuestImage, String> {
             tail(&format!("{stdout}{stderr}"), 30)
         ));
     }
-    let dir = stdout
+    let prefix = format!("{key}=");
+    Ok(stdout
         .lines()
         .rev()
-        .find_map(|l| l.strip_prefix("VHU_GUEST_DIR="))
-        .map(PathBuf::from)
-        .unwrap_or(dir);
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(PathBuf::from))
+}
+
+fn prepare_image() -> Result<GuestImage, String> {
+    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        return Err("the test guest needs an x86_64 Linux host".to_string());
+    }
+    let script = find_build_script()?;
+    let dir = default_guest_dir(&script);
+    let started = Instant::now();
+    let dir = run_guest_script(&script, &dir, "VHU_GUEST_DIR")?.unwrap_or(dir);
     let kernel = dir.join("vmlinuz");
     let initrd = dir.join("initramfs.cpio.gz");
     for f in [&kernel, &initrd] {
@@ -506,27 +512,7 @@ fn prepare_migration_qemu(image: &GuestImage) -> Result<(PathBuf, Option<PathBuf
         return Ok((PathBuf::from(q), None));
     }
     let script = find_build_script()?.with_file_name("fetch-migration-qemu.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .env("VHU_GUEST_DIR", &image.dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "{} failed ({}):\n{}",
-            script.display(),
-            out.status,
-            tail(&format!("{stdout}{stderr}"), 30)
-        ));
-    }
-    let qemu = stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("VHU_MIGRATION_QEMU="))
-        .map(PathBuf::from)
+    let qemu = run_guest_script(&script, &image.dir, "VHU_MIGRATION_QEMU")?
         .ok_or_else(|| format!("{} named no QEMU", script.display()))?;
     // <folder>/root/usr/bin/qemu-system-x86_64 -> <folder>/root/usr/share/qemu
     let data = qemu
