@@ -185,10 +185,10 @@ pub(crate) struct UringEngine {
     done: EventFd,
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
-    /// Entries pushed since the last submit.
-    unsubmitted: u32,
-    /// Requests submitted and not yet reaped.
-    in_kernel: usize,
+    /// Entries pushed into the submission queue, ever.
+    pushed: u64,
+    /// Completions reaped, ever.
+    reaped: u64,
     /// Finished requests whose queue was not running when they came back.
     parked: Vec<(u16, Finished)>,
     /// Whether the kernel takes `fallocate` entries (discard and write-zeroes).
@@ -201,7 +201,8 @@ pub(crate) struct UringEngine {
 impl std::fmt::Debug for UringEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringEngine")
-            .field("in_kernel", &self.in_kernel)
+            .field("pushed", &self.pushed)
+            .field("reaped", &self.reaped)
             .field("held", &(self.slots.len() - self.free.len()))
             .finish()
     }
@@ -263,8 +264,8 @@ impl UringEngine {
             done,
             slots: Vec::new(),
             free: Vec::new(),
-            unsubmitted: 0,
-            in_kernel: 0,
+            pushed: 0,
+            reaped: 0,
             parked: Vec::new(),
             fallocate,
             disabled,
@@ -410,7 +411,7 @@ impl UringEngine {
                     if let Some(r) = &mut self.slots[slot] {
                         r.parts += 1;
                     }
-                    self.unsubmitted += 1;
+                    self.pushed += 1;
                     break;
                 }
                 // Full: hand the kernel what is there and try again.
@@ -419,7 +420,7 @@ impl UringEngine {
                 }
             }
         }
-        if self.unsubmitted >= SUBMIT_GROUP {
+        if self.unsubmitted() >= SUBMIT_GROUP as usize {
             if let Err(e) = self.submit() {
                 log::error!("blk: io_uring submit: {e}");
             }
@@ -452,19 +453,34 @@ impl UringEngine {
         }
     }
 
+    /// Entries in the submission queue the kernel has not taken yet. Counted from the
+    /// ring itself, so that whichever `io_uring_enter` hands them over (a submit, a wait,
+    /// a run of deferred completions) they are accounted for.
+    fn unsubmitted(&mut self) -> usize {
+        self.ring.submission().len()
+    }
+
+    /// Requests' entries the kernel has taken and not answered yet.
+    fn in_kernel(&mut self) -> u64 {
+        let submitted = self.pushed - self.unsubmitted() as u64;
+        submitted.saturating_sub(self.reaped)
+    }
+
     /// Hands the queued entries to the kernel (one `io_uring_enter`).
     pub(crate) fn submit(&mut self) -> io::Result<()> {
-        if self.unsubmitted == 0 {
-            return Ok(());
-        }
-        loop {
+        while self.unsubmitted() > 0 {
             match self.ring.submit() {
-                Ok(n) => {
-                    self.in_kernel += n;
-                    self.unsubmitted -= (n as u32).min(self.unsubmitted);
-                    if self.unsubmitted == 0 {
-                        return Ok(());
-                    }
+                Ok(n) if n > 0 => {}
+                // Nothing taken and no error: wait for an answer to make room, as long
+                // as there is one to wait for.
+                Ok(_) if self.in_kernel() > 0 => {
+                    self.reap_into_slots();
+                    self.wait_one()?;
+                }
+                Ok(_) => {
+                    return Err(io::Error::other(
+                        "io_uring took no entry and has none in flight",
+                    ))
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
@@ -475,6 +491,7 @@ impl UringEngine {
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
 
     /// Whether requests of queue `queue` are still in the kernel.
@@ -495,7 +512,8 @@ impl UringEngine {
         }
     }
 
-    /// Moves the kernel's answers into their slots.
+    /// Moves the kernel's answers into their slots; deferred ones are posted first (one
+    /// `io_uring_enter`, when the kernel flags that it holds some).
     fn reap_into_slots(&mut self) {
         self.enable();
         if self.ring.submission().taskrun() {
@@ -504,6 +522,7 @@ impl UringEngine {
         let mut cq = self.ring.completion();
         cq.sync();
         for cqe in &mut cq {
+            self.reaped += 1;
             let Some(Some(r)) = self.slots.get_mut(cqe.user_data() as usize) else {
                 log::error!(
                     "blk: io_uring completion for unknown request {}",
@@ -511,7 +530,6 @@ impl UringEngine {
                 );
                 continue;
             };
-            self.in_kernel = self.in_kernel.saturating_sub(1);
             if r.parts == 0 {
                 log::error!(
                     "blk: io_uring completion for finished request {}",
@@ -594,7 +612,7 @@ impl UringEngine {
         }
         loop {
             self.reap_into_slots();
-            if !self.queue_busy(queue) || self.in_kernel == 0 {
+            if !self.queue_busy(queue) || self.in_kernel() == 0 {
                 break;
             }
             if let Err(e) = self.wait_one() {
@@ -627,16 +645,16 @@ impl Drop for UringEngine {
         // The kernel may still write into guest memory through requests in flight: wait
         // for every one before the mappings they use can go.
         let _ = self.submit();
-        while self.in_kernel > 0 {
+        while self.in_kernel() > 0 {
             self.reap_into_slots();
-            if self.in_kernel == 0 {
+            if self.in_kernel() == 0 {
                 break;
             }
             if let Err(e) = self.wait_one() {
                 log::error!(
                     "blk: cannot wait for {} io_uring request(s) in flight ({e}): the \
                      kernel finishes them as the ring closes",
-                    self.in_kernel
+                    self.in_kernel()
                 );
                 break;
             }
