@@ -28,6 +28,8 @@ mod net_hdr;
 mod packed_walk;
 #[path = "../fuzz/targets/session.rs"]
 mod session;
+#[path = "../fuzz/targets/state_stream.rs"]
+mod state_stream;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -96,6 +98,12 @@ const TARGETS: &[Target] = &[
         name: "blk_request",
         run: blk_request::run,
         generate: gen_blk_request,
+        count: 20000,
+    },
+    Target {
+        name: "state_stream",
+        run: state_stream::run,
+        generate: gen_state_stream,
         count: 20000,
     },
 ];
@@ -226,6 +234,11 @@ fn session_target() {
 #[test]
 fn net_hdr_target() {
     check_target("net_hdr");
+}
+
+#[test]
+fn state_stream_target() {
+    check_target("state_stream");
 }
 
 #[test]
@@ -843,6 +856,35 @@ fn gen_chain_walk(rng: &mut Rng) -> Vec<u8> {
 }
 
 // ---- net_hdr --------------------------------------------------------------------
+
+/// A device state stream as a backend writes it (a device part and a few worker parts),
+/// or now and then a version 1 stream, then mutated.
+fn gen_state_stream(rng: &mut Rng) -> Vec<u8> {
+    use vhost_user_sync::backend::state_stream::encode_parts;
+
+    let part = |rng: &mut Rng| {
+        let n = rng.pick(&[0usize, 0, 1, 8, 17, 64]);
+        rng.bytes(n)
+    };
+    let device = part(rng);
+    let workers: Vec<Vec<u8>> = (0..rng.below(4)).map(|_| part(rng)).collect();
+    let mut out = encode_parts(&device, &workers);
+    if rng.chance(32) {
+        // Version 1: the payload is the device's bytes alone.
+        let mut v1 = out[..4].to_vec();
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.extend_from_slice(&0u16.to_le_bytes());
+        v1.extend_from_slice(&(device.len() as u32).to_le_bytes());
+        v1.extend_from_slice(&device);
+        let sum = device.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        v1.extend_from_slice(&sum.to_le_bytes());
+        out = v1;
+    }
+    mutate(rng, &mut out);
+    out
+}
 
 fn gen_net_hdr(rng: &mut Rng) -> Vec<u8> {
     use vhost_user_sync_net::features::{CSUM, HOST_ECN, HOST_TSO4, HOST_TSO6, HOST_UFO};
