@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use backend::{BackendProcess, TempDir};
+use backend::{page_logged, BackendProcess, TempDir};
 use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
 use vhost_user_sync::message::{read_message, write_message};
 use vhost_user_sync::protocol::{virtio, BackendRequest, HeaderFlags, ProtocolFeatures};
@@ -347,13 +347,6 @@ fn features_and_config_space() {
         .is_err());
 }
 
-/// Whether the log (one bit per 4 KiB page) says page `gpa` was written.
-fn logged(log: &FrontendMemory, gpa: u64) -> bool {
-    let mut b = [0u8; 1];
-    log.table().read(gpa / 4096 / 8, &mut b).unwrap();
-    b[0] & (1 << ((gpa / 4096) % 8)) != 0
-}
-
 /// While migrating, a read from the image straight into guest memory (a `preadv`, or the
 /// kernel filling io_uring's iovecs) marks every page it wrote.
 fn reads_into_guest_memory_are_in_the_dirty_log() {
@@ -384,15 +377,21 @@ fn reads_are_logged(packed: bool) {
     b.queues[0].wait_used(b.mem.table(), T).unwrap();
     let data = bufs[0].0;
     for page in 0..3 {
-        assert!(logged(&log, data + page * 4096), "page {page} of the read");
+        assert!(
+            page_logged(&log, data + page * 4096),
+            "page {page} of the read"
+        );
     }
-    assert!(logged(&log, bufs[1].0), "the status byte");
+    assert!(page_logged(&log, bufs[1].0), "the status byte");
     if packed {
-        assert!(logged(&log, b.queues[0].desc_gpa()), "the used descriptor");
+        assert!(
+            page_logged(&log, b.queues[0].desc_gpa()),
+            "the used descriptor"
+        );
     } else {
-        assert!(logged(&log, b.queues[0].used_gpa()), "the used ring");
+        assert!(page_logged(&log, b.queues[0].used_gpa()), "the used ring");
     }
-    assert!(!logged(&log, 15 << 20), "memory nothing wrote");
+    assert!(!page_logged(&log, 15 << 20), "memory nothing wrote");
 }
 
 /// The cache mode the driver chose and the request counts move from one backend process

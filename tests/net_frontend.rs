@@ -6,7 +6,7 @@ mod backend;
 
 use std::time::Duration;
 
-use backend::BackendProcess;
+use backend::{page_logged, BackendProcess};
 use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
 use vhost_user_sync::protocol::{virtio, ProtocolFeatures};
 use vhost_user_sync_net::features as nf;
@@ -347,11 +347,7 @@ fn received_frames_are_in_the_dirty_log() {
     // 4 MiB of guest memory: 1024 pages, 128 bytes of log.
     let log = FrontendMemory::new(&[(0, 4096)]).unwrap();
     n.fe.set_log_base(128, 0, &log.files()[0]).unwrap();
-    let logged = |gpa: u64| {
-        let mut b = [0u8; 1];
-        log.table().read(gpa / 4096 / 8, &mut b).unwrap();
-        b[0] & (1 << ((gpa / 4096) % 8)) != 0
-    };
+    let logged = |gpa: u64| page_logged(&log, gpa);
     // One 12 KiB buffer across three pages takes one 6 KiB frame and its header.
     let buf = n.mem.alloc(3 * 4096, 4096).unwrap();
     n.rx.add(n.mem.table(), &[(buf, 3 * 4096, true)]).unwrap();

@@ -10,7 +10,7 @@ mod netns;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use backend::BackendProcess;
+use backend::{page_logged, BackendProcess};
 use netns::NetNs;
 use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
 use vhost_user_sync::message::{read_message, write_message};
@@ -380,13 +380,6 @@ fn frames_the_guest_gives_no_buffers_for_are_counted_as_dropped() {
     );
 }
 
-/// Whether the log (one bit per 4 KiB page) says page `gpa` was written.
-fn logged(log: &FrontendMemory, gpa: u64) -> bool {
-    let mut b = [0u8; 1];
-    log.table().read(gpa / 4096 / 8, &mut b).unwrap();
-    b[0] & (1 << ((gpa / 4096) % 8)) != 0
-}
-
 /// While migrating, a frame the tap hands over lands in guest memory with one `readv`,
 /// the kernel writing guest pages directly: every page it reached is marked in the dirty
 /// log, and so is the ring entry that returns the buffer.
@@ -461,14 +454,14 @@ fn tap_frames_are_logged(packed: bool) {
     };
     let end = buf + (NET_HDR_LEN + frame.len()) as u64 - 1;
     assert_ne!(buf / 4096, end / 4096, "the frame crosses a page boundary");
-    assert!(logged(&log, buf), "the page the frame starts in");
-    assert!(logged(&log, end), "the page the frame ends in");
+    assert!(page_logged(&log, buf), "the page the frame starts in");
+    assert!(page_logged(&log, end), "the page the frame ends in");
     if packed {
-        assert!(logged(&log, rx.desc_gpa()), "the used descriptor");
+        assert!(page_logged(&log, rx.desc_gpa()), "the used descriptor");
     } else {
-        assert!(logged(&log, rx.used_gpa()), "the used ring");
+        assert!(page_logged(&log, rx.used_gpa()), "the used ring");
     }
     let last = area + 8192 * RX_BUFFERS as u64;
-    assert!(!logged(&log, last), "a page no frame reached");
-    assert!(!logged(&log, 15 << 20), "memory nothing wrote");
+    assert!(!page_logged(&log, last), "a page no frame reached");
+    assert!(!page_logged(&log, 15 << 20), "memory nothing wrote");
 }

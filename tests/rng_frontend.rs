@@ -5,7 +5,7 @@ mod backend;
 
 use std::time::Duration;
 
-use backend::BackendProcess;
+use backend::{page_logged, BackendProcess};
 use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
 use vhost_user_sync::protocol::{virtio, ProtocolFeatures};
 
@@ -650,13 +650,6 @@ fn idle_devices_share_a_thread_and_a_connected_one_has_two() {
     wait_threads(device, idle);
 }
 
-/// Whether page `gpa` is marked in `log` (one bit per 4 KiB page).
-fn log_marks(log: &FrontendMemory, gpa: u64) -> bool {
-    let mut b = [0u8; 1];
-    log.table().read(gpa / 4096 / 8, &mut b).unwrap();
-    b[0] & (1 << ((gpa / 4096) % 8)) != 0
-}
-
 /// Fills one page-aligned 4 KiB buffer; returns its address.
 fn fill_page(s: &mut Setup) -> u64 {
     let buf = s.mem.alloc(4096, 4096).unwrap();
@@ -678,25 +671,25 @@ fn logging_follows_log_all_and_a_new_log_base_while_the_ring_runs() {
     let features = s.fe.features();
     assert_eq!(features & virtio::LOG_ALL, 0);
     let before = fill_page(&mut s);
-    assert!(!log_marks(&first, before), "no logging without LOG_ALL");
+    assert!(!page_logged(&first, before), "no logging without LOG_ALL");
     // The migration starts.
     s.fe.set_features(features | virtio::LOG_ALL).unwrap();
     let during = fill_page(&mut s);
-    assert!(log_marks(&first, during), "logged once LOG_ALL is on");
+    assert!(page_logged(&first, during), "logged once LOG_ALL is on");
     // A new log: writes go there from now on.
     let second = FrontendMemory::new(&[(0, 4096)]).unwrap();
     s.fe.set_log_base(32, 0, &second.files()[0]).unwrap();
     let after_switch = fill_page(&mut s);
-    assert!(log_marks(&second, after_switch), "the new log is used");
+    assert!(page_logged(&second, after_switch), "the new log is used");
     assert!(
-        !log_marks(&first, after_switch),
+        !page_logged(&first, after_switch),
         "the old log is left alone"
     );
     // The migration is cancelled.
     s.fe.set_features(features).unwrap();
     let cancelled = fill_page(&mut s);
     assert!(
-        !log_marks(&second, cancelled),
+        !page_logged(&second, cancelled),
         "no logging after LOG_ALL is off"
     );
 }
@@ -714,7 +707,7 @@ fn used_ring_logging_follows_set_vring_addr_while_the_ring_runs() {
     let clear = || log.table().write(0, &[0u8; 32]).unwrap();
     fill_page(&mut s);
     assert!(
-        !log_marks(&log, used),
+        !page_logged(&log, used),
         "no used-ring logging without the flag"
     );
     let mut addr = s.q.vring_addr(&s.mem);
@@ -722,14 +715,14 @@ fn used_ring_logging_follows_set_vring_addr_while_the_ring_runs() {
     addr.log = used;
     s.fe.set_vring_addr(&addr).unwrap();
     fill_page(&mut s);
-    assert!(log_marks(&log, used), "logged once the flag is set");
+    assert!(page_logged(&log, used), "logged once the flag is set");
     addr.flags = 0;
     s.fe.set_vring_addr(&addr).unwrap();
     clear();
     let buf = fill_page(&mut s);
-    assert!(log_marks(&log, buf), "buffers are still logged (LOG_ALL)");
+    assert!(page_logged(&log, buf), "buffers are still logged (LOG_ALL)");
     assert!(
-        !log_marks(&log, used),
+        !page_logged(&log, used),
         "the used ring is not, with the flag cleared"
     );
 }

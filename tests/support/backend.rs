@@ -357,3 +357,11 @@ pub fn stats_get(socket: &Path, path: &str) -> Result<String, String> {
     }
     Ok(body.to_string())
 }
+
+/// Whether the dirty log in `log` (one bit per 4 KiB page, as SET_LOG_BASE shares it)
+/// marks page `gpa` as written.
+pub fn page_logged(log: &vhost_user_sync::frontend::FrontendMemory, gpa: u64) -> bool {
+    let mut b = [0u8; 1];
+    log.table().read(gpa / 4096 / 8, &mut b).unwrap();
+    b[0] & (1 << ((gpa / 4096) % 8)) != 0
+}

@@ -135,13 +135,18 @@ pub fn encode_parts(device: &[u8], workers: &[Vec<u8>]) -> Vec<u8> {
         payload.extend_from_slice(&(part.len() as u32).to_le_bytes());
         payload.extend_from_slice(part);
     }
+    envelope(VERSION, sections, &payload)
+}
+
+/// The header, `payload` and its checksum.
+fn envelope(version: u16, sections: u16, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + OVERHEAD);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&sections.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out.extend_from_slice(&fnv1a(&payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&fnv1a(payload).to_le_bytes());
     out
 }
 
@@ -287,17 +292,6 @@ mod tests {
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
-    /// A stream whose header and checksum are right but whose sections are not.
-    fn with_payload(version: u16, sections: u16, payload: &[u8]) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&version.to_le_bytes());
-        out.extend_from_slice(&sections.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(payload);
-        out.extend_from_slice(&fnv1a(payload).to_le_bytes());
-        out
-    }
-
     #[test]
     fn worker_sections_round_trip_and_must_fill_the_payload() {
         let workers = [b"one".to_vec(), Vec::new(), b"three".to_vec()];
@@ -311,7 +305,7 @@ mod tests {
         assert!(decode(&quiet).unwrap().workers.is_empty());
 
         let section = |sections: u16, payload: &[u8]| {
-            decode(&with_payload(2, sections, payload)).map(|parts| parts.workers.len())
+            decode(&envelope(2, sections, payload)).map(|parts| parts.workers.len())
         };
         // The device's length runs past the payload.
         assert!(matches!(
@@ -340,12 +334,12 @@ mod tests {
 
     #[test]
     fn a_version_1_stream_is_the_device_state_alone() {
-        let v1 = with_payload(1, 0, b"old state");
+        let v1 = envelope(1, 0, b"old state");
         let parts = decode(&v1).unwrap();
         assert_eq!(parts.device, b"old state");
         assert!(parts.workers.is_empty());
         assert_eq!(
-            decode(&with_payload(1, 2, b"old state")),
+            decode(&envelope(1, 2, b"old state")),
             Err(StateStreamError::Reserved { value: 2 })
         );
     }

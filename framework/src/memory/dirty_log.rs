@@ -142,11 +142,10 @@ pub(crate) fn test_log() -> std::sync::Arc<DirtyLog> {
     std::sync::Arc::new(DirtyLog::map(file, 4096, 0).unwrap())
 }
 
-/// Takes the bits of the first 64 pages out of `log`, as a frontend does when it
-/// collects the log (an atomic exchange with zero).
+/// Clears the bits of the first 64 pages in `log`, as a frontend does when it collects
+/// the log (an atomic exchange with zero).
 #[cfg(test)]
-pub(crate) fn collect(log: &DirtyLog) -> Vec<u64> {
-    let pages = dirty_pages(log);
+pub(crate) fn collect(log: &DirtyLog) {
     for byte in 0..8 {
         if let Ok(s) = log.map.get_slice(log.offset + byte, 1) {
             if let Ok(r) = s.get_atomic_ref::<std::sync::atomic::AtomicU8>(0) {
@@ -154,7 +153,6 @@ pub(crate) fn collect(log: &DirtyLog) -> Vec<u64> {
             }
         }
     }
-    pages
 }
 
 /// The pages among the first 64 that `log` has marked.

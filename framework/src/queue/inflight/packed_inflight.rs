@@ -107,12 +107,6 @@ impl PackedInflight {
         }
     }
 
-    /// Whether a backend has set the region up before (its version is not 0): the ring
-    /// resumes from a previous process rather than starting afresh.
-    pub fn in_use(&self) -> bool {
-        self.load::<u16>(l::VERSION) != 0
-    }
-
     /// Prepares the region for a ring of `ring_size` entries whose device positions,
     /// as the frontend set them, are `ring_used`; `flags_at(slot)` reads a descriptor's
     /// flags from the ring. A new region (version 0) is set up and `Ok(None)` returned
