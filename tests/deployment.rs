@@ -7,11 +7,11 @@
 #[path = "support/backend.rs"]
 mod backend;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backend::{capabilities, example_path, required_program, TempDir};
 use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
@@ -187,15 +187,15 @@ fn the_rng_units_run_under_socket_activation() {
     // Its own process group, so that the kill reaches the backend it execs into.
     cmd.process_group(0);
     let mut child = Activated(cmd.spawn().unwrap());
-    let deadline = Instant::now() + T;
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no socket at {}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    // The socket file appears at bind(), before listen(): wait for the line the
+    // activator prints once it listens, not for the file.
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("Listening on") {
+        let read = stderr.read_line(&mut log).unwrap();
+        assert!(read > 0, "the activator ended: {log}");
     }
+    assert!(socket.exists(), "no socket at {}: {log}", socket.display());
     // Two connections, one after the other, to the one process the first started.
     let a = entropy_from(&socket);
     let b = entropy_from(&socket);
@@ -210,14 +210,7 @@ fn the_rng_units_run_under_socket_activation() {
     )
     .unwrap();
     let status = child.0.wait().unwrap();
-    let mut log = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    stderr.read_to_string(&mut log).unwrap();
     assert!(status.success(), "{status}: {log}");
     assert!(
         log.contains("socket activation: serving 1 passed socket(s)"),
