@@ -36,6 +36,7 @@
 #   LAYOUTS   ring layouts ["split packed"]     HOST    null|tap [null]
 #   TAP       tap device name for HOST=tap [vhubench0]
 #   INORDER   virtio-user in_order=0|1 [1]        MRG     virtio-user mrg_rxbuf=0|1 [1]
+#   MODES     client modes ["txonly rxonly"]
 #   BE_CPU / FE_CPU  [0 / 1]
 #   NET_BACKEND  a built net_backend [the example's release build, built here]
 #   NET_ARGS  extra net_backend options, e.g. "--busy-poll-us 50" [none]
@@ -57,7 +58,7 @@ BE_CPU=${BE_CPU:-0}
 FE_CPU=${FE_CPU:-1}
 WORK=${WORK:-/tmp/net-dpdk-bench}
 MBUFS=32768
-MODES="txonly rxonly"
+MODES=${MODES:-txonly rxonly}
 KINDS="ours dpdk"
 
 # --- what it needs -------------------------------------------------------------------

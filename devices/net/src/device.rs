@@ -12,6 +12,7 @@ use vhost_user_sync::protocol::ProtocolFeatures;
 use crate::features::*;
 use crate::persistence::NetState;
 use crate::tap::Tap;
+use crate::tap_ring::TapRing;
 use crate::worker::{NetWorker, PairIo};
 use crate::NetMetrics;
 
@@ -48,6 +49,18 @@ impl NetBackend {
     }
 }
 
+/// How TX frames reach a tap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TapIo {
+    /// Each batch of frames (up to 32) in one system call through io_uring, in ring
+    /// order. Where io_uring is not available (an old kernel, `kernel.io_uring_disabled`,
+    /// a seccomp policy) the worker says so in the log and writes as [`TapIo::Sync`].
+    #[default]
+    IoUring,
+    /// One `writev` per frame.
+    Sync,
+}
+
 /// Settings of a net device.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
@@ -61,6 +74,8 @@ pub struct NetConfig {
     pub worker_per_pair: bool,
     /// Largest queue size accepted.
     pub max_queue_size: u16,
+    /// How TX frames reach a tap.
+    pub tap_io: TapIo,
 }
 
 impl Default for NetConfig {
@@ -71,6 +86,7 @@ impl Default for NetConfig {
             queue_pairs: 1,
             worker_per_pair: false,
             max_queue_size: 1024,
+            tap_io: TapIo::IoUring,
         }
     }
 }
@@ -143,7 +159,7 @@ impl Device for NetDevice {
     type Worker = NetWorker;
 
     fn sandbox_needs(&self) -> vhost_user_sync::sandbox::SandboxNeeds {
-        crate::sandbox::needs(&self.backend)
+        crate::sandbox::needs(&self.backend, self.config.tap_io)
     }
 
     fn info(&self) -> DeviceInfo {
@@ -254,6 +270,16 @@ impl Device for NetDevice {
             },
             _ => None,
         };
+        let tap_ring = match (&self.backend, self.config.tap_io) {
+            (NetBackend::Tap(_), TapIo::IoUring) => match TapRing::new() {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    log::info!("net: no io_uring for tap writes ({e}): one writev per frame");
+                    None
+                }
+            },
+            _ => None,
+        };
         Ok(NetWorker::new(
             ios,
             (index == 0).then_some(self.ctrl_queue()),
@@ -263,7 +289,8 @@ impl Device for NetDevice {
             self.state.clone(),
             self.metrics.clone(),
         )
-        .with_link_watch(link, self.channel.clone()))
+        .with_link_watch(link, self.channel.clone())
+        .with_tap_ring(tap_ring))
     }
 
     fn set_backend_channel(&mut self, channel: BackendChannel) {

@@ -13,7 +13,8 @@ pub mod persistence;
 pub mod request;
 pub mod sandbox;
 pub mod tap;
+mod tap_ring;
 pub mod worker;
 
-pub use device::{NetBackend, NetConfig, NetDevice};
+pub use device::{NetBackend, NetConfig, NetDevice, TapIo};
 pub use metrics::{NetCounters, NetMetrics};

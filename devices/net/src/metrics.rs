@@ -26,6 +26,9 @@ pub struct NetMetrics {
     pub rx_malformed: AtomicU64,
     /// Control commands refused.
     pub ctrl_errors: AtomicU64,
+    /// TX frames the tap took through the tap ring (a batch per system call); the rest
+    /// of `tx_packets` went one `writev` each, or to no tap at all.
+    pub tx_ring_frames: AtomicU64,
 }
 
 /// A copy of the counters.
@@ -45,6 +48,8 @@ pub struct NetCounters {
     pub rx_malformed: u64,
     /// See [`NetMetrics::ctrl_errors`].
     pub ctrl_errors: u64,
+    /// See [`NetMetrics::tx_ring_frames`].
+    pub tx_ring_frames: u64,
 }
 
 impl NetMetrics {
@@ -59,6 +64,7 @@ impl NetMetrics {
             tx_malformed: g(&self.tx_malformed),
             rx_malformed: g(&self.rx_malformed),
             ctrl_errors: g(&self.ctrl_errors),
+            tx_ring_frames: g(&self.tx_ring_frames),
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use vhost_user_sync::backend::BackendChannel;
 use vhost_user_sync::device::{DeviceError, FdRegistry, Queue, QueueWorker, Queues};
-use vhost_user_sync::queue::{ChainWriter, Descriptor, DescriptorChain, QueueError};
+use vhost_user_sync::queue::{ChainReader, ChainWriter, Descriptor, DescriptorChain, QueueError};
 
 use crate::device::STATUS_LINK_UP;
 use crate::features::{GUEST_TSO4, GUEST_TSO6, GUEST_UFO, MRG_RXBUF, STATUS};
@@ -19,6 +19,7 @@ use crate::link::LinkWatch;
 use crate::persistence::NetState;
 use crate::request::{ctrl, CtrlCommand, NetError, NetHdr, MAX_FRAME, NET_HDR_LEN};
 use crate::tap::Tap;
+use crate::tap_ring::{FrameWrite, TapRing};
 use crate::NetMetrics;
 
 /// The queue pair a worker runs, and its tap queue (none for the null backend).
@@ -49,6 +50,8 @@ pub struct NetWorker {
     metrics: Arc<NetMetrics>,
     link: Option<LinkWatch>,
     channel: Arc<Mutex<Option<BackendChannel>>>,
+    /// TX frames to the taps a batch per system call (none: one `writev` per frame).
+    tap_ring: Option<TapRing>,
 }
 
 /// Tap RX buffers held across frames, in the order the driver made them available.
@@ -98,7 +101,14 @@ impl NetWorker {
             metrics,
             link: None,
             channel: Arc::default(),
+            tap_ring: None,
         }
+    }
+
+    /// Sends TX frames to the taps through `ring`, a batch per system call.
+    pub(crate) fn with_tap_ring(mut self, ring: Option<TapRing>) -> Self {
+        self.tap_ring = ring;
+        self
     }
 
     /// Also watches the tap's link state, telling the frontend of changes on `channel`.
@@ -134,6 +144,9 @@ impl NetWorker {
     }
 
     fn tx(&mut self, q: &mut Queue<'_>, slot: usize) -> Result<(), QueueError> {
+        if self.tap_ring.is_some() && self.pairs[slot].tap.is_some() {
+            return self.tx_batched(q, slot);
+        }
         let features = self.acked.load(Ordering::Acquire);
         let (mut packets, mut bytes) = (0u64, 0u64);
         // The chains are taken in batches (walked where they are kept); on a full tap
@@ -171,12 +184,102 @@ impl NetWorker {
         }
         batch.clear();
         self.batch = batch;
-        // Counted once per batch: shared counters cost a cache line each.
+        self.count_tx(packets, bytes);
+        Ok(())
+    }
+
+    /// [`Self::tx`] through the tap ring: each batch's frames go to the tap in one
+    /// system call, in ring order. A frame the tap refuses is used (and logged) as with
+    /// `writev`; the frames after it were not tried and go back to the ring to be taken
+    /// again; on a full tap they go back for the tap's writable event.
+    fn tx_batched(&mut self, q: &mut Queue<'_>, slot: usize) -> Result<(), QueueError> {
+        let features = self.acked.load(Ordering::Acquire);
+        let (mut packets, mut bytes) = (0u64, 0u64);
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut tap_full = false;
+        let mut result = Ok(());
+        while result.is_ok() && !tap_full && q.pop_batch(&mut batch, BATCH) > 0 {
+            let (Some(ring), Some(tap)) = (self.tap_ring.as_mut(), self.pairs[slot].tap.as_ref())
+            else {
+                break;
+            };
+            for (i, chain) in batch.iter().enumerate() {
+                let pushed = check_tx(q, chain, features).and_then(|(header, reader)| {
+                    let frame_len = reader.remaining();
+                    ring.push(i, tap.file().as_fd(), &header, &reader, frame_len)
+                        .map_err(TxError::Io)
+                });
+                match pushed {
+                    Ok(()) => {}
+                    Err(TxError::Malformed(e)) => {
+                        self.metrics.malformed(&self.metrics.tx_malformed, &e);
+                        q.add_used(chain, 0)?;
+                    }
+                    Err(TxError::Io(e)) => {
+                        log::warn!("net: tap frame not sent: {e}");
+                        q.add_used(chain, 0)?;
+                    }
+                }
+            }
+            let mut answered = false;
+            let written = ring.write_batch(|i, outcome| {
+                answered |= outcome != FrameWrite::NotTried;
+                if result.is_err() {
+                    return;
+                }
+                let chain = &batch[i];
+                result = match outcome {
+                    FrameWrite::Written(_) => {
+                        packets += 1;
+                        bytes += u64::from(chain.readable_len()) - NET_HDR_LEN as u64;
+                        q.add_used(chain, 0)
+                    }
+                    FrameWrite::Full => {
+                        tap_full = true;
+                        q.give_back(chain)
+                    }
+                    FrameWrite::NotTried => q.give_back(chain),
+                    FrameWrite::Failed(errno) => {
+                        log::warn!(
+                            "net: tap write failed: {}",
+                            io::Error::from_raw_os_error(errno)
+                        );
+                        q.add_used(chain, 0)
+                    }
+                };
+            });
+            if let Err(e) = written {
+                // Which frames the tap took is not known: none is sent twice, and any
+                // may be lost, as on a wire. One `writev` per frame from here on.
+                log::error!("net: tap ring failed ({e}); one writev per frame from now on");
+                self.tap_ring = None;
+                for chain in &batch {
+                    // Those used already (refused before the ring) say so; nothing else.
+                    let _ = q.add_used(chain, 0);
+                }
+            } else if !answered {
+                // Every frame came back untried (the kernel cancelled them all): taking
+                // them again would go round for ever.
+                log::error!("net: the tap ring wrote nothing; one writev per frame from now on");
+                self.tap_ring = None;
+            }
+            batch.clear();
+        }
+        batch.clear();
+        self.batch = batch;
+        self.count_tx(packets, bytes);
+        self.metrics
+            .tx_ring_frames
+            .fetch_add(packets, Ordering::Relaxed);
+        result
+    }
+
+    /// Counted once per call: shared counters cost a cache line each.
+    fn count_tx(&self, packets: u64, bytes: u64) {
         self.metrics
             .tx_packets
             .fetch_add(packets, Ordering::Relaxed);
         self.metrics.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
-        Ok(())
     }
 
     /// The largest frame tap `slot` can hand the guest, with its virtio header: with GSO
@@ -368,12 +471,12 @@ enum TxError {
     Io(io::Error),
 }
 
-fn tx_one(
-    q: &Queue<'_>,
-    chain: &DescriptorChain,
-    tap: Option<&Tap>,
+/// The checked copy of a TX chain's header, and a reader at the frame after it.
+fn check_tx<'q>(
+    q: &'q Queue<'_>,
+    chain: &'q DescriptorChain,
     features: u64,
-) -> Result<TxOutcome, TxError> {
+) -> Result<([u8; NET_HDR_LEN], ChainReader<'q>), TxError> {
     let first = chain.readable().first().map_or(0, |d| d.len as usize);
     if first < NET_HDR_LEN {
         return Err(TxError::Malformed(NetError::HeaderTooShort { len: first }));
@@ -386,9 +489,20 @@ fn tx_one(
     NetHdr::from_bytes(&raw)
         .validate(frame_len, features)
         .map_err(TxError::Malformed)?;
+    Ok((raw, r))
+}
+
+fn tx_one(
+    q: &Queue<'_>,
+    chain: &DescriptorChain,
+    tap: Option<&Tap>,
+    features: u64,
+) -> Result<TxOutcome, TxError> {
+    let (raw, mut r) = check_tx(q, chain, features)?;
     let Some(tap) = tap else {
         return Ok(TxOutcome::Sent);
     };
+    let frame_len = r.remaining();
     match r.write_to_fd_with_prefix(tap.file().as_fd(), &raw, frame_len) {
         Ok(_) => Ok(TxOutcome::Sent),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(TxOutcome::TapFull),

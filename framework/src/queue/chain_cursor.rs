@@ -4,6 +4,7 @@ use std::io;
 
 use vm_memory::VolatileSlice;
 
+use super::iovec_list::IovecList;
 use super::Descriptor;
 use crate::memory::MemoryTable;
 
@@ -69,37 +70,42 @@ impl<'a> ChainCursor<'a> {
     }
 
     /// Calls `op` with iovecs over the guest memory of the next up to `max` bytes, at
-    /// most `room` of them (the rest is left for a later call), without moving. Returns
-    /// how many chain bytes the iovecs cover and what `op` returned. `for_write` asks for
-    /// pointers the kernel may write through (a read into guest memory).
+    /// most `room` of them (the rest is left for a later call), without moving; `prefix`
+    /// (bytes of the caller's, read only) goes first when it is not empty. Returns how
+    /// many chain bytes the iovecs cover and what `op` returned. `for_write` asks for
+    /// pointers the kernel may write through (a read into guest memory). The iovecs of
+    /// a short chain live on the stack: no allocation per call.
     pub(crate) fn with_iovecs<R>(
         &self,
         mem: &'a MemoryTable,
         max: usize,
         room: usize,
         for_write: bool,
+        prefix: &[u8],
         op: impl FnOnce(&[nix::libc::iovec]) -> R,
     ) -> io::Result<(usize, R)> {
-        let mut slices = Vec::new();
-        self.visit(mem, max, |s| slices.push(s))?;
-        slices.truncate(room);
-        let want: usize = slices.iter().map(|s| s.len()).sum();
-        let iovec = |ptr: *const u8, len: usize| nix::libc::iovec {
-            iov_base: ptr as *mut _,
-            iov_len: len,
-        };
-        // The guards keep each pointer valid while `op` runs (plain mmap regions need
-        // nothing more; the guard type is what vm-memory hands out for them).
-        let result = if for_write {
-            let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard_mut()).collect();
-            let iovs: Vec<_> = guards.iter().map(|g| iovec(g.as_ptr(), g.len())).collect();
-            op(&iovs)
-        } else {
-            let guards: Vec<_> = slices.iter().map(|s| s.ptr_guard()).collect();
-            let iovs: Vec<_> = guards.iter().map(|g| iovec(g.as_ptr(), g.len())).collect();
-            op(&iovs)
-        };
-        Ok((want, result))
+        let mut iovs = IovecList::new();
+        if !prefix.is_empty() {
+            iovs.push(prefix.as_ptr(), prefix.len());
+        }
+        let limit = room + iovs.len();
+        let mut want = 0;
+        // Without vm-memory's `xen` feature (not enabled here) a pointer guard holds
+        // nothing and releases nothing: the host address of a plain mmap region stays
+        // valid for as long as the region is mapped, which the borrowed table ensures
+        // for the whole of `op`.
+        self.visit(mem, max, |s| {
+            if iovs.len() < limit {
+                want += s.len();
+                let ptr = if for_write {
+                    s.ptr_guard_mut().as_ptr()
+                } else {
+                    s.ptr_guard().as_ptr()
+                };
+                iovs.push(ptr, s.len());
+            }
+        })?;
+        Ok((want, op(iovs.as_slice())))
     }
 
     /// Whether every guest buffer piece of the next up to `max` bytes starts at a host

@@ -89,25 +89,17 @@ impl<'a> ChainReader<'a> {
         prefix: &[u8],
         max: usize,
     ) -> io::Result<usize> {
-        let (want, n) = self
-            .cursor
-            .with_iovecs(self.mem, max, IOV_MAX - 1, false, |chain| {
-                let mut iovs = Vec::with_capacity(chain.len() + 1);
-                if !prefix.is_empty() {
-                    iovs.push(nix::libc::iovec {
-                        iov_base: prefix.as_ptr() as *mut _,
-                        iov_len: prefix.len(),
-                    });
-                }
-                iovs.extend_from_slice(chain);
-                // SAFETY: every iovec points at memory that stays valid for the call:
-                // `prefix` is borrowed, and the guest pieces are in a live mapping kept
-                // by the borrowed table, each exactly `iov_len` bytes. writev only reads
-                // them. The count is at most IOV_MAX.
-                byte_count(unsafe {
-                    nix::libc::writev(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32)
-                })
-            })?;
+        let (want, n) =
+            self.cursor
+                .with_iovecs(self.mem, max, IOV_MAX - 1, false, prefix, |iovs| {
+                    // SAFETY: every iovec points at memory that stays valid for the call:
+                    // `prefix` is borrowed, and the guest pieces are in a live mapping kept
+                    // by the borrowed table, each exactly `iov_len` bytes. writev only reads
+                    // them. The count is at most IOV_MAX.
+                    byte_count(unsafe {
+                        nix::libc::writev(fd.as_raw_fd(), iovs.as_ptr(), iovs.len() as i32)
+                    })
+                })?;
         let n = n?;
         // Advance by what was really taken from the chain.
         self.skip(n.saturating_sub(prefix.len()).min(want))?;
@@ -127,7 +119,7 @@ impl<'a> ChainReader<'a> {
         let offset = file_offset(offset)?;
         let (want, n) = self
             .cursor
-            .with_iovecs(self.mem, max, IOV_MAX, false, |iovs| {
+            .with_iovecs(self.mem, max, IOV_MAX, false, &[], |iovs| {
                 if iovs.is_empty() {
                     return Ok(0);
                 }
@@ -152,8 +144,33 @@ impl<'a> ChainReader<'a> {
     pub fn host_iovecs(&self, max: usize) -> io::Result<(Vec<nix::libc::iovec>, usize)> {
         let (want, iovs) = self
             .cursor
-            .with_iovecs(self.mem, max, IOV_MAX, false, |iovs| iovs.to_vec())?;
+            .with_iovecs(self.mem, max, IOV_MAX, false, &[], |iovs| iovs.to_vec())?;
         Ok((iovs, want))
+    }
+
+    /// [`Self::host_iovecs`] appended to `out` (whose storage a caller reuses from one
+    /// request to the next), at most `room` pieces; returns how many bytes they cover.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # fn f(r: &vhost_user_sync::queue::ChainReader<'_>) -> std::io::Result<()> {
+    /// let mut iovs = Vec::new();
+    /// let covered = r.append_host_iovecs(usize::MAX, 1023, &mut iovs)?;
+    /// assert_eq!(covered, iovs.iter().map(|v| v.iov_len).sum::<usize>());
+    /// # Ok(()) }
+    /// ```
+    pub fn append_host_iovecs(
+        &self,
+        max: usize,
+        room: usize,
+        out: &mut Vec<nix::libc::iovec>,
+    ) -> io::Result<usize> {
+        let (want, ()) =
+            self.cursor
+                .with_iovecs(self.mem, max, room.min(IOV_MAX), false, &[], |iovs| {
+                    out.extend_from_slice(iovs)
+                })?;
+        Ok(want)
     }
 
     /// Whether the next up to `max` bytes lie in buffer pieces whose host addresses and

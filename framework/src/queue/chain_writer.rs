@@ -82,7 +82,7 @@ impl<'a> ChainWriter<'a> {
         self.extend_reach(max.min(self.available()));
         let (want, n) = self
             .cursor
-            .with_iovecs(self.mem, max, IOV_MAX, true, |iovs| {
+            .with_iovecs(self.mem, max, IOV_MAX, true, &[], |iovs| {
                 if iovs.is_empty() {
                     return Ok(0);
                 }
@@ -109,7 +109,7 @@ impl<'a> ChainWriter<'a> {
         self.extend_reach(max.min(self.available()));
         let (want, n) = self
             .cursor
-            .with_iovecs(self.mem, max, IOV_MAX, true, |iovs| {
+            .with_iovecs(self.mem, max, IOV_MAX, true, &[], |iovs| {
                 if iovs.is_empty() {
                     return Ok(0);
                 }
@@ -131,7 +131,7 @@ impl<'a> ChainWriter<'a> {
     pub fn host_iovecs(&self, max: usize) -> io::Result<(Vec<nix::libc::iovec>, usize)> {
         let (want, iovs) = self
             .cursor
-            .with_iovecs(self.mem, max, IOV_MAX, true, |iovs| iovs.to_vec())?;
+            .with_iovecs(self.mem, max, IOV_MAX, true, &[], |iovs| iovs.to_vec())?;
         // The kernel will write there: the dirty log must cover it when the chain is
         // used, even if the read fails half way.
         self.extend_reach(want);

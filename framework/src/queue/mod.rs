@@ -13,6 +13,7 @@ mod chain_writer;
 mod descriptor;
 mod in_flight;
 pub mod inflight;
+mod iovec_list;
 pub mod packed;
 mod queue_error;
 mod queue_stats;
