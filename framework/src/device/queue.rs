@@ -171,6 +171,7 @@ impl<'a> Queue<'a> {
     ///
     /// Fails, changing nothing, for a chain this queue does not hold: one used or handed
     /// back already, or one from another queue or from before the ring was restarted.
+    #[inline]
     pub fn add_used(&mut self, chain: &DescriptorChain, len: u32) -> Result<(), QueueError> {
         self.vq.add_used(self.mem, chain, len)
     }

@@ -125,7 +125,7 @@ impl GuestRegion {
         let start = offset
             .checked_add(self.desc.mmap_offset)
             .and_then(|s| usize::try_from(s).ok())
-            .ok_or(MemoryError::Unmapped {
+            .ok_or_else(|| MemoryError::Unmapped {
                 addr: self.gpa().wrapping_add(offset),
                 len: len as u64,
             })?;

@@ -246,17 +246,14 @@ impl MemoryTable {
 
     /// A checked view of `[gpa, gpa + len)`, which must lie in one region.
     pub fn slice(&self, gpa: u64, len: usize) -> Result<VolatileSlice<'_>, MemoryError> {
-        let unmapped = MemoryError::Unmapped {
+        let unmapped = || MemoryError::Unmapped {
             addr: gpa,
             len: len as u64,
         };
-        let region = self.region_for(gpa).ok_or(unmapped)?;
+        let region = self.region_for(gpa).ok_or_else(unmapped)?;
         let end = gpa.checked_add(len as u64);
         if end.is_none_or(|e| e > region.gpa_end()) {
-            return Err(MemoryError::Unmapped {
-                addr: gpa,
-                len: len as u64,
-            });
+            return Err(unmapped());
         }
         region.slice(gpa - region.gpa(), len)
     }

@@ -153,18 +153,19 @@ impl<'a> ChainWriter<'a> {
 
 impl io::Write for ChainWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.extend_reach(buf.len().min(self.available()));
         // The common case (a packet or a header into the current buffer, in one region)
-        // without the general walk.
+        // without the general walk, nor a count of the room left: it all fits.
         if let Some((gpa, room)) = self.cursor.current() {
             if buf.len() <= room {
                 if let Ok(s) = self.mem.slice(gpa, buf.len()) {
+                    self.extend_reach(buf.len());
                     s.copy_from(buf);
                     self.advance(buf.len());
                     return Ok(buf.len());
                 }
             }
         }
+        self.extend_reach(buf.len().min(self.available()));
         let mut done = 0;
         let n = self.cursor.visit(self.mem, buf.len(), |s| {
             let n = s.len();

@@ -411,11 +411,14 @@ impl Virtqueue {
         // used entry went out now or waits for its turn with IN_ORDER: as many as the
         // used length says, or as far as guest memory may have been written if that is
         // more (a read that failed half way, a length the device got wrong).
-        self.log_written(chain, len.max(chain.reach()));
+        if self.buffer_log.is_some() {
+            self.log_written(chain, len.max(chain.reach()));
+        }
         Ok(())
     }
 
     /// Marks the first `len` bytes of `chain`'s writable buffers in the dirty log.
+    #[cold]
     fn log_written(&self, chain: &DescriptorChain, len: u32) {
         if let Some(log) = &self.buffer_log {
             let mut left = u64::from(len.min(chain.writable_len()));
