@@ -69,7 +69,9 @@ pub(crate) enum Taken {
         id: u16,
         position: u16,
         slots: u16,
-        error: QueueError,
+        /// Boxed: a refusal is rare, and a small `Taken` comes back from every pop in
+        /// registers instead of through memory.
+        error: Box<QueueError>,
     },
 }
 
@@ -94,7 +96,7 @@ impl Taken {
                 id,
                 position,
                 slots,
-                error,
+                error: Box::new(error),
             },
         }
     }
@@ -113,7 +115,7 @@ impl Taken {
                 id,
                 position,
                 slots,
-                error,
+                error: *error,
             }),
         }
     }

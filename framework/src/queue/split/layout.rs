@@ -34,9 +34,28 @@ pub const fn used_len(size: u16) -> u64 {
     6 + 8 * size as u64
 }
 
+/// Slot of free-running index `idx` in a ring of `size` entries: `idx % size`, by a mask
+/// when `size` is a power of two (every split ring a backend runs; the division it saves
+/// takes tens of cycles, twice per chain).
+///
+/// # Example
+/// ```
+/// use vhost_user_sync::queue::split::layout::ring_slot;
+/// assert_eq!(ring_slot(256, 300), 44);
+/// assert_eq!(ring_slot(6, 14), 2); // a frontend's odd size still wraps by modulo
+/// ```
+#[inline]
+pub const fn ring_slot(size: u16, idx: u16) -> u16 {
+    if size.is_power_of_two() {
+        idx & (size - 1)
+    } else {
+        idx % size
+    }
+}
+
 /// Offset in the avail ring of the entry for free-running index `idx`.
 pub const fn avail_entry(size: u16, idx: u16) -> u64 {
-    4 + 2 * (idx % size) as u64
+    4 + 2 * ring_slot(size, idx) as u64
 }
 
 /// Offset of `used_event` (after the avail entries).
@@ -47,7 +66,7 @@ pub const fn used_event(size: u16) -> u64 {
 /// Offset in the used ring of the element for free-running index `idx` (`id` u32, then
 /// `len` u32).
 pub const fn used_elem(size: u16, idx: u16) -> u64 {
-    4 + 8 * (idx % size) as u64
+    4 + 8 * ring_slot(size, idx) as u64
 }
 
 /// Offset of `avail_event` (after the used elements).
@@ -84,5 +103,14 @@ mod tests {
         assert_eq!(used_elem(8, 8), 4);
         assert_eq!((used_event(8), avail_event(8)), (20, 68));
         assert!(need_event(0xffff, 1, 0xfffe), "across the wrap");
+    }
+
+    #[test]
+    fn a_ring_slot_is_the_index_modulo_the_size() {
+        for size in [1u16, 2, 3, 6, 8, 100, 256, 1024, 32768] {
+            for idx in [0u16, 1, 5, 255, 256, 1000, 32767, 32768, 65535] {
+                assert_eq!(ring_slot(size, idx), idx % size, "size {size} idx {idx}");
+            }
+        }
     }
 }

@@ -105,7 +105,7 @@ impl RingView {
     /// rewriting the entry meanwhile cannot mix the length of one version with the
     /// flags of another.
     pub(crate) fn descriptor(&self, index: u16) -> Descriptor {
-        let at = self.desc + l::desc_entry(index % self.size) as usize;
+        let at = self.desc + l::desc_entry(l::ring_slot(self.size, index)) as usize;
         // SAFETY: `at` and `at + 8` are inside the descriptor table `new` checked
         // (16 * size bytes), whose mapping lives while the borrowed table does; the table
         // is 8-aligned (checked in `new`) and entries are 16 bytes apart, so both loads
