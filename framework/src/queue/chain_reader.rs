@@ -217,3 +217,48 @@ impl io::Read for ChainReader<'_> {
         self.skip(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(addr: u64, len: u32) -> Descriptor {
+        Descriptor {
+            addr,
+            len,
+            flags: 0,
+            next: 0,
+        }
+    }
+
+    #[test]
+    fn exact_reads_inside_and_across_buffers_and_past_the_end() {
+        let mem = crate::memory::test_table(0x10000);
+        let bytes: Vec<u8> = (0..32u8).collect();
+        mem.write(0x100, &bytes[..5]).unwrap();
+        mem.write(0x200, &bytes[5..20]).unwrap();
+        mem.write(0x300, &bytes[20..]).unwrap();
+        let descs = [desc(0x100, 5), desc(0x200, 15), desc(0x300, 12)];
+        let mut r = ChainReader::new(&mem, &descs);
+        // Inside the first buffer, then across the first two, then inside the second.
+        let mut a = [0u8; 3];
+        r.read_exact_bytes(&mut a).unwrap();
+        assert_eq!(a, [0, 1, 2]);
+        let mut b = [0u8; 6];
+        r.read_exact_bytes(&mut b).unwrap();
+        assert_eq!(b, [3, 4, 5, 6, 7, 8]);
+        let mut c = [0u8; 11];
+        r.read_exact_bytes(&mut c).unwrap();
+        assert_eq!(c.to_vec(), (9..20).collect::<Vec<u8>>());
+        assert_eq!((r.consumed(), r.remaining()), (20, 12));
+        // More than is left: refused, nothing taken.
+        let mut d = [0u8; 13];
+        let e = r.read_exact_bytes(&mut d).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!((r.consumed(), r.remaining()), (20, 12));
+        let mut rest = [0u8; 12];
+        r.read_exact_bytes(&mut rest).unwrap();
+        assert_eq!(rest.to_vec(), (20..32).collect::<Vec<u8>>());
+        assert_eq!(r.remaining(), 0);
+    }
+}
