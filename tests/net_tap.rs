@@ -41,6 +41,24 @@ fn tap_backend(args: &[&str]) -> Option<(NetNs, BackendProcess)> {
     Some((ns, be))
 }
 
+/// A frontend on `socket` with every feature negotiated, `mem_mib` MiB of memory, and
+/// the first queue pair (RX 0, TX 1) of `size` entries running.
+fn first_pair(
+    socket: &std::path::Path,
+    mem_mib: u64,
+    size: u16,
+) -> (FrontendMemory, Frontend, DriverQueue, DriverQueue) {
+    let mem = FrontendMemory::new(&[(0, mem_mib << 20)]).unwrap();
+    let mut fe = Frontend::connect(socket).unwrap();
+    fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    fe.set_mem_table(&mem).unwrap();
+    let mut rx = DriverQueue::new(&mem, 0, size).unwrap();
+    let mut tx = DriverQueue::new(&mem, 1, size).unwrap();
+    rx.attach(&mut fe, &mem).unwrap();
+    tx.attach(&mut fe, &mem).unwrap();
+    (mem, fe, rx, tx)
+}
+
 fn arp_request() -> Vec<u8> {
     let mut f = NetHdr::default().to_bytes().to_vec();
     f.extend_from_slice(&[0xff; 6]);
@@ -187,14 +205,7 @@ fn an_unprivileged_owner_opens_its_persistent_tap() {
     let be =
         BackendProcess::start_in_netns_as(ns.name(), NOBODY, "net_backend", &["--tap", "vhutap1"]);
     ns.ip(&["link", "set", "vhutap1", "up"]);
-    let mem = FrontendMemory::new(&[(0, 4 << 20)]).unwrap();
-    let mut fe = Frontend::connect(&be.socket).unwrap();
-    fe.negotiate(u64::MAX, u64::MAX).unwrap();
-    fe.set_mem_table(&mem).unwrap();
-    let mut rx = DriverQueue::new(&mem, 0, 64).unwrap();
-    let mut tx = DriverQueue::new(&mem, 1, 64).unwrap();
-    rx.attach(&mut fe, &mem).unwrap();
-    tx.attach(&mut fe, &mem).unwrap();
+    let (mem, _fe, mut rx, mut tx) = first_pair(&be.socket, 4, 64);
     // Room for a 64 KiB frame (MRG_RXBUF with GSO), as a driver that fills its ring has.
     let mut bufs = std::collections::HashMap::new();
     for _ in 0..RX_BUFFERS {
@@ -233,15 +244,8 @@ fn a_short_rx_buffer_among_held_ones_is_returned_once_and_in_order() {
     let Some((_ns, be)) = tap_backend(&[]) else {
         return;
     };
-    let mem = FrontendMemory::new(&[(0, 4 << 20)]).unwrap();
-    let mut fe = Frontend::connect(&be.socket).unwrap();
-    fe.negotiate(u64::MAX, u64::MAX).unwrap();
+    let (mem, fe, mut rx, mut tx) = first_pair(&be.socket, 4, 64);
     assert_ne!(fe.features() & virtio::IN_ORDER, 0, "IN_ORDER offered");
-    fe.set_mem_table(&mem).unwrap();
-    let mut rx = DriverQueue::new(&mem, 0, 64).unwrap();
-    let mut tx = DriverQueue::new(&mem, 1, 64).unwrap();
-    rx.attach(&mut fe, &mem).unwrap();
-    tx.attach(&mut fe, &mem).unwrap();
     // Two good buffers, one that cannot hold the virtio header, then plenty of room.
     let mut posted = Vec::new();
     let mut bufs = std::collections::HashMap::new();
@@ -569,14 +573,7 @@ fn tx_burst_reaches_the_tap_in_order(aio: &str) {
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let receiver = ns.spawn(move || receive_seq_frames("vhutap0", FRAMES as usize, ready_tx));
     ready.recv_timeout(T).expect("the receiver listens");
-    let mem = FrontendMemory::new(&[(0, 8 << 20)]).unwrap();
-    let mut fe = Frontend::connect(&be.socket).unwrap();
-    fe.negotiate(u64::MAX, u64::MAX).unwrap();
-    fe.set_mem_table(&mem).unwrap();
-    let mut rx = DriverQueue::new(&mem, 0, 256).unwrap();
-    let mut tx = DriverQueue::new(&mem, 1, 256).unwrap();
-    rx.attach(&mut fe, &mem).unwrap();
-    tx.attach(&mut fe, &mem).unwrap();
+    let (mem, _fe, _rx, mut tx) = first_pair(&be.socket, 8, 256);
     let mut chains = 0;
     for seq in 0..FRAMES {
         if seq == REFUSED_AT {

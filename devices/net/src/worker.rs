@@ -170,14 +170,7 @@ impl NetWorker {
                         q.give_back(chain)?;
                         tap_full = true;
                     }
-                    Err(TxError::Malformed(e)) => {
-                        self.metrics.malformed(&self.metrics.tx_malformed, &e);
-                        q.add_used(chain, 0)?;
-                    }
-                    Err(TxError::Io(e)) => {
-                        log::warn!("net: tap write failed: {e}");
-                        q.add_used(chain, 0)?;
-                    }
+                    Err(e) => drop_tx(&self.metrics, q, chain, e)?,
                 }
             }
             batch.clear();
@@ -209,16 +202,8 @@ impl NetWorker {
                     ring.push(i, tap.file().as_fd(), &header, &reader, frame_len)
                         .map_err(TxError::Io)
                 });
-                match pushed {
-                    Ok(()) => {}
-                    Err(TxError::Malformed(e)) => {
-                        self.metrics.malformed(&self.metrics.tx_malformed, &e);
-                        q.add_used(chain, 0)?;
-                    }
-                    Err(TxError::Io(e)) => {
-                        log::warn!("net: tap frame not sent: {e}");
-                        q.add_used(chain, 0)?;
-                    }
+                if let Err(e) = pushed {
+                    drop_tx(&self.metrics, q, chain, e)?;
                 }
             }
             let mut answered = false;
@@ -469,6 +454,21 @@ impl NetWorker {
 enum TxError {
     Malformed(NetError),
     Io(io::Error),
+}
+
+/// Uses `chain` without sending its frame: a malformed one is counted, a failed write
+/// logged.
+fn drop_tx(
+    metrics: &NetMetrics,
+    q: &mut Queue<'_>,
+    chain: &DescriptorChain,
+    why: TxError,
+) -> Result<(), QueueError> {
+    match why {
+        TxError::Malformed(e) => metrics.malformed(&metrics.tx_malformed, &e),
+        TxError::Io(e) => log::warn!("net: tap write failed: {e}"),
+    }
+    q.add_used(chain, 0)
 }
 
 /// The checked copy of a TX chain's header, and a reader at the frame after it.
