@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use backend::{page_logged, BackendProcess, TempDir};
+use backend::{no_io_uring_wrapper, page_logged, BackendProcess, TempDir};
 use vhost_user_sync::frontend::{DriverQueue, Frontend, FrontendMemory};
 use vhost_user_sync::message::{read_message, write_message};
 use vhost_user_sync::protocol::{virtio, BackendRequest, HeaderFlags, ProtocolFeatures};
@@ -894,45 +894,10 @@ fn a_full_ring_of_requests_in_flight_completes_and_stops_consistent() {
     }
 }
 
-/// A seccomp filter that makes `io_uring_setup` fail with ENOSYS, then runs the program
-/// in its arguments: a kernel without io_uring, as far as the program can tell.
-const NO_IO_URING_C: &str = r#"
-#include <errno.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <stddef.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-    struct sock_filter f[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
-    if (argc < 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
-        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
-        return 111;
-    execv(argv[1], argv + 1);
-    return 112;
-}
-"#;
-
 #[test]
 fn without_io_uring_the_backend_says_so_and_serves_synchronously() {
     let dir = TempDir::new("no-io-uring");
-    let src = dir.path().join("no_io_uring.c");
-    let wrapper = dir.path().join("no_io_uring");
-    std::fs::write(&src, NO_IO_URING_C).unwrap();
-    let cc = std::process::Command::new("cc")
-        .arg("-o")
-        .arg(&wrapper)
-        .arg(&src)
-        .status()
-        .expect("a C compiler (cc) to build the seccomp wrapper");
-    assert!(cc.success(), "building the seccomp wrapper failed");
+    let wrapper = no_io_uring_wrapper(dir.path());
     let image = dir.path().join("disk.img");
     let data: Vec<u8> = (0..IMAGE_SIZE).map(pattern).collect();
     std::fs::write(&image, data).unwrap();

@@ -365,3 +365,45 @@ pub fn page_logged(log: &vhost_user_sync::frontend::FrontendMemory, gpa: u64) ->
     log.table().read(gpa / 4096 / 8, &mut b).unwrap();
     b[0] & (1 << ((gpa / 4096) % 8)) != 0
 }
+
+/// A seccomp filter that makes `io_uring_setup` fail with ENOSYS, then runs the program
+/// in its arguments: a kernel without io_uring, as far as the program can tell.
+const NO_IO_URING_C: &str = r#"
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { sizeof f / sizeof f[0], f };
+    if (argc < 2 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+        return 111;
+    execv(argv[1], argv + 1);
+    return 112;
+}
+"#;
+
+/// Builds (with `cc`, in `dir`) the wrapper of [`NO_IO_URING_C`] and returns its path: a
+/// command prefix under which a program finds no io_uring.
+pub fn no_io_uring_wrapper(dir: &Path) -> PathBuf {
+    let src = dir.join("no_io_uring.c");
+    let wrapper = dir.join("no_io_uring");
+    std::fs::write(&src, NO_IO_URING_C).unwrap();
+    let cc = Command::new("cc")
+        .arg("-o")
+        .arg(&wrapper)
+        .arg(&src)
+        .status()
+        .expect("a C compiler (cc) to build the seccomp wrapper");
+    assert!(cc.success(), "building the seccomp wrapper failed");
+    wrapper
+}
