@@ -28,6 +28,21 @@ impl<'a> ChainCursor<'a> {
         Some((d.addr.wrapping_add(u64::from(off)), (d.len - off) as usize))
     }
 
+    /// The guest memory of the next `len` bytes when they lie in the current buffer and
+    /// in one region (the common case of a header or a small packet: one copy, no walk).
+    #[inline]
+    pub(crate) fn current_slice(
+        &self,
+        mem: &'a MemoryTable,
+        len: usize,
+    ) -> Option<VolatileSlice<'a>> {
+        let (gpa, left) = self.current()?;
+        if len > left {
+            return None;
+        }
+        mem.slice(gpa, len).ok()
+    }
+
     /// Bytes from here to the end of the buffers.
     pub(crate) fn remaining(&self) -> usize {
         let (i, off) = self.at;

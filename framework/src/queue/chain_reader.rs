@@ -70,14 +70,10 @@ impl<'a> ChainReader<'a> {
     pub fn read_exact_bytes(&mut self, buf: &mut [u8]) -> io::Result<()> {
         // The common case (a header inside the current buffer, in one region) in one
         // copy, without counting the bytes left in the whole chain.
-        if let Some((gpa, left)) = self.cursor.current() {
-            if buf.len() <= left {
-                if let Ok(s) = self.mem.slice(gpa, buf.len()) {
-                    s.copy_to(buf);
-                    self.skip(buf.len())?;
-                    return Ok(());
-                }
-            }
+        if let Some(s) = self.cursor.current_slice(self.mem, buf.len()) {
+            s.copy_to(buf);
+            self.skip(buf.len())?;
+            return Ok(());
         }
         if self.remaining() < buf.len() {
             return Err(io::ErrorKind::UnexpectedEof.into());

@@ -155,15 +155,11 @@ impl io::Write for ChainWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // The common case (a packet or a header into the current buffer, in one region)
         // without the general walk, nor a count of the room left: it all fits.
-        if let Some((gpa, room)) = self.cursor.current() {
-            if buf.len() <= room {
-                if let Ok(s) = self.mem.slice(gpa, buf.len()) {
-                    self.extend_reach(buf.len());
-                    s.copy_from(buf);
-                    self.advance(buf.len());
-                    return Ok(buf.len());
-                }
-            }
+        if let Some(s) = self.cursor.current_slice(self.mem, buf.len()) {
+            self.extend_reach(buf.len());
+            s.copy_from(buf);
+            self.advance(buf.len());
+            return Ok(buf.len());
         }
         self.extend_reach(buf.len().min(self.available()));
         let mut done = 0;
