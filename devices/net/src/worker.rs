@@ -145,7 +145,11 @@ impl NetWorker {
 
     fn tx(&mut self, q: &mut Queue<'_>, slot: usize) -> Result<(), QueueError> {
         if self.tap_ring.is_some() && self.pairs[slot].tap.is_some() {
-            return self.tx_batched(q, slot);
+            self.tx_batched(q, slot)?;
+            if self.tap_ring.is_some() {
+                return Ok(());
+            }
+            // The ring failed: what is left goes one `writev` per frame, now.
         }
         let features = self.acked.load(Ordering::Acquire);
         let (mut packets, mut bytes) = (0u64, 0u64);
@@ -191,15 +195,18 @@ impl NetWorker {
         let mut batch = std::mem::take(&mut self.batch);
         let mut tap_full = false;
         let mut result = Ok(());
-        while result.is_ok() && !tap_full && q.pop_batch(&mut batch, BATCH) > 0 {
+        while result.is_ok() && !tap_full {
+            // Once the ring has failed no batch is taken here: `tx` sends the rest.
             let (Some(ring), Some(tap)) = (self.tap_ring.as_mut(), self.pairs[slot].tap.as_ref())
             else {
                 break;
             };
+            if q.pop_batch(&mut batch, BATCH) == 0 {
+                break;
+            }
             for (i, chain) in batch.iter().enumerate() {
-                let pushed = check_tx(q, chain, features).and_then(|(header, reader)| {
-                    let frame_len = reader.remaining();
-                    ring.push(i, tap.file().as_fd(), &header, &reader, frame_len)
+                let pushed = check_tx(q, chain, features).and_then(|f| {
+                    ring.push(i, tap.file().as_fd(), &f.header, &f.reader, f.len)
                         .map_err(TxError::Io)
                 });
                 if let Err(e) = pushed {
@@ -471,12 +478,20 @@ fn drop_tx(
     q.add_used(chain, 0)
 }
 
-/// The checked copy of a TX chain's header, and a reader at the frame after it.
+/// A TX chain checked: the copy of its header, a reader at the frame after it, and the
+/// frame's length.
+struct TxFrame<'q> {
+    header: [u8; NET_HDR_LEN],
+    reader: ChainReader<'q>,
+    len: usize,
+}
+
+/// Checks a TX chain's header (as copied) against the frame and the acked features.
 fn check_tx<'q>(
     q: &'q Queue<'_>,
     chain: &'q DescriptorChain,
     features: u64,
-) -> Result<([u8; NET_HDR_LEN], ChainReader<'q>), TxError> {
+) -> Result<TxFrame<'q>, TxError> {
     let first = chain.readable().first().map_or(0, |d| d.len as usize);
     if first < NET_HDR_LEN {
         return Err(TxError::Malformed(NetError::HeaderTooShort { len: first }));
@@ -489,7 +504,11 @@ fn check_tx<'q>(
     NetHdr::from_bytes(&raw)
         .validate(frame_len, features)
         .map_err(TxError::Malformed)?;
-    Ok((raw, r))
+    Ok(TxFrame {
+        header: raw,
+        reader: r,
+        len: frame_len,
+    })
 }
 
 fn tx_one(
@@ -498,12 +517,14 @@ fn tx_one(
     tap: Option<&Tap>,
     features: u64,
 ) -> Result<TxOutcome, TxError> {
-    let (raw, mut r) = check_tx(q, chain, features)?;
+    let mut frame = check_tx(q, chain, features)?;
     let Some(tap) = tap else {
         return Ok(TxOutcome::Sent);
     };
-    let frame_len = r.remaining();
-    match r.write_to_fd_with_prefix(tap.file().as_fd(), &raw, frame_len) {
+    match frame
+        .reader
+        .write_to_fd_with_prefix(tap.file().as_fd(), &frame.header, frame.len)
+    {
         Ok(_) => Ok(TxOutcome::Sent),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(TxOutcome::TapFull),
         Err(e) => Err(TxError::Io(e)),
