@@ -312,13 +312,12 @@ fn send_frames(ifname: &str, count: usize) -> usize {
     send_frame(ifname, &frame, count)
 }
 
-/// Sends `frame` (from its Ethernet header on) `count` times out of interface `ifname`
-/// through a packet socket; returns how many the kernel took.
-fn send_frame(ifname: &str, frame: &[u8], count: usize) -> usize {
+/// A raw packet socket for `protocol` (network order; 0: send only) and its address on
+/// interface `ifname` (of the calling thread's network namespace).
+fn packet_socket(ifname: &str, protocol: u16) -> (std::os::fd::OwnedFd, nix::libc::sockaddr_ll) {
     use nix::libc;
-    let index = nix::net::if_::if_nametoindex(ifname).unwrap();
     // SAFETY: socket() takes integers and returns a new fd or -1.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
     assert!(
         fd >= 0,
         "packet socket: {}",
@@ -329,7 +328,16 @@ fn send_frame(ifname: &str, frame: &[u8], count: usize) -> usize {
     // SAFETY: sockaddr_ll is plain data; all-zero is a valid value to fill in.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = index as i32;
+    addr.sll_protocol = protocol;
+    addr.sll_ifindex = nix::net::if_::if_nametoindex(ifname).unwrap() as i32;
+    (sock, addr)
+}
+
+/// Sends `frame` (from its Ethernet header on) `count` times out of interface `ifname`
+/// through a packet socket; returns how many the kernel took.
+fn send_frame(ifname: &str, frame: &[u8], count: usize) -> usize {
+    use nix::libc;
+    let (sock, mut addr) = packet_socket(ifname, 0);
     addr.sll_halen = 6;
     addr.sll_addr[..6].copy_from_slice(&frame[..6]);
     let mut sent = 0;
@@ -504,16 +512,7 @@ fn receive_seq_frames(
 ) -> Vec<Vec<u8>> {
     use nix::libc;
     use std::os::fd::AsRawFd;
-    let proto = u16::from_be_bytes(SEQ_ETHERTYPE).to_be();
-    // SAFETY: socket() takes integers and returns a new fd or -1.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-    assert!(
-        fd >= 0,
-        "packet socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the fd was just made and is owned by nothing else.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let (sock, addr) = packet_socket(ifname, u16::from_be_bytes(SEQ_ETHERTYPE).to_be());
     // Room for the whole burst even if this thread is slow to read.
     let rcvbuf: i32 = 16 << 20;
     // SAFETY: setsockopt reads an i32 that lives for the call, with its size.
@@ -527,11 +526,6 @@ fn receive_seq_frames(
         )
     };
     assert_eq!(r, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
-    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value to fill in.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = proto;
-    addr.sll_ifindex = nix::net::if_::if_nametoindex(ifname).unwrap() as i32;
     // SAFETY: bind reads `addr` (live for the call) with its true size.
     let r = unsafe {
         libc::bind(
